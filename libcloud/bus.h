@@ -1,0 +1,120 @@
+/*
+ * bus.h - the nube message bus over ZeroMQ: one envelope, at-least-once delivery.
+ *
+ * Envelope (one JSON object in the last frame, after the routing frames):
+ *   {"v":1, "id":"<uuid>", "type":"<noun.verb>", "ts":<unix ms>, "from":"<sender>",
+ *    "req":"<request id>", "body":{...}}
+ *
+ * Topology: the scheduler (and billing) bind a ROUTER; agents and nube-api connect a
+ * DEALER whose routing id is their name (host name for agents). ROUTER_HANDOVER lets a
+ * restarted agent take its name back; ROUTER_MANDATORY turns sends to absent peers into
+ * errors that the resend timer retries.
+ *
+ * Delivery: a reliable message stays in the sender's pending set until an "ack" carrying
+ * the same id comes back; it is resent every resend_ms (to the same peer) until then, or
+ * dropped after max_tries (0 = never), which is logged. A receiver acknowledges after its
+ * handler returned (so the handler has persisted what it needed), and remembers the last
+ * dedup_cap ids: a duplicate is acknowledged again but not handed to the handler.
+ * With outbox_path set, pending reliable messages are also kept in a SQLite file and
+ * reloaded by cl_bus_new(), so a restart of the sender loses nothing.
+ * Unreliable messages (heartbeats) are fire-and-forget.
+ *
+ * Threads: cl_bus_new() starts one bus thread that owns the socket. on_msg and on_tick
+ * run on that thread, one at a time: that thread is the daemon's event loop. cl_bus_send()
+ * may be called from any thread (it queues and wakes the loop) including from on_msg.
+ *
+ * Security: curve_* keys slot in here (CURVE + ZAP); empty means plain TCP for tests.
+ */
+#ifndef CL_BUS_H
+#define CL_BUS_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "errors.h"
+#include "util.h"
+
+#define CL_BUS_VERSION 1
+#define CL_BUS_MAX_FRAME (1024 * 1024) /* larger frames are dropped and logged */
+#define CL_BUS_NAME_MAX 256
+
+typedef struct cl_bus cl_bus;
+
+/* A decoded message. All strings and body are owned by the message. */
+typedef struct cl_bus_msg {
+    int v;
+    char id[CL_UUID_LEN];
+    char type[64];
+    int64_t ts;
+    char from[CL_BUS_NAME_MAX];
+    char req[80];              /* request id, may be "" */
+    json_object *body;         /* always an object (empty when absent) */
+    char peer[CL_BUS_NAME_MAX]; /* ROUTER side: routing id it arrived from; DEALER: "" */
+} cl_bus_msg;
+
+typedef enum { CL_BUS_ROUTER, CL_BUS_DEALER, CL_BUS_ROLE_MAX } cl_bus_role;
+
+typedef void (*cl_bus_handler_fn)(cl_bus *bus, const cl_bus_msg *msg, void *ud);
+typedef void (*cl_bus_tick_fn)(cl_bus *bus, void *ud);
+
+typedef struct cl_bus_opts {
+    cl_bus_role role;
+    const char *endpoint;   /* "tcp://127.0.0.1:5570"; ROUTER binds, DEALER connects */
+    const char *name;       /* "from" of sent messages; DEALER routing id */
+    int resend_ms;          /* default 2000 */
+    int max_tries;          /* 0 = resend until acked */
+    size_t dedup_cap;       /* remembered ids, default 4096 */
+    size_t pending_cap;     /* max unacked reliable messages, default 10000 (-ENOBUFS) */
+    const char *outbox_path;/* optional SQLite file for pending reliable messages */
+    int tick_ms;            /* period of on_tick, 0 = none */
+    cl_bus_handler_fn on_msg;
+    cl_bus_tick_fn on_tick;
+    void *ud;
+    /* CURVE (optional, z85 keys). Empty = off. */
+    const char *curve_public_key;
+    const char *curve_secret_key;
+    const char *curve_server_key; /* DEALER: the ROUTER's public key */
+} cl_bus_opts;
+
+/* Create the socket, bind/connect, reload the outbox, start the bus thread.
+ * Returns 0 and *out, or negative errno with err (e.g. address in use). */
+int cl_bus_new(const cl_bus_opts *opts, cl_bus **out, cl_error *err);
+
+/* Stop the thread (pending messages stay in the outbox when there is one) and free.
+ * Accepts NULL. Must not be called from the bus thread. */
+void cl_bus_free(cl_bus *bus);
+
+/* Queue a message. peer: routing id to send to (ROUTER side) or NULL (DEALER side).
+ * req: request id to carry (NULL -> the calling thread's log request id).
+ * body: taken over (NULL -> {}). reliable: keep and resend until acked.
+ * out_id (may be NULL) receives the message id.
+ * Returns 0, -ENOBUFS when the pending set is full, -EINVAL for a bad type/peer.
+ * Thread-safe. */
+int cl_bus_send(cl_bus *bus, const char *peer, const char *type, const char *req,
+                json_object *body, bool reliable, char out_id[CL_UUID_LEN]);
+
+/* Number of reliable messages still waiting for their ack. Thread-safe. */
+size_t cl_bus_pending(cl_bus *bus);
+
+/* Counters for /metrics. Thread-safe snapshot. */
+typedef struct cl_bus_stats {
+    uint64_t sent, received, acked, resent, duplicates, dropped, bad_frames;
+} cl_bus_stats;
+void cl_bus_get_stats(cl_bus *bus, cl_bus_stats *out);
+
+/* ---- the codec, shared by both ends (also fuzzed) ---- */
+
+/* Serialise a message into a new string (caller frees). 0 or -ENOMEM. */
+int cl_bus_encode(const cl_bus_msg *msg, char **out);
+
+/* Parse and validate an envelope (v == 1, id is a UUID, type/from non-empty and bounded,
+ * body an object if present). Fills *out (release with cl_bus_msg_clear).
+ * Returns 0 or -EINVAL with err describing the defect. */
+int cl_bus_decode(const char *buf, size_t len, cl_bus_msg *out, cl_error *err);
+
+/* Release the body of a decoded message; accepts a zeroed message. */
+void cl_bus_msg_clear(cl_bus_msg *msg);
+
+#endif

@@ -1,0 +1,87 @@
+/*
+ * messages.h - the bodies of the bus messages nube daemons exchange. One codec, both
+ * ends: encoders build the "body" object, decoders validate it and fill a struct.
+ * Decoders return 0 or -EINVAL with err naming the bad field.
+ *
+ *  type              direction        body
+ *  ----------------  ---------------  ---------------------------------------------------
+ *  instance.schedule api -> sched     {"instance_uuid"}
+ *  instance.delete   api -> sched     {"instance_uuid"}
+ *  instance.spawn    sched -> agent   {"instance": {cl_msg_instance}}
+ *  instance.destroy  sched -> agent   {"instance_uuid"}
+ *  instance.state    agent -> sched   {"instance_uuid","host","vm_state","power_state",
+ *                                      "task_state","fault"?}
+ *  host.register     agent -> sched   {cl_msg_host, "instances":[{"uuid","power_state"}]}
+ *  host.heartbeat    agent -> sched   {cl_msg_host}  (unreliable)
+ *  ack               both             {} ; envelope id == id of the acknowledged message
+ */
+#ifndef CL_MESSAGES_H
+#define CL_MESSAGES_H
+
+#include <json-c/json.h>
+#include <stdint.h>
+
+#include "errors.h"
+#include "model.h"
+#include "util.h"
+
+#define CL_MSG_INSTANCE_SCHEDULE "instance.schedule"
+#define CL_MSG_INSTANCE_DELETE "instance.delete"
+#define CL_MSG_INSTANCE_SPAWN "instance.spawn"
+#define CL_MSG_INSTANCE_DESTROY "instance.destroy"
+#define CL_MSG_INSTANCE_STATE "instance.state"
+#define CL_MSG_HOST_REGISTER "host.register"
+#define CL_MSG_HOST_HEARTBEAT "host.heartbeat"
+#define CL_MSG_ACK "ack"
+
+/* Body with only an instance uuid (schedule, delete, destroy). */
+json_object *cl_msg_uuid_encode(const char *instance_uuid);
+int cl_msg_uuid_decode(json_object *body, char out_uuid[CL_UUID_LEN], cl_error *err);
+
+/* What an agent needs to build a domain. */
+typedef struct cl_msg_instance {
+    char uuid[CL_UUID_LEN];
+    char name[CL_NAME_MAX];
+    char project_id[CL_ID_MAX];
+    char user_id[CL_ID_MAX];
+    char image_ref[CL_ID_MAX];
+    cl_flavor flavor;
+} cl_msg_instance;
+json_object *cl_msg_spawn_encode(const cl_msg_instance *inst);
+int cl_msg_spawn_decode(json_object *body, cl_msg_instance *out, cl_error *err);
+
+typedef struct cl_msg_state {
+    char instance_uuid[CL_UUID_LEN];
+    char host[CL_HOST_MAX];
+    cl_vm_state vm_state;
+    cl_power_state power_state;
+    cl_task_state task_state;
+    char fault[CL_FAULT_MAX]; /* "" when none */
+} cl_msg_state;
+json_object *cl_msg_state_encode(const cl_msg_state *st);
+int cl_msg_state_decode(json_object *body, cl_msg_state *out, cl_error *err);
+
+/* Host capacity as an agent reports it (register and heartbeat). */
+typedef struct cl_msg_host {
+    char host[CL_HOST_MAX];
+    char hypervisor_type[32]; /* "QEMU", "KVM", "Xen", "LXC", "test" */
+    char libvirt_uri[256];
+    int64_t vcpus;
+    int64_t ram_mb;
+    int64_t disk_gb;
+    int64_t running_vms;
+} cl_msg_host;
+
+typedef struct cl_msg_host_instance {
+    char uuid[CL_UUID_LEN];
+    cl_power_state power_state;
+} cl_msg_host_instance;
+
+/* instances/ninstances only for host.register (pass NULL/0 for heartbeats). */
+json_object *cl_msg_host_encode(const cl_msg_host *h, const cl_msg_host_instance *instances,
+                                size_t ninstances);
+/* out_instances (may be NULL): malloc'd array, caller frees. */
+int cl_msg_host_decode(json_object *body, cl_msg_host *out,
+                       cl_msg_host_instance **out_instances, size_t *out_n, cl_error *err);
+
+#endif
