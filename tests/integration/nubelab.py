@@ -1,0 +1,274 @@
+"""nubelab - start real nube daemons on loopback for integration tests.
+
+A Lab owns a temporary directory, writes the daemons' INI files, starts nube-scheduler,
+nube-api and any number of nube-agents (libvirt test driver hosts described by XML files
+written here), and stops everything it started: every process gets SIGTERM and must exit
+0 within a deadline (a sanitizer report or a hang is a test failure), and the directory
+is removed. Standard library only, so it runs wherever python3 does.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ADMIN_TOKEN = "it-admin-token-0123456789abcdef"
+ADMIN_PASSWORD = "it-admin-password"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout, what, interval=0.05):
+    """Poll pred() until it returns a true value or the deadline passes (then raise)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.raw = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+
+def http(method, url, body=None, token=ADMIN_TOKEN, headers=None, raw=None, timeout=30):
+    hdrs = {"Accept": "application/json"}
+    if token:
+        hdrs["X-Auth-Token"] = token
+    data = None
+    if raw is not None:
+        data = raw
+        hdrs["Content-Type"] = "application/json"
+    elif body is not None:
+        data = json.dumps(body).encode()
+        hdrs["Content-Type"] = "application/json"
+    hdrs.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Response(r.status, dict(r.headers), r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, dict(e.headers), e.read())
+
+
+class Daemon:
+    def __init__(self, name, argv, log_path):
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self, timeout=20):
+        """SIGTERM and wait; returns the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                self.log.close()
+                return None
+        self.log.close()
+        return self.proc.returncode
+
+    def tail(self, n=40):
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"".join(f.readlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class Lab:
+    def __init__(self, build_dir, host_ram_mb=7680, host_vcpus=4, host_disk_gb=100):
+        self.build = os.path.abspath(build_dir)
+        self.dir = tempfile.mkdtemp(prefix="nube-it-")
+        self.db = os.path.join(self.dir, "controller.db")
+        self.bus_port = free_port()
+        self.compute_port = free_port()
+        self.identity_port = free_port()
+        self.sched_http_port = free_port()
+        self.host_ram_mb = host_ram_mb
+        self.host_vcpus = host_vcpus
+        self.host_disk_gb = host_disk_gb
+        self.daemons = {}
+        self.agent_ports = {}
+        self.failures = []
+
+    # ---- paths and config ----
+    def binary(self, sub, name):
+        return os.path.join(self.build, sub, name)
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    @property
+    def compute(self):
+        return f"http://127.0.0.1:{self.compute_port}/v2.1"
+
+    def start_scheduler(self):
+        conf = self.write("nube-scheduler.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {self.dir}
+[database]
+connection = {self.db}
+[bus]
+listen = tcp://127.0.0.1:{self.bus_port}
+resend_ms = 300
+[scheduler]
+host_down_after_s = 3
+check_interval_ms = 200
+[http]
+listen = 127.0.0.1
+port = {self.sched_http_port}
+""")
+        return self._start("scheduler", self.binary("scheduler", "nube-scheduler"), conf,
+                           f"http://127.0.0.1:{self.sched_http_port}/healthz")
+
+    def start_api(self):
+        conf = self.write("nube-api.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {self.dir}
+[database]
+connection = {self.db}
+[bus]
+scheduler_endpoint = tcp://127.0.0.1:{self.bus_port}
+resend_ms = 300
+[api]
+listen = 127.0.0.1
+compute_port = {self.compute_port}
+identity_port = {self.identity_port}
+[auth]
+admin_token = {ADMIN_TOKEN}
+admin_password = {ADMIN_PASSWORD}
+""")
+        return self._start("api", self.binary("api-server", "nube-api"), conf,
+                           f"http://127.0.0.1:{self.compute_port}/healthz")
+
+    def start_agent(self, host):
+        port = self.agent_ports.setdefault(host, free_port())
+        node = self.write(f"{host}.xml", f"""<node>
+  <cpu><mhz>2600</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets>
+    <cores>{self.host_vcpus}</cores><threads>1</threads><active>{self.host_vcpus}</active></cpu>
+  <memory>{self.host_ram_mb * 1024}</memory>
+</node>
+""")
+        inst = os.path.join(self.dir, f"instances-{host}")
+        os.makedirs(inst, exist_ok=True)
+        conf = self.write(f"nube-agent-{host}.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {self.dir}
+[agent]
+host = {host}
+libvirt_uri = test://{node}
+heartbeat_interval_ms = 500
+instances_dir = {inst}
+[bus]
+scheduler_endpoint = tcp://127.0.0.1:{self.bus_port}
+resend_ms = 300
+[resources]
+disk_gb = {self.host_disk_gb}
+[http]
+listen = 127.0.0.1
+port = {port}
+""")
+        return self._start(f"agent-{host}", self.binary("compute-agent", "nube-agent"), conf,
+                           f"http://127.0.0.1:{port}/healthz")
+
+    def _start(self, name, binary, conf, health_url):
+        d = Daemon(name, [binary, "--config", conf], os.path.join(self.dir, f"{name}.log"))
+        self.daemons[name] = d.start()
+
+        def healthy():
+            if not d.alive():
+                raise AssertionError(f"{name} exited with {d.proc.returncode}:\n{d.tail()}")
+            try:
+                return http("GET", health_url, token=None, timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(healthy, 60, f"{name} /healthz")
+        return d
+
+    # ---- API helpers ----
+    def create_server(self, name, flavor="1", image="cirros"):
+        return http("POST", f"{self.compute}/servers",
+                    {"server": {"name": name, "flavorRef": flavor, "imageRef": image}})
+
+    def server(self, sid):
+        r = http("GET", f"{self.compute}/servers/{sid}")
+        return r.json["server"] if r.status == 200 else None
+
+    def wait_status(self, sid, statuses, timeout=60):
+        def check():
+            s = self.server(sid)
+            return s if s and s["status"] in statuses else None
+        return wait_for(check, timeout, f"server {sid} in {statuses}", interval=0.1)
+
+    def hypervisors(self):
+        r = http("GET", f"{self.compute}/os-hypervisors/detail")
+        assert r.status == 200, (r.status, r.raw)
+        return {h["hypervisor_hostname"]: h for h in r.json["hypervisors"]}
+
+    def domains(self, host):
+        r = http("GET", f"http://127.0.0.1:{self.agent_ports[host]}/v1/domains", token=None)
+        assert r.status == 200, (r.status, r.raw)
+        return {d["uuid"]: d for d in r.json["domains"] if d.get("nube")}
+
+    # ---- teardown ----
+    def stop_all(self):
+        """Stop every daemon (agents first). Returns {name: exit code}."""
+        codes = {}
+        order = sorted(self.daemons, key=lambda n: (not n.startswith("agent"), n != "api"))
+        for name in order:
+            codes[name] = self.daemons[name].stop()
+        return codes
+
+    def cleanup(self, keep=False):
+        for d in self.daemons.values():
+            if d.alive():
+                d.proc.kill()
+                d.proc.wait(10)
+        if keep:
+            print(f"(keeping {self.dir} for inspection)")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
