@@ -1,1 +1,1077 @@
-/* placeholder: being written */
+/*
+ * agent.c - what nube-agent does, as a context with start/stop (agent.h).
+ *
+ * The agent's promise to the scheduler: every instance.spawn it acknowledged ends in a
+ * running domain or an instance.state error, every instance.destroy in a vanished domain
+ * and an instance.state "deleted", even across a kill -9 of the agent. It keeps that
+ * promise with a local SQLite record per instance (state_dir/agent-<host>.db), written on
+ * the bus thread *before* the handler returns (the bus acknowledges after the handler),
+ * and with a reconcile pass at every start:
+ *
+ *   record, no domain        -> re-create it (the libvirt test driver's domains die with
+ *                               the process; on real hosts this is Nova's
+ *                               resume_guests_state_on_host_boot)
+ *   record marked deleting   -> destroy, drop the record, report "deleted" (done by the
+ *                               first sync job, queued right after start)
+ *   nube domain, no record   -> adopt it (record rebuilt from the domain's metadata)
+ *
+ * then host.register carries capacity and every instance with its power state, followed
+ * by one instance.state per instance (the scheduler may have missed the last one).
+ *
+ * Threads and who owns what:
+ *   bus thread     on_msg (write records, queue jobs), on_tick (heartbeat, periodic sync)
+ *   worker thread  every blocking libvirt call: spawn, destroy, sync (FIFO, cap 1024)
+ *   event thread   libvirt lifecycle events (driver.h) -> instance.state at once
+ *   HTTP threads   /healthz, /metrics, GET /v1/domains (read live from libvirt)
+ * The records DB is one connection under db_lock (statements are short). Reports go
+ * through report(), which holds state_lock around the "last reported power state" cache
+ * and the bus pointer, so a report never races with the bus being freed at stop.
+ */
+#include "agent.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bus.h"
+#include "cleanup.h"
+#include "db.h"
+#include "driver.h"
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "messages.h"
+#include "util.h"
+
+#define MOD "agent"
+
+#define QUEUE_CAP 1024        /* queued spawn/destroy/sync jobs; full -> "agent busy" */
+#define SYNC_EVERY_TICKS 10   /* power-state sync every 10 heartbeats */
+#define DB_BUSY_MS 5000
+
+/* ---- configuration ---- */
+
+const cl_cfg_key agent_cfg_keys[] = {
+    CL_DAEMON_COMMON_KEYS(agent_cfg),
+    {"agent", "host", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, host),
+     "Name of this host on the bus and in the scheduler (empty: gethostname())."},
+    {"agent", "libvirt_uri", CL_CFG_STR, "qemu:///system", 0, -1,
+     offsetof(agent_cfg, libvirt_uri),
+     "libvirt connection URI: qemu:///system, xen:///system, lxc:///system, test:///..."},
+    {"agent", "heartbeat_interval_ms", CL_CFG_INT, "10000", 100, 600000,
+     offsetof(agent_cfg, heartbeat_interval_ms),
+     "Milliseconds between heartbeats to the scheduler."},
+    {"agent", "instances_dir", CL_CFG_STR, "/var/lib/nube/instances", 0, -1,
+     offsetof(agent_cfg, instances_dir),
+     "Directory of instance disks and console logs (<dir>/<uuid>/disk, console.log)."},
+    {"agent", "virt_type", CL_CFG_STR, "auto", 0, -1, offsetof(agent_cfg, virt_type),
+     "QEMU acceleration: auto, kvm or qemu (auto means qemu/TCG for now)."},
+    {"bus", "scheduler_endpoint", CL_CFG_STR, "tcp://127.0.0.1:5570", 0, -1,
+     offsetof(agent_cfg, scheduler_endpoint), "ZeroMQ endpoint of the scheduler's bus."},
+    {"bus", "resend_ms", CL_CFG_INT, "2000", 100, 60000, offsetof(agent_cfg, resend_ms),
+     "Milliseconds before an unacknowledged message is sent again."},
+    {"resources", "vcpus", CL_CFG_INT, "0", 0, 1048576, offsetof(agent_cfg, vcpus),
+     "vCPUs to report (0: detect from libvirt node info)."},
+    {"resources", "ram_mb", CL_CFG_INT, "0", 0, 1073741824, offsetof(agent_cfg, ram_mb),
+     "Memory in MB to report (0: detect from libvirt node info)."},
+    {"resources", "disk_gb", CL_CFG_INT, "0", 0, 1073741824, offsetof(agent_cfg, disk_gb),
+     "Disk in GB to report (0: detect with statvfs of instances_dir)."},
+    {"http", "listen", CL_CFG_STR, "127.0.0.1", 0, -1, offsetof(agent_cfg, http_listen),
+     "Address of the HTTP endpoint (/healthz, /metrics, /v1/domains)."},
+    {"http", "port", CL_CFG_INT, "8776", 0, 65535, offsetof(agent_cfg, http_port),
+     "Port of the HTTP endpoint (0: disabled)."},
+};
+const size_t agent_cfg_nkeys = CL_ARRAY_SIZE(agent_cfg_keys);
+
+/* ---- the context ---- */
+
+typedef enum { JOB_SPAWN, JOB_DESTROY, JOB_SYNC } job_kind;
+
+typedef struct job {
+    job_kind kind;
+    char uuid[CL_UUID_LEN];
+    char req[80];               /* request id to carry into logs and replies */
+    cl_msg_instance spec;       /* JOB_SPAWN */
+    struct job *next;
+} job;
+
+/* Last power state reported per instance: events and the sync report only changes. */
+typedef struct reported {
+    char uuid[CL_UUID_LEN];
+    cl_power_state power;
+} reported;
+
+struct agent {
+    char host[CL_HOST_MAX];
+    char instances_dir[4096];
+    cl_msg_host info;           /* capacity etc., fixed after start */
+
+    agent_driver *drv;
+
+    pthread_mutex_t db_lock;
+    cl_db *db;
+
+    pthread_mutex_t state_lock; /* guards bus (for report) and rep[] */
+    cl_bus *bus;
+    reported *rep;
+    size_t nrep, caprep;
+
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    job *qhead, *qtail;
+    size_t qlen;
+    bool qstop;
+    bool sync_queued;
+    pthread_t worker;
+    bool worker_started;
+
+    cl_http_server *http;
+
+    unsigned ticks;             /* bus thread only */
+    atomic_llong running_vms;
+    atomic_ullong spawns, spawn_errors, destroys, destroy_errors, events, busy;
+};
+
+/* ---- local records ---- */
+
+static const cl_db_migration migrations[] = {
+    {1, "CREATE TABLE instances ("
+        "  uuid TEXT PRIMARY KEY,"
+        "  spec TEXT NOT NULL,"             /* JSON body of the instance.spawn */
+        "  created_ms INTEGER NOT NULL,"
+        "  deleting INTEGER NOT NULL DEFAULT 0" /* destroy accepted, not yet done */
+        ");"},
+};
+
+typedef struct rec {
+    cl_msg_instance spec;
+    bool deleting;
+} rec;
+
+static int rec_put(agent *a, const cl_msg_instance *spec)
+{
+    _cleanup_json_ json_object *body = cl_msg_spawn_encode(spec);
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int r;
+    if (!body)
+        return -ENOMEM;
+    pthread_mutex_lock(&a->db_lock);
+    /* A spawn for an instance whose destroy is pending does not resurrect it. */
+    r = cl_db_prepare(a->db, "INSERT INTO instances(uuid, spec, created_ms) VALUES(?,?,?) "
+                             "ON CONFLICT(uuid) DO UPDATE SET spec = excluded.spec "
+                             "WHERE deleting = 0", &st);
+    if (r == 0) {
+        cl_db_bind_text(st, 1, spec->uuid);
+        cl_db_bind_text(st, 2, cl_json_dump(body));
+        cl_db_bind_int64(st, 3, cl_now_ms());
+        r = cl_db_step_done(st);
+    }
+    pthread_mutex_unlock(&a->db_lock);
+    return r;
+}
+
+static int rec_exec_uuid(agent *a, const char *sql, const char *uuid)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&a->db_lock);
+    int r = cl_db_prepare(a->db, sql, &st);
+    if (r == 0) {
+        cl_db_bind_text(st, 1, uuid);
+        r = cl_db_step_done(st);
+    }
+    pthread_mutex_unlock(&a->db_lock);
+    return r;
+}
+
+static int rec_delete(agent *a, const char *uuid)
+{
+    return rec_exec_uuid(a, "DELETE FROM instances WHERE uuid = ?", uuid);
+}
+
+static int rec_mark_deleting(agent *a, const char *uuid)
+{
+    return rec_exec_uuid(a, "UPDATE instances SET deleting = 1 WHERE uuid = ?", uuid);
+}
+
+/* 1 = record present and not being deleted, 0 = absent or deleting, <0 = error. */
+static int rec_live(agent *a, const char *uuid)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&a->db_lock);
+    int r = cl_db_prepare(a->db, "SELECT deleting FROM instances WHERE uuid = ?", &st);
+    if (r == 0) {
+        cl_db_bind_text(st, 1, uuid);
+        int s = sqlite3_step(st);
+        r = s == SQLITE_ROW ? sqlite3_column_int(st, 0) == 0 : s == SQLITE_DONE ? 0 : -EIO;
+    }
+    pthread_mutex_unlock(&a->db_lock);
+    return r;
+}
+
+/* All records (malloc'd array in *out). Records whose spec no longer decodes are
+ * skipped with a warning: they cannot be re-created anyway. */
+static int rec_list(agent *a, rec **out, size_t *out_n)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    rec *v = NULL;
+    size_t n = 0, cap = 0;
+    int r, s;
+
+    pthread_mutex_lock(&a->db_lock);
+    r = cl_db_prepare(a->db, "SELECT uuid, spec, deleting FROM instances ORDER BY created_ms",
+                      &st);
+    while (r == 0 && (s = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *text = (const char *)sqlite3_column_text(st, 1);
+        _cleanup_json_ json_object *body = NULL;
+        cl_error err = {0};
+        rec one;
+        memset(&one, 0, sizeof(one));
+        if (!text || cl_json_parse_object(text, strlen(text), &body, &err) < 0 ||
+            cl_msg_spawn_decode(body, &one.spec, &err) < 0) {
+            cl_warn(MOD, "local record %s is unreadable (%s); ignoring it",
+                    (const char *)sqlite3_column_text(st, 0), err.message);
+            continue;
+        }
+        one.deleting = sqlite3_column_int(st, 2) != 0;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            rec *nv = realloc(v, ncap * sizeof(*nv));
+            if (!nv) {
+                r = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        v[n++] = one;
+    }
+    if (r == 0 && s != SQLITE_DONE)
+        r = -EIO;
+    pthread_mutex_unlock(&a->db_lock);
+    if (r < 0) {
+        free(v);
+        return r;
+    }
+    *out = v;
+    *out_n = n;
+    return 0;
+}
+
+/* ---- reporting ---- */
+
+/* The vm_state an observed power state implies (Nova's _sync_instance_power_state: an
+ * active instance found shut off or crashed is stopped). */
+static cl_vm_state vm_of_power(cl_power_state p)
+{
+    switch (p) {
+    case CL_POWER_RUNNING: return CL_VM_ACTIVE;
+    case CL_POWER_PAUSED: return CL_VM_PAUSED;
+    case CL_POWER_SUSPENDED: return CL_VM_SUSPENDED;
+    case CL_POWER_SHUTDOWN:
+    case CL_POWER_CRASHED: return CL_VM_STOPPED;
+    default: return CL_VM_ERROR;
+    }
+}
+
+static reported *rep_find_locked(agent *a, const char *uuid)
+{
+    for (size_t i = 0; i < a->nrep; i++)
+        if (strcmp(a->rep[i].uuid, uuid) == 0)
+            return &a->rep[i];
+    return NULL;
+}
+
+static void rep_set_locked(agent *a, const char *uuid, cl_power_state p)
+{
+    reported *r = rep_find_locked(a, uuid);
+    if (!r) {
+        if (a->nrep == a->caprep) {
+            size_t ncap = a->caprep ? a->caprep * 2 : 64;
+            reported *nv = realloc(a->rep, ncap * sizeof(*nv));
+            if (!nv)
+                return; /* only costs a duplicate report later */
+            a->rep = nv;
+            a->caprep = ncap;
+        }
+        r = &a->rep[a->nrep++];
+        cl_strlcpy(r->uuid, uuid, sizeof(r->uuid));
+    }
+    r->power = p;
+}
+
+static void rep_forget(agent *a, const char *uuid)
+{
+    pthread_mutex_lock(&a->state_lock);
+    reported *r = rep_find_locked(a, uuid);
+    if (r)
+        *r = a->rep[--a->nrep];
+    pthread_mutex_unlock(&a->state_lock);
+}
+
+/* Send instance.state (reliable). only_if_changed: skip when power equals the last
+ * report (events and sync); returns true when a message was queued. */
+static bool report(agent *a, const char *uuid, cl_vm_state vm, cl_power_state power,
+                   const char *fault, bool only_if_changed)
+{
+    cl_msg_state st;
+    bool sent = false;
+
+    memset(&st, 0, sizeof(st));
+    cl_strlcpy(st.instance_uuid, uuid, sizeof(st.instance_uuid));
+    cl_strlcpy(st.host, a->host, sizeof(st.host));
+    st.vm_state = vm;
+    st.power_state = power;
+    st.task_state = CL_TASK_NONE;
+    cl_strlcpy(st.fault, fault ? fault : "", sizeof(st.fault));
+
+    pthread_mutex_lock(&a->state_lock);
+    reported *prev = rep_find_locked(a, uuid);
+    if (only_if_changed && prev && prev->power == power)
+        goto out;
+    if (!a->bus)
+        goto out; /* stopping: the next start reports every instance anyway */
+    json_object *body = cl_msg_state_encode(&st);
+    int r = body ? cl_bus_send(a->bus, NULL, CL_MSG_INSTANCE_STATE, NULL, body, true, NULL)
+                 : -ENOMEM;
+    if (r < 0) {
+        cl_warn(MOD, "cannot queue instance.state for %s: %s", uuid, strerror(-r));
+        goto out;
+    }
+    if (vm != CL_VM_DELETED) /* a deleted instance is forgotten by the caller */
+        rep_set_locked(a, uuid, power);
+    sent = true;
+    cl_info(MOD, "instance %s: vm_state %s, power %s%s%s", uuid, cl_vm_state_name(vm),
+            cl_power_state_name(power), st.fault[0] ? ", fault: " : "", st.fault);
+out:
+    pthread_mutex_unlock(&a->state_lock);
+    return sent;
+}
+
+/* ---- the worker ---- */
+
+static job *job_new(job_kind kind, const char *uuid)
+{
+    job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    if (uuid)
+        cl_strlcpy(j->uuid, uuid, sizeof(j->uuid));
+    const char *req = cl_log_request_id();
+    cl_strlcpy(j->req, req ? req : "", sizeof(j->req));
+    return j;
+}
+
+/* Queue j (taken over). -ENOBUFS when the queue is full (j freed). */
+static int job_push(agent *a, job *j)
+{
+    pthread_mutex_lock(&a->qlock);
+    if (a->qlen >= QUEUE_CAP) {
+        pthread_mutex_unlock(&a->qlock);
+        free(j);
+        atomic_fetch_add(&a->busy, 1);
+        return -ENOBUFS;
+    }
+    if (j->kind == JOB_SYNC)
+        a->sync_queued = true;
+    if (a->qtail)
+        a->qtail->next = j;
+    else
+        a->qhead = j;
+    a->qtail = j;
+    a->qlen++;
+    pthread_cond_signal(&a->qcond);
+    pthread_mutex_unlock(&a->qlock);
+    return 0;
+}
+
+/* Count running nube domains for heartbeats. */
+static void refresh_running(agent *a)
+{
+    agent_domain_info *v = NULL;
+    size_t n = 0;
+    cl_error err = {0};
+    long long running = 0;
+    if (agent_driver_list(a->drv, true, &v, &n, &err) < 0) {
+        cl_debug(MOD, "cannot count domains: %s", err.message);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        running += v[i].power == CL_POWER_RUNNING;
+    free(v);
+    atomic_store(&a->running_vms, running);
+}
+
+static void do_spawn(agent *a, const cl_msg_instance *spec)
+{
+    cl_error err = {0};
+    cl_power_state p = CL_POWER_NOSTATE;
+
+    /* A destroy that arrived after this spawn was queued wins. */
+    if (rec_live(a, spec->uuid) != 1) {
+        cl_debug(MOD, "instance %s: spawn skipped, being deleted", spec->uuid);
+        return;
+    }
+    if (agent_driver_spawn(a->drv, spec, &err) == 0) {
+        atomic_fetch_add(&a->spawns, 1);
+        report(a, spec->uuid, CL_VM_ACTIVE, CL_POWER_RUNNING, NULL, false);
+        return;
+    }
+    atomic_fetch_add(&a->spawn_errors, 1);
+    cl_warn(MOD, "instance %s: spawn failed: %s", spec->uuid, err.message);
+    cl_error ignored = {0};
+    (void)agent_driver_state(a->drv, spec->uuid, &p, &ignored);
+    report(a, spec->uuid, CL_VM_ERROR, p, err.message, false);
+}
+
+/* Destroy, drop the record, report deleted. The record stays (marked deleting) on
+ * failure so the next sync or start retries. */
+static void do_destroy(agent *a, const char *uuid)
+{
+    cl_error err = {0};
+    if (agent_driver_destroy(a->drv, uuid, &err) < 0) {
+        atomic_fetch_add(&a->destroy_errors, 1);
+        cl_warn(MOD, "instance %s: destroy failed: %s", uuid, err.message);
+        report(a, uuid, CL_VM_ERROR, CL_POWER_NOSTATE, err.message, false);
+        return;
+    }
+    int r = rec_delete(a, uuid);
+    if (r < 0)
+        cl_warn(MOD, "instance %s: cannot drop local record: %s", uuid, strerror(-r));
+    atomic_fetch_add(&a->destroys, 1);
+    report(a, uuid, CL_VM_DELETED, CL_POWER_NOSTATE, NULL, false);
+    rep_forget(a, uuid);
+}
+
+/* Periodic sync: finish pending destroys, and report power states that changed without
+ * an event (events can be lost while the libvirt connection is down). */
+static void do_sync(agent *a)
+{
+    rec *recs = NULL;
+    size_t nrecs = 0;
+    agent_domain_info *doms = NULL;
+    size_t ndoms = 0;
+    cl_error err = {0};
+
+    if (rec_list(a, &recs, &nrecs) < 0)
+        return;
+    if (agent_driver_list(a->drv, true, &doms, &ndoms, &err) < 0) {
+        cl_warn(MOD, "sync: cannot list domains: %s", err.message);
+        free(recs);
+        return;
+    }
+    for (size_t i = 0; i < nrecs; i++) {
+        const char *uuid = recs[i].spec.uuid;
+        if (recs[i].deleting) {
+            do_destroy(a, uuid);
+            continue;
+        }
+        /* Not reported yet means its spawn is still queued: nothing to compare. */
+        pthread_mutex_lock(&a->state_lock);
+        bool known = rep_find_locked(a, uuid) != NULL;
+        pthread_mutex_unlock(&a->state_lock);
+        if (!known)
+            continue;
+        const agent_domain_info *d = NULL;
+        for (size_t k = 0; k < ndoms && !d; k++)
+            if (strcmp(doms[k].uuid, uuid) == 0)
+                d = &doms[k];
+        if (d)
+            report(a, uuid, vm_of_power(d->power), d->power, NULL, true);
+        else
+            report(a, uuid, CL_VM_ERROR, CL_POWER_NOSTATE,
+                   "the instance's domain vanished from the hypervisor", true);
+    }
+    free(doms);
+    free(recs);
+}
+
+static void *worker_main(void *arg)
+{
+    agent *a = arg;
+    for (;;) {
+        pthread_mutex_lock(&a->qlock);
+        while (!a->qhead && !a->qstop)
+            pthread_cond_wait(&a->qcond, &a->qlock);
+        if (a->qstop) {
+            pthread_mutex_unlock(&a->qlock);
+            break;
+        }
+        job *j = a->qhead;
+        a->qhead = j->next;
+        if (!a->qhead)
+            a->qtail = NULL;
+        a->qlen--;
+        if (j->kind == JOB_SYNC)
+            a->sync_queued = false;
+        pthread_mutex_unlock(&a->qlock);
+
+        cl_log_set_request_id(j->req[0] ? j->req : NULL);
+        switch (j->kind) {
+        case JOB_SPAWN: do_spawn(a, &j->spec); break;
+        case JOB_DESTROY: do_destroy(a, j->uuid); break;
+        case JOB_SYNC: do_sync(a); break;
+        }
+        refresh_running(a);
+        cl_log_set_request_id(NULL);
+        free(j);
+    }
+    return NULL;
+}
+
+/* ---- bus handlers (bus thread) ---- */
+
+static void on_spawn(agent *a, const cl_bus_msg *msg)
+{
+    cl_msg_instance spec;
+    cl_error err = {0};
+
+    if (cl_msg_spawn_decode(msg->body, &spec, &err) < 0) {
+        /* Report against the uuid when there is one, so the instance does not sit in
+         * BUILD forever; otherwise there is no one to tell. */
+        const char *uuid = NULL;
+        if (cl_json_get_str(msg->body, "instance.uuid", false, &uuid, NULL) == 0 && uuid &&
+            cl_uuid_valid(uuid))
+            report(a, uuid, CL_VM_ERROR, CL_POWER_NOSTATE, err.message, false);
+        cl_warn(MOD, "bad instance.spawn from %s: %s", msg->from, err.message);
+        return;
+    }
+    int r = rec_put(a, &spec);
+    if (r < 0) {
+        char fault[256];
+        snprintf(fault, sizeof(fault), "agent cannot record the instance: %s", strerror(-r));
+        report(a, spec.uuid, CL_VM_ERROR, CL_POWER_NOSTATE, fault, false);
+        return;
+    }
+    job *j = job_new(JOB_SPAWN, spec.uuid);
+    if (j)
+        j->spec = spec;
+    if (!j || job_push(a, j) < 0) {
+        /* Nothing will run it: drop the record so a restart does not either. */
+        rec_delete(a, spec.uuid);
+        report(a, spec.uuid, CL_VM_ERROR, CL_POWER_NOSTATE, "agent busy", false);
+    }
+}
+
+static void on_destroy(agent *a, const cl_bus_msg *msg)
+{
+    char uuid[CL_UUID_LEN];
+    cl_error err = {0};
+
+    if (cl_msg_uuid_decode(msg->body, uuid, &err) < 0) {
+        cl_warn(MOD, "bad instance.destroy from %s: %s", msg->from, err.message);
+        return;
+    }
+    /* Durable before the ack: a restart or the next sync finishes it if this job is
+     * lost or the queue is full. */
+    int r = rec_mark_deleting(a, uuid);
+    if (r < 0)
+        cl_warn(MOD, "instance %s: cannot mark deleting: %s", uuid, strerror(-r));
+    job *j = job_new(JOB_DESTROY, uuid);
+    if (!j || job_push(a, j) < 0)
+        cl_warn(MOD, "instance %s: worker queue full; destroy left to the periodic sync",
+                uuid);
+}
+
+static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
+{
+    agent *a = ud;
+    (void)bus;
+    if (strcmp(msg->type, CL_MSG_INSTANCE_SPAWN) == 0)
+        on_spawn(a, msg);
+    else if (strcmp(msg->type, CL_MSG_INSTANCE_DESTROY) == 0)
+        on_destroy(a, msg);
+    else
+        cl_debug(MOD, "ignoring %s from %s", msg->type, msg->from);
+}
+
+static void on_tick(cl_bus *bus, void *ud)
+{
+    agent *a = ud;
+    cl_msg_host h = a->info;
+    h.running_vms = atomic_load(&a->running_vms);
+    json_object *body = cl_msg_host_encode(&h, NULL, 0);
+    if (body)
+        cl_bus_send(bus, NULL, CL_MSG_HOST_HEARTBEAT, "", body, false, NULL);
+
+    if (++a->ticks % SYNC_EVERY_TICKS == 0) {
+        pthread_mutex_lock(&a->qlock);
+        bool queued = a->sync_queued;
+        pthread_mutex_unlock(&a->qlock);
+        job *j = queued ? NULL : job_new(JOB_SYNC, NULL);
+        if (j)
+            (void)job_push(a, j); /* full: the next tick tries again */
+    }
+}
+
+/* ---- libvirt events (event thread) ---- */
+
+static void on_event(const char *uuid, cl_power_state power, void *ud)
+{
+    agent *a = ud;
+    atomic_fetch_add(&a->events, 1);
+    /* Our own destroys stop domains too: those records are marked deleting first. */
+    if (rec_live(a, uuid) != 1)
+        return;
+    report(a, uuid, vm_of_power(power), power, NULL, true);
+}
+
+/* ---- HTTP ---- */
+
+static void h_domains(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    agent *a = ud;
+    agent_domain_info *v = NULL;
+    size_t n = 0;
+    cl_error err = {0};
+    (void)req;
+
+    if (agent_driver_list(a->drv, false, &v, &n, &err) < 0) {
+        err.code = CL_E_UNAVAILABLE;
+        cl_http_resp_error(resp, &err);
+        return;
+    }
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        json_object *d = json_object_new_object();
+        json_object_object_add(d, "name", json_object_new_string(v[i].name));
+        json_object_object_add(d, "uuid", json_object_new_string(v[i].uuid));
+        json_object_object_add(d, "state",
+                               json_object_new_string(cl_power_state_name(v[i].power)));
+        json_object_object_add(d, "nube", json_object_new_boolean(v[i].nube));
+        json_object_array_add(arr, d);
+    }
+    free(v);
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "domains", arr);
+    cl_http_resp_json(resp, 200, body);
+}
+
+static void metrics(FILE *out, void *ud)
+{
+    agent *a = ud;
+    agent_domain_info *v = NULL;
+    size_t n = 0, by_state[CL_POWER_STATE_MAX] = {0};
+    cl_error err = {0};
+
+    fputs("# HELP nube_agent_domains nube domains in libvirt by power state.\n"
+          "# TYPE nube_agent_domains gauge\n", out);
+    if (agent_driver_list(a->drv, true, &v, &n, &err) == 0) {
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned)v[i].power < CL_POWER_STATE_MAX)
+                by_state[v[i].power]++;
+        for (int s = 0; s < CL_POWER_STATE_MAX; s++)
+            fprintf(out, "nube_agent_domains{state=\"%s\"} %zu\n",
+                    cl_power_state_name((cl_power_state)s), by_state[s]);
+    }
+    free(v);
+
+    pthread_mutex_lock(&a->qlock);
+    size_t qlen = a->qlen;
+    pthread_mutex_unlock(&a->qlock);
+    fprintf(out,
+            "# TYPE nube_agent_spawns_total counter\nnube_agent_spawns_total %llu\n"
+            "# TYPE nube_agent_spawn_errors_total counter\nnube_agent_spawn_errors_total %llu\n"
+            "# TYPE nube_agent_destroys_total counter\nnube_agent_destroys_total %llu\n"
+            "# TYPE nube_agent_destroy_errors_total counter\n"
+            "nube_agent_destroy_errors_total %llu\n"
+            "# TYPE nube_agent_lifecycle_events_total counter\n"
+            "nube_agent_lifecycle_events_total %llu\n"
+            "# TYPE nube_agent_busy_total counter\nnube_agent_busy_total %llu\n"
+            "# TYPE nube_agent_queue_length gauge\nnube_agent_queue_length %zu\n"
+            "# TYPE nube_agent_libvirt_up gauge\nnube_agent_libvirt_up %d\n",
+            (unsigned long long)atomic_load(&a->spawns),
+            (unsigned long long)atomic_load(&a->spawn_errors),
+            (unsigned long long)atomic_load(&a->destroys),
+            (unsigned long long)atomic_load(&a->destroy_errors),
+            (unsigned long long)atomic_load(&a->events),
+            (unsigned long long)atomic_load(&a->busy), qlen,
+            agent_driver_alive(a->drv) ? 1 : 0);
+
+    cl_bus_stats bs;
+    size_t pending = 0;
+    pthread_mutex_lock(&a->state_lock);
+    bool have_bus = a->bus != NULL;
+    if (have_bus) {
+        cl_bus_get_stats(a->bus, &bs);
+        pending = cl_bus_pending(a->bus);
+    }
+    pthread_mutex_unlock(&a->state_lock);
+    if (!have_bus)
+        return;
+    fprintf(out,
+            "# TYPE nube_agent_bus_messages_total counter\n"
+            "nube_agent_bus_messages_total{kind=\"sent\"} %" PRIu64 "\n"
+            "nube_agent_bus_messages_total{kind=\"received\"} %" PRIu64 "\n"
+            "nube_agent_bus_messages_total{kind=\"acked\"} %" PRIu64 "\n"
+            "nube_agent_bus_messages_total{kind=\"resent\"} %" PRIu64 "\n"
+            "nube_agent_bus_messages_total{kind=\"duplicates\"} %" PRIu64 "\n"
+            "nube_agent_bus_messages_total{kind=\"dropped\"} %" PRIu64 "\n"
+            "nube_agent_bus_messages_total{kind=\"bad_frames\"} %" PRIu64 "\n"
+            "# TYPE nube_agent_bus_pending gauge\nnube_agent_bus_pending %zu\n",
+            bs.sent, bs.received, bs.acked, bs.resent, bs.duplicates, bs.dropped,
+            bs.bad_frames, pending);
+}
+
+static bool health(char *reason, size_t len, void *ud)
+{
+    agent *a = ud;
+    if (!agent_driver_alive(a->drv)) {
+        snprintf(reason, len, "libvirt connection to %s lost", agent_driver_uri(a->drv));
+        return false;
+    }
+    return true;
+}
+
+static const cl_http_route routes[] = {
+    {"GET", "/v1/domains", h_domains},
+};
+
+/* ---- start / stop ---- */
+
+/* Host names end up in file names and bus routing ids. */
+static bool host_name_ok(const char *h)
+{
+    if (!*h || h[0] == '.' || strlen(h) >= CL_HOST_MAX)
+        return false;
+    for (const char *p = h; *p; p++)
+        if (*p == '/' || (unsigned char)*p < 0x21 || *p == 0x7f)
+            return false;
+    return true;
+}
+
+static int resolve_host(const agent_cfg *cfg, char out[CL_HOST_MAX], cl_error *err)
+{
+    if (cfg->host && *cfg->host) {
+        cl_strlcpy(out, cfg->host, CL_HOST_MAX);
+    } else {
+        char buf[CL_HOST_MAX];
+        if (gethostname(buf, sizeof(buf)) < 0)
+            return cl_error_set(err, CL_E_INTERNAL, "gethostname: %s", strerror(errno)),
+                   -errno;
+        buf[sizeof(buf) - 1] = '\0';
+        cl_strlcpy(out, buf, CL_HOST_MAX);
+    }
+    if (!host_name_ok(out))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "[agent] host '%s' is not a usable host "
+                            "name (no '/', spaces, control characters or leading '.')",
+                            out);
+    return 0;
+}
+
+static int open_records(agent *a, const char *state_dir, cl_error *err)
+{
+    char path[4096];
+    if (mkdir(state_dir, 0750) < 0 && errno != EEXIST)
+        return cl_error_set(err, CL_E_INTERNAL, "cannot create state_dir %s: %s", state_dir,
+                            strerror(errno)), -errno;
+    if ((size_t)snprintf(path, sizeof(path), "%s/agent-%s.db", state_dir, a->host) >=
+        sizeof(path))
+        return cl_error_set(err, CL_E_INTERNAL, "state_dir path too long"), -ENAMETOOLONG;
+    return cl_db_open(path, migrations, CL_ARRAY_SIZE(migrations), DB_BUSY_MS, &a->db, err);
+}
+
+/* Power state of every live record after reconcile, for host.register. */
+typedef struct boot_state {
+    cl_msg_host_instance *v;
+    size_t n;
+} boot_state;
+
+/* Bring libvirt in line with the records (see the file comment). Runs before the bus
+ * and the worker exist; results are reported once the bus is up. */
+static int reconcile(agent *a, boot_state *bs, cl_error *err)
+{
+    rec *recs = NULL;
+    size_t nrecs = 0;
+    agent_domain_info *doms = NULL;
+    size_t ndoms = 0;
+    int r = rec_list(a, &recs, &nrecs);
+    if (r < 0)
+        return cl_error_set(err, CL_E_INTERNAL, "cannot read local records: %s",
+                            strerror(-r)), r;
+
+    for (size_t i = 0; i < nrecs; i++) {
+        cl_error e = {0};
+        cl_power_state p;
+        const char *uuid = recs[i].spec.uuid;
+        if (recs[i].deleting)
+            continue; /* destroyed by the first sync job, queued at start */
+        if (agent_driver_state(a->drv, uuid, &p, &e) == -ENOENT) {
+            cl_info(MOD, "instance %s: domain missing, re-creating it", uuid);
+            if (agent_driver_spawn(a->drv, &recs[i].spec, &e) < 0)
+                cl_warn(MOD, "instance %s: re-create failed: %s", uuid, e.message);
+        }
+    }
+
+    r = agent_driver_list(a->drv, true, &doms, &ndoms, err);
+    if (r < 0)
+        goto out;
+    for (size_t k = 0; k < ndoms; k++) {
+        bool known = false;
+        for (size_t i = 0; i < nrecs && !known; i++)
+            known = strcmp(recs[i].spec.uuid, doms[k].uuid) == 0;
+        if (known)
+            continue;
+        cl_msg_instance spec;
+        cl_error e = {0};
+        if (agent_driver_metadata(a->drv, doms[k].uuid, &spec, &e) < 0 ||
+            rec_put(a, &spec) < 0) {
+            cl_warn(MOD, "domain %s: cannot adopt: %s", doms[k].name, e.message);
+            continue;
+        }
+        cl_info(MOD, "instance %s: adopted domain %s", doms[k].uuid, doms[k].name);
+    }
+    free(recs);
+    recs = NULL;
+
+    /* The final picture, records as they now stand. */
+    r = rec_list(a, &recs, &nrecs);
+    if (r < 0)
+        goto out;
+    bs->v = nrecs ? calloc(nrecs, sizeof(*bs->v)) : NULL;
+    bs->n = 0;
+    if (nrecs && !bs->v) {
+        r = cl_error_set(err, CL_E_INTERNAL, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < nrecs; i++) {
+        if (recs[i].deleting)
+            continue;
+        cl_msg_host_instance *hi = &bs->v[bs->n++];
+        cl_strlcpy(hi->uuid, recs[i].spec.uuid, sizeof(hi->uuid));
+        hi->power_state = CL_POWER_NOSTATE;
+        for (size_t k = 0; k < ndoms; k++)
+            if (strcmp(doms[k].uuid, hi->uuid) == 0)
+                hi->power_state = doms[k].power;
+    }
+out:
+    free(doms);
+    free(recs);
+    return r;
+}
+
+/* Re-read power states after reconcile (re-created domains now run). */
+static void refresh_boot_states(agent *a, boot_state *bs)
+{
+    for (size_t i = 0; i < bs->n; i++) {
+        cl_error e = {0};
+        cl_power_state p;
+        if (agent_driver_state(a->drv, bs->v[i].uuid, &p, &e) == 0)
+            bs->v[i].power_state = p;
+        else
+            bs->v[i].power_state = CL_POWER_NOSTATE;
+    }
+}
+
+static int start_bus(agent *a, const agent_cfg *cfg, cl_error *err)
+{
+    char outbox[4096];
+    if ((size_t)snprintf(outbox, sizeof(outbox), "%s/agent-%s-outbox.db",
+                         cfg->common.state_dir, a->host) >= sizeof(outbox))
+        return cl_error_set(err, CL_E_INTERNAL, "state_dir path too long"), -ENAMETOOLONG;
+    cl_bus_opts o = {
+        .role = CL_BUS_DEALER,
+        .endpoint = cfg->scheduler_endpoint,
+        .name = a->host,
+        .resend_ms = (int)cfg->resend_ms,
+        .outbox_path = outbox,
+        .tick_ms = (int)cfg->heartbeat_interval_ms,
+        .on_msg = on_msg,
+        .on_tick = on_tick,
+        .ud = a,
+    };
+    cl_bus *bus = NULL;
+    int r = cl_bus_new(&o, &bus, err);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&a->state_lock);
+    a->bus = bus;
+    pthread_mutex_unlock(&a->state_lock);
+    return 0;
+}
+
+static int start_http(agent *a, const agent_cfg *cfg, cl_error *err)
+{
+    if (cfg->http_port == 0)
+        return 0;
+    cl_http_opts o = {
+        .service = "agent",
+        .bind_addr = cfg->http_listen && *cfg->http_listen ? cfg->http_listen : "127.0.0.1",
+        .port = (uint16_t)cfg->http_port,
+        .threads = 2,
+        .routes = routes,
+        .nroutes = CL_ARRAY_SIZE(routes),
+        .ud = a,
+        .metrics_fn = metrics,
+        .health_fn = health,
+    };
+    return cl_http_server_start(&o, &a->http, err);
+}
+
+/* Register, then one instance.state per instance (see the file comment). */
+static void announce(agent *a, boot_state *bs)
+{
+    json_object *body = cl_msg_host_encode(&a->info, bs->v, bs->n);
+    pthread_mutex_lock(&a->state_lock);
+    int r = body ? cl_bus_send(a->bus, NULL, CL_MSG_HOST_REGISTER, NULL, body, true, NULL)
+                 : -ENOMEM;
+    pthread_mutex_unlock(&a->state_lock);
+    if (r < 0)
+        cl_warn(MOD, "cannot queue host.register: %s", strerror(-r));
+    for (size_t i = 0; i < bs->n; i++) {
+        cl_power_state p = bs->v[i].power_state;
+        if (p == CL_POWER_NOSTATE)
+            report(a, bs->v[i].uuid, CL_VM_ERROR, p,
+                   "the instance's domain could not be re-created on agent start", false);
+        else
+            report(a, bs->v[i].uuid, vm_of_power(p), p, NULL, false);
+    }
+}
+
+static int fill_host_info(agent *a, const agent_cfg *cfg, cl_error *err)
+{
+    agent_capacity cap;
+    int r = agent_driver_capacity(a->drv, &cap, err);
+    if (r < 0)
+        return r;
+    memset(&a->info, 0, sizeof(a->info));
+    cl_strlcpy(a->info.host, a->host, sizeof(a->info.host));
+    cl_strlcpy(a->info.hypervisor_type, agent_driver_hv_name(a->drv),
+               sizeof(a->info.hypervisor_type));
+    cl_strlcpy(a->info.libvirt_uri, cfg->libvirt_uri, sizeof(a->info.libvirt_uri));
+    a->info.vcpus = cfg->vcpus > 0 ? cfg->vcpus : cap.vcpus;
+    a->info.ram_mb = cfg->ram_mb > 0 ? cfg->ram_mb : cap.ram_mb;
+    a->info.disk_gb = cfg->disk_gb > 0 ? cfg->disk_gb : cap.disk_gb;
+    return 0;
+}
+
+int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
+{
+    agent_virt_type virt;
+    boot_state bs = {NULL, 0};
+    int r;
+
+    if (agent_virt_type_parse(cfg->virt_type, &virt) < 0)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "[agent] virt_type '%s' is not one of "
+                            "auto, kvm, qemu", cfg->virt_type ? cfg->virt_type : "");
+    if (!cfg->common.state_dir || !*cfg->common.state_dir)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "[DEFAULT] state_dir is empty");
+
+    agent *a = calloc(1, sizeof(*a));
+    if (!a)
+        return cl_error_set(err, CL_E_INTERNAL, "out of memory");
+    pthread_mutex_init(&a->db_lock, NULL);
+    pthread_mutex_init(&a->state_lock, NULL);
+    pthread_mutex_init(&a->qlock, NULL);
+    pthread_cond_init(&a->qcond, NULL);
+    cl_strlcpy(a->instances_dir, cfg->instances_dir ? cfg->instances_dir : "",
+               sizeof(a->instances_dir));
+
+    r = resolve_host(cfg, a->host, err);
+    if (r < 0)
+        goto fail;
+    r = open_records(a, cfg->common.state_dir, err);
+    if (r < 0)
+        goto fail;
+
+    agent_driver_opts dopts = {.uri = cfg->libvirt_uri, .virt_type = virt,
+                               .instances_dir = a->instances_dir, .on_event = on_event,
+                               .ud = a};
+    r = agent_driver_open(&dopts, &a->drv, err);
+    if (r < 0)
+        goto fail;
+    r = fill_host_info(a, cfg, err);
+    if (r < 0)
+        goto fail;
+    r = reconcile(a, &bs, err);
+    if (r < 0)
+        goto fail;
+    refresh_boot_states(a, &bs);
+    refresh_running(a);
+    a->info.running_vms = atomic_load(&a->running_vms);
+
+    r = start_bus(a, cfg, err);
+    if (r < 0)
+        goto fail;
+    r = pthread_create(&a->worker, NULL, worker_main, a);
+    if (r != 0) {
+        cl_error_set(err, CL_E_INTERNAL, "cannot start the worker thread: %s", strerror(r));
+        r = -r;
+        goto fail;
+    }
+    a->worker_started = true;
+    announce(a, &bs);
+    /* Finish destroys a previous run accepted but did not complete. */
+    job *j = job_new(JOB_SYNC, NULL);
+    if (j)
+        (void)job_push(a, j);
+
+    r = start_http(a, cfg, err);
+    if (r < 0)
+        goto fail;
+
+    cl_info(MOD, "host %s up: %s (%s), %" PRId64 " vCPUs, %" PRId64 " MB, %" PRId64
+            " GB, %zu instances", a->host, agent_driver_uri(a->drv), a->info.hypervisor_type,
+            a->info.vcpus, a->info.ram_mb, a->info.disk_gb, bs.n);
+    free(bs.v);
+    *out = a;
+    return 0;
+
+fail:
+    free(bs.v);
+    agent_stop(a);
+    return r;
+}
+
+void agent_stop(agent *a)
+{
+    if (!a)
+        return;
+    cl_http_server_stop(a->http);
+    a->http = NULL;
+
+    if (a->worker_started) {
+        pthread_mutex_lock(&a->qlock);
+        a->qstop = true;
+        pthread_cond_broadcast(&a->qcond);
+        pthread_mutex_unlock(&a->qlock);
+        pthread_join(a->worker, NULL);
+    }
+
+    pthread_mutex_lock(&a->state_lock);
+    cl_bus *bus = a->bus;
+    a->bus = NULL;
+    pthread_mutex_unlock(&a->state_lock);
+    cl_bus_free(bus); /* joins the bus thread: no handler runs after this */
+
+    /* Events may still arrive until the driver is closed; report() drops them now. */
+    agent_driver_free(a->drv);
+
+    for (job *j = a->qhead, *next; j; j = next) {
+        next = j->next;
+        free(j);
+    }
+    cl_db_close(a->db);
+    free(a->rep);
+    pthread_cond_destroy(&a->qcond);
+    pthread_mutex_destroy(&a->qlock);
+    pthread_mutex_destroy(&a->state_lock);
+    pthread_mutex_destroy(&a->db_lock);
+    free(a);
+}
+
+uint16_t agent_http_port(const agent *a)
+{
+    return a->http ? cl_http_server_port(a->http) : 0;
+}
+
+const char *agent_host(const agent *a)
+{
+    return a->host;
+}

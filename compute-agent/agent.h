@@ -1,0 +1,67 @@
+/*
+ * agent.h - nube-agent's logic as a context with start/stop, used by main.c and tests.
+ *
+ * An agent runs one hypervisor host: it connects to libvirt (driver.h), keeps a local
+ * record of the instances this host must run (state_dir/agent-<host>.db), talks to the
+ * scheduler over the bus (DEALER named after the host, outbox at
+ * state_dir/agent-<host>-outbox.db), and serves /healthz, /metrics and GET /v1/domains.
+ *
+ * Threads: the bus thread (message handlers, heartbeat ticks), one worker thread (all
+ * blocking libvirt work: spawn, destroy, sync), libvirt's event thread (lifecycle
+ * events), and the HTTP server's threads. The struct itself is private to agent.c.
+ */
+#ifndef AGENT_AGENT_H
+#define AGENT_AGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "errors.h"
+
+/* Parsed nube-agent.conf (see /etc/nube/nube-agent.conf and agent_cfg_keys). */
+typedef struct agent_cfg {
+    cl_common_cfg common;       /* must be first: [DEFAULT] log_level, use_syslog, state_dir */
+    /* [agent] */
+    char *host;                 /* "" = gethostname() */
+    char *libvirt_uri;
+    int64_t heartbeat_interval_ms;
+    char *instances_dir;
+    char *virt_type;            /* auto | kvm | qemu */
+    /* [bus] */
+    char *scheduler_endpoint;
+    int64_t resend_ms;
+    /* [resources] 0 = detect */
+    int64_t vcpus;
+    int64_t ram_mb;
+    int64_t disk_gb;
+    /* [http] */
+    char *http_listen;
+    int64_t http_port;          /* 0 = disabled */
+} agent_cfg;
+
+/* The key table of nube-agent.conf, for cl_daemon_init / cl_config_* . */
+extern const cl_cfg_key agent_cfg_keys[];
+extern const size_t agent_cfg_nkeys;
+
+typedef struct agent agent;
+
+/* Start an agent: open the local DB and libvirt, reconcile libvirt with the local
+ * records (re-create missing domains, adopt unknown nube domains), start the worker,
+ * the bus (sending host.register) and the HTTP server.
+ * cfg is copied where needed; it may be freed after return.
+ * Returns 0 and *out, or negative errno with err describing what failed (for the log). */
+int agent_start(const agent_cfg *cfg, agent **out, cl_error *err);
+
+/* Stop everything agent_start started, in reverse order, and free. Accepts NULL.
+ * Queued but unstarted work is not lost: its local records make the next start redo it. */
+void agent_stop(agent *a);
+
+/* The HTTP port bound, 0 when HTTP is disabled ([http] port = 0). */
+uint16_t agent_http_port(const agent *a);
+
+/* The host name the agent registered as. */
+const char *agent_host(const agent *a);
+
+#endif

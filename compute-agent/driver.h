@@ -1,0 +1,113 @@
+/*
+ * driver.h - the agent's hypervisor driver: a small interface over one libvirt connection.
+ *
+ * There is one implementation (driver_libvirt.c) because libvirt already abstracts the
+ * hypervisors: the URI picks QEMU/KVM, Xen, LXC or the in-process test driver, and every
+ * call below is the same for all of them. The interface exists so agent.c reads as
+ * "spawn/destroy/state" and never as libvirt plumbing.
+ *
+ * Identity: a domain's UUID is the instance UUID and its name is "instance-<uuid>". A
+ * domain belongs to nube when it carries the <nube:instance> metadata element
+ * (domain_xml.h); domains without it are listed but never touched.
+ *
+ * Threads: one agent_driver holds one virConnectPtr for the whole process (the test
+ * driver keeps its domains per connection, so a second connection would see an empty
+ * host). libvirt connections are thread-safe, so every function here may be called from
+ * any thread. Lifecycle events and keepalives need libvirt's event loop: the driver runs
+ * virEventRunDefaultImpl() in a thread of its own while at least one driver is open.
+ * A lost connection (libvirtd restarted) is logged by the close callback and reopened by
+ * the next call.
+ */
+#ifndef AGENT_DRIVER_H
+#define AGENT_DRIVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "domain_xml.h"
+#include "errors.h"
+#include "messages.h"
+#include "model.h"
+
+typedef struct agent_driver agent_driver;
+
+/* Called on libvirt's event thread when a nube domain changes power state: started or
+ * resumed (RUNNING), suspended (PAUSED), stopped (SHUTDOWN), crashed (CRASHED),
+ * pm-suspended (SUSPENDED). Must not block for long. */
+typedef void (*agent_driver_event_fn)(const char *uuid, cl_power_state power, void *ud);
+
+typedef struct agent_driver_opts {
+    const char *uri;            /* "qemu:///system", "test:///default", ... */
+    agent_virt_type virt_type;  /* for QEMU URIs */
+    const char *instances_dir;  /* disks and console logs (domain_xml.h) */
+    agent_driver_event_fn on_event; /* optional */
+    void *ud;
+} agent_driver_opts;
+
+typedef struct agent_capacity {
+    int64_t vcpus;
+    int64_t ram_mb;
+    int64_t disk_gb;
+} agent_capacity;
+
+typedef struct agent_domain_info {
+    char name[256];
+    char uuid[CL_UUID_LEN];
+    cl_power_state power;
+    bool nube;                  /* carries nube metadata */
+} agent_domain_info;
+
+/* Open the connection (starting the event loop thread if needed), read the hypervisor
+ * type and register for lifecycle events. Returns 0 and *out (free with
+ * agent_driver_free), -ENOTSUP for a hypervisor nube does not drive, or -EIO with err
+ * carrying libvirt's message. */
+int agent_driver_open(const agent_driver_opts *opts, agent_driver **out, cl_error *err);
+
+/* Deregister events, close the connection, stop the event thread when it was the last
+ * driver. Accepts NULL. */
+void agent_driver_free(agent_driver *drv);
+
+/* The hypervisor: the enum, and its name as virConnectGetType() spells it, canonicalised
+ * ("QEMU", "Test", "Xen", "LXC"; libvirt says "TEST"), which is what the agent reports as
+ * hypervisor_type. */
+agent_hv_type agent_driver_hv(const agent_driver *drv);
+const char *agent_driver_hv_name(const agent_driver *drv);
+
+/* The URI given to open. */
+const char *agent_driver_uri(const agent_driver *drv);
+
+/* True while the connection is believed alive (false after the close callback fired,
+ * until a call reopened it). */
+bool agent_driver_alive(agent_driver *drv);
+
+/* Host capacity: vCPUs and memory from virNodeGetInfo, disk from statvfs of
+ * instances_dir (or its nearest existing parent). Returns 0 or negative errno + err. */
+int agent_driver_capacity(agent_driver *drv, agent_capacity *out, cl_error *err);
+
+/* All domains (nube_only: only those with nube metadata). *out is malloc'd (caller
+ * frees; NULL when *out_n is 0). Returns 0 or negative errno + err. */
+int agent_driver_list(agent_driver *drv, bool nube_only, agent_domain_info **out,
+                      size_t *out_n, cl_error *err);
+
+/* Make the instance exist and run. Idempotent: when a domain with that uuid exists it
+ * is started (or resumed) if it is not running, else left alone; otherwise it is defined
+ * from agent_domain_xml() and started. Returns 0, or negative errno with err carrying
+ * libvirt's message (the instance fault). */
+int agent_driver_spawn(agent_driver *drv, const cl_msg_instance *inst, cl_error *err);
+
+/* Make the instance not exist: destroy (if running) and undefine. An absent domain is
+ * success. Returns 0 or negative errno + err. */
+int agent_driver_destroy(agent_driver *drv, const char *uuid, cl_error *err);
+
+/* Power state of the instance's domain. Returns 0, -ENOENT when no such domain, or
+ * negative errno + err. */
+int agent_driver_state(agent_driver *drv, const char *uuid, cl_power_state *out,
+                       cl_error *err);
+
+/* The spec recorded in a domain's nube metadata (for adopting domains the agent has no
+ * record of). Returns 0, -ENOENT (no domain, or no nube metadata), or -EINVAL/-EIO. */
+int agent_driver_metadata(agent_driver *drv, const char *uuid, cl_msg_instance *out,
+                          cl_error *err);
+
+#endif
