@@ -1,0 +1,166 @@
+/*
+ * hypervisors.c - GET /v2.1/os-hypervisors[/detail|/{id}|/{id}/uptime], /v2.1/os-aggregates.
+ *
+ * One hypervisor per nube host (cl_store_host_list), shaped as Nova 2.1 answers
+ * (reference/openstack-api/hypervisor-list.txt, hypervisor-show.txt). The operator CLI's
+ * `nube host list` reads /detail. Nova's "free_*" figures are plain total - used (no
+ * allocation ratios), and so are these. `openstack hypervisor show` also asks for
+ * /os-aggregates (nube has none yet: an empty list) and /uptime, for which Nova's own
+ * libvirt driver answers 501 and the CLI copes.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_int.h"
+#include "cleanup.h"
+
+static json_object *hyp_json(const cl_host *h, bool detail)
+{
+    json_object *o = json_object_new_object();
+    json_object *svc;
+
+    json_object_object_add(o, "id", json_object_new_int64(h->id));
+    json_object_object_add(o, "hypervisor_hostname", json_object_new_string(h->name));
+    json_object_object_add(o, "state", json_object_new_string(h->up ? "up" : "down"));
+    json_object_object_add(o, "status",
+                           json_object_new_string(h->enabled ? "enabled" : "disabled"));
+    if (!detail)
+        return o;
+    json_object_object_add(o, "hypervisor_type", json_object_new_string(h->hypervisor_type));
+    /* libvirt's version is not reported by agents yet. */
+    json_object_object_add(o, "hypervisor_version", json_object_new_int(0));
+    json_object_object_add(o, "host_ip", json_object_new_string("127.0.0.1"));
+    svc = json_object_new_object();
+    json_object_object_add(svc, "id", json_object_new_int64(h->id));
+    json_object_object_add(svc, "host", json_object_new_string(h->name));
+    json_object_object_add(svc, "disabled_reason", NULL);
+    json_object_object_add(o, "service", svc);
+    json_object_object_add(o, "vcpus", json_object_new_int64(h->vcpus));
+    json_object_object_add(o, "memory_mb", json_object_new_int64(h->ram_mb));
+    json_object_object_add(o, "local_gb", json_object_new_int64(h->disk_gb));
+    json_object_object_add(o, "vcpus_used", json_object_new_int64(h->used_vcpus));
+    json_object_object_add(o, "memory_mb_used", json_object_new_int64(h->used_ram_mb));
+    json_object_object_add(o, "local_gb_used", json_object_new_int64(h->used_disk_gb));
+    json_object_object_add(o, "free_ram_mb", json_object_new_int64(h->ram_mb - h->used_ram_mb));
+    json_object_object_add(o, "free_disk_gb",
+                           json_object_new_int64(h->disk_gb - h->used_disk_gb));
+    json_object_object_add(o, "current_workload", json_object_new_int(0));
+    json_object_object_add(o, "running_vms", json_object_new_int64(h->running_vms));
+    json_object_object_add(o, "disk_available_least",
+                           json_object_new_int64(h->disk_gb - h->used_disk_gb));
+    /* A JSON document in a string, as Nova < 2.28; the CLI parses it. */
+    json_object_object_add(o, "cpu_info", json_object_new_string("{}"));
+    return o;
+}
+
+static bool load_hosts(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
+                       cl_host **out, size_t *out_n)
+{
+    cl_store *st;
+    int rc;
+
+    if (!api_compute_begin(ctx, req, resp, true, NULL))
+        return false;
+    st = api_store(ctx, resp);
+    if (!st)
+        return false;
+    rc = cl_store_host_list(st, out, out_n);
+    if (rc < 0) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot list hosts (%s).", strerror(-rc));
+        return false;
+    }
+    return true;
+}
+
+static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bool detail)
+{
+    _cleanup_free_ cl_host *hosts = NULL;
+    size_t n = 0;
+    json_object *body, *list;
+
+    if (!load_hosts(ud, req, resp, &hosts, &n))
+        return;
+    body = json_object_new_object();
+    list = json_object_new_array();
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(list, hyp_json(&hosts[i], detail));
+    json_object_object_add(body, "hypervisors", list);
+    cl_http_resp_json(resp, 200, body);
+}
+
+/* GET /v2.1/os-hypervisors */
+void api_hypervisors_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    list_common(req, resp, ud, false);
+}
+
+/* GET /v2.1/os-hypervisors/detail */
+void api_hypervisors_detail(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    list_common(req, resp, ud, true);
+}
+
+/* The host whose integer id is the {id} capture; answers 404 itself when none. */
+static bool find(const cl_http_req *req, cl_http_resp *resp, const cl_host *hosts, size_t n,
+                 size_t *out_idx)
+{
+    const char *id = cl_http_req_param(req, "id");
+    int64_t want;
+
+    if (id && cl_parse_int64(id, &want) == 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (hosts[i].id == want) {
+                *out_idx = i;
+                return true;
+            }
+        }
+    }
+    cl_http_resp_errorf(resp, CL_E_NOT_FOUND, "Hypervisor with ID '%.64s' could not be found.",
+                        id ? id : "");
+    return false;
+}
+
+/* GET /v2.1/os-hypervisors/{id} */
+void api_hypervisors_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    _cleanup_free_ cl_host *hosts = NULL;
+    const char *id = cl_http_req_param(req, "id");
+    size_t n = 0, idx;
+    json_object *body;
+
+    if (id && strcmp(id, "detail") == 0) {
+        api_hypervisors_detail(req, resp, ud);
+        return;
+    }
+    if (!load_hosts(ud, req, resp, &hosts, &n) || !find(req, resp, hosts, n, &idx))
+        return;
+    body = json_object_new_object();
+    json_object_object_add(body, "hypervisor", hyp_json(&hosts[idx], true));
+    cl_http_resp_json(resp, 200, body);
+}
+
+/* GET /v2.1/os-hypervisors/{id}/uptime: 404 for unknown ids, else 501 as Nova's libvirt
+ * driver when it cannot tell. */
+void api_hypervisors_uptime(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    _cleanup_free_ cl_host *hosts = NULL;
+    size_t n = 0, idx;
+
+    if (!load_hosts(ud, req, resp, &hosts, &n) || !find(req, resp, hosts, n, &idx))
+        return;
+    cl_http_resp_errorf(resp, CL_E_NOT_IMPLEMENTED,
+                        "The requested functionality is not supported.");
+}
+
+/* GET /v2.1/os-aggregates: host aggregates do not exist in nube yet. */
+void api_aggregates_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    json_object *body;
+
+    if (!api_compute_begin(ud, req, resp, true, NULL))
+        return;
+    body = json_object_new_object();
+    json_object_object_add(body, "aggregates", json_object_new_array());
+    cl_http_resp_json(resp, 200, body);
+}
