@@ -71,6 +71,26 @@ def http(method, url, body=None, token=ADMIN_TOKEN, headers=None, raw=None, time
         return Response(e.code, dict(e.headers), e.read())
 
 
+def http_curl(method, url, body, token=ADMIN_TOKEN, timeout=30):
+    """Send a request with curl (which reads the answer while still sending, as real
+    clients do): an early 413 to an oversized body reaches us instead of a broken pipe."""
+    with tempfile.NamedTemporaryFile() as f, tempfile.NamedTemporaryFile() as out:
+        f.write(body)
+        f.flush()
+        cmd = ["curl", "-sS", "-X", method, "-o", out.name, "-D", "-", "-w", "\n%{http_code}",
+               "-H", "Content-Type: application/json", "-H", f"X-Auth-Token: {token}",
+               "--data-binary", f"@{f.name}", "--max-time", str(timeout), url]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+        lines = p.stdout.strip().splitlines()
+        status = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+        headers = {}
+        for line in lines[1:-1]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        return Response(status, headers, open(out.name, "rb").read())
+
+
 class Daemon:
     def __init__(self, name, argv, log_path):
         self.name = name

@@ -17,7 +17,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nubelab import Lab, http, wait_for  # noqa: E402
+from nubelab import Lab, http, http_curl, wait_for  # noqa: E402
 
 FAULT_KEYS = ("code", "message")
 
@@ -31,8 +31,8 @@ def fault_body(r, name, code):
         assert k in inner, f"error body lacks {k}: {r.json}"
     assert inner["code"] == code
     assert inner["message"], "empty error message"
-    assert r.headers.get("x-openstack-request-id", r.headers.get("X-Openstack-Request-Id", "")) \
-        .startswith("req-"), f"no request id header: {r.headers}"
+    rid = {k.lower(): v for k, v in r.headers.items()}.get("x-openstack-request-id", "")
+    assert rid.startswith("req-"), f"no request id header: {r.headers}"
 
 
 def create_many(lab, names, flavor="1"):
@@ -158,7 +158,7 @@ def check_bad_input(lab, state):
                                              "imageRef": "cirros"}}), "badRequest", 400)
     fault_body(http("POST", url, {"nothing": {}}), "badRequest", 400)
     big = b'{"server": {"name": "' + b"a" * (2 * 1024 * 1024) + b'"}}'
-    fault_body(http("POST", url, raw=big), "requestEntityTooLarge", 413)
+    fault_body(http_curl("POST", url, big), "requestEntityTooLarge", 413)
     fault_body(http("GET", f"{lab.compute}/no-such-thing"), "itemNotFound", 404)
     fault_body(http("GET", f"{lab.compute}/servers/00000000-0000-0000-0000-000000000000"),
                "itemNotFound", 404)
