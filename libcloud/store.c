@@ -26,6 +26,7 @@
  * answered from the database alone.
  */
 #include "store.h"
+#include "store_schema.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -137,6 +138,10 @@ static const char schema_v1[] =
 
 static const cl_db_migration store_migrations[] = {
     {1, schema_v1},
+    {2, cl_store_schema_identity},
+    {3, cl_store_schema_compute},
+    {4, cl_store_schema_placement},
+    {5, cl_store_schema_actions},
 };
 
 /* ---------------------------------------------------------------------------------- */

@@ -1,0 +1,7 @@
+/*
+ * store_actions.c - controller-store tables and functions for the actions concern
+ * (see store_schema.h). The schema step is empty until that work lands.
+ */
+#include "store_schema.h"
+
+const char cl_store_schema_actions[] = "SELECT 1;";

@@ -1,0 +1,7 @@
+/*
+ * store_identity.c - controller-store tables and functions for the identity concern
+ * (see store_schema.h). The schema step is empty until that work lands.
+ */
+#include "store_schema.h"
+
+const char cl_store_schema_identity[] = "SELECT 1;";
