@@ -295,11 +295,39 @@ static bool negotiate(const cl_http_req *req, cl_http_resp *resp, int *out_minor
     return true;
 }
 
+/* The caller of the request this thread is handling (see api_auth_current). */
+static _Thread_local cl_auth tl_auth;
+static _Thread_local bool tl_auth_set;
+
+const cl_auth *api_auth_current(void)
+{
+    return tl_auth_set ? &tl_auth : NULL;
+}
+
+/* Fill tl_auth for a caller presenting the static admin token: the admin user with
+ * every role on the admin project. The identity work replaces this with verified,
+ * signed tokens. */
+static void auth_set_static_admin(const api_ctx *ctx)
+{
+    memset(&tl_auth, 0, sizeof(tl_auth));
+    cl_strlcpy(tl_auth.user_id, ctx->cfg->admin_user_id, sizeof(tl_auth.user_id));
+    cl_strlcpy(tl_auth.user_name, ctx->cfg->admin_user, sizeof(tl_auth.user_name));
+    cl_strlcpy(tl_auth.domain_id, "default", sizeof(tl_auth.domain_id));
+    cl_strlcpy(tl_auth.project_id, ctx->cfg->admin_project_id, sizeof(tl_auth.project_id));
+    cl_strlcpy(tl_auth.project_name, ctx->cfg->admin_project_name,
+               sizeof(tl_auth.project_name));
+    tl_auth.roles = CL_ROLE_BIT(CL_ROLE_ADMIN) | CL_ROLE_BIT(CL_ROLE_MEMBER) |
+                    CL_ROLE_BIT(CL_ROLE_READER);
+    tl_auth_set = true;
+}
+
 bool api_compute_begin(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, bool auth,
                        int *out_mv)
 {
     char v[64];
     int mv = API_MV_MIN;
+
+    tl_auth_set = false;
 
     if (!atomic_load_explicit(&ctx->ready, memory_order_acquire)) {
         cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "nube-api is starting; try again.");
@@ -310,6 +338,8 @@ bool api_compute_begin(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
         api_respond_unauthorized(ctx, resp);
         return false;
     }
+    if (auth)
+        auth_set_static_admin(ctx);
     if (!negotiate(req, resp, &mv))
         return false;
     snprintf(v, sizeof(v), "compute 2.%d", mv);

@@ -18,6 +18,7 @@
 
 #include "api.h"
 #include "bus.h"
+#include "auth.h"
 #include "http.h"
 #include "store.h"
 
@@ -67,6 +68,11 @@ cl_store *api_store(api_ctx *ctx, cl_http_resp *resp);
  * minor version (2.<mv>). auth=false skips the token check (version documents). */
 bool api_compute_begin(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, bool auth,
                        int *out_mv);
+
+/* The caller of the request being handled on this thread, set by api_compute_begin
+ * (NULL before it or when auth was skipped). Thread-local: a handler runs on one thread
+ * from begin to end, and nothing else may keep the pointer past the handler. */
+const cl_auth *api_auth_current(void);
 
 /* True when the request carries the admin token (constant-time comparison). */
 bool api_token_ok(const api_ctx *ctx, const char *token);
