@@ -7,9 +7,8 @@ NUBE_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 NUBE_PKGS_BUILD="gcc pkg-config meson ninja-build libvirt-dev libzmq3-dev libjson-c-dev
   libsqlite3-dev libssl-dev libcurl4-openssl-dev libmicrohttpd-dev uuid-dev libinih-dev
   libcmocka-dev libyaml-dev"
-NUBE_PKGS_RUNTIME="libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
+NUBE_PKGS_RUNTIME="libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu python3-openstackclient
   libxml2-utils python3 curl sqlite3 ca-certificates"
-NUBE_PKGS_CLIENT="python3-openstackclient"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
