@@ -1,0 +1,1194 @@
+/*
+ * api.c - the Image API v2 routes of nube-image (the Glance dialect python-openstackclient
+ * and openstacksdk speak; shapes follow the recorded exchanges in
+ * shared/reference/openstack-api/image-*.txt).
+ *
+ *   GET  /                          version document (300 Multiple Choices, as Glance)
+ *   GET  /v2/schemas/image(s)       JSON schemas
+ *   GET  /v2/images                 list: filters, sort, limit/marker, next link
+ *   POST /v2/images                 create (201, status queued)
+ *   GET|PATCH|DELETE /v2/images/{id}
+ *   PUT  /v2/images/{id}/file       streamed upload: queued -> saving -> active | killed
+ *   GET  /v2/images/{id}/file       streamed download, Content-MD5, single Range
+ *   PUT|DELETE /v2/images/{id}/tags/{tag}
+ *   GET  /healthz, /metrics
+ *
+ * The upload pipeline: each chunk is counted against the size limits, fed to the format
+ * inspector, then written and hashed into a temp blob. The first refusal kills the image
+ * at once with its reason (visible to `image show` as nube_status_reason) and drops the
+ * temp file; the rest of the body is discarded by httpd.c. Only after the last byte,
+ * the final inspection verdict and an fsync does the blob get its address and the image
+ * turn active, in one step under the service lock. A connection lost mid-upload puts the
+ * image back to queued (as Glance does) so the client can retry; nothing partial is kept.
+ *
+ * Every handler takes the service lock only around database and blob-namespace steps,
+ * never around network or bulk disk I/O.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "cleanup.h"
+#include "img.h"
+#include "json.h"
+#include "log.h"
+#include "util.h"
+
+#define DEFAULT_LIMIT 25
+#define MAX_LIMIT 1000
+#define MAX_TAGS 128
+#define MAX_PROPERTIES 128
+#define MAX_TAG_LEN 255
+#define MAX_PROP_VALUE 65535
+
+struct img_upload {
+    char id[CL_UUID_LEN];
+    img_blob_writer *w;
+    img_inspector *insp;
+    uint64_t received;
+    uint64_t limit;          /* bytes allowed: min(max_image_bytes, quota left) */
+    bool limit_is_quota;
+    bool refused;
+    cl_error err;            /* the answer once refused */
+};
+
+static const char *const disk_formats_known[] = {"ami", "ari", "aki", "vhd", "vhdx", "vmdk",
+                                                 "raw", "qcow2", "vdi", "iso", "ploop"};
+static const char *const container_formats_ok[] = {"bare", "ami", "aki", "ari"};
+static const char *const container_formats_known[] = {"ovf", "ova", "docker", "compressed"};
+/* Attributes the server owns: a client may not set them. */
+static const char *const read_only_attrs[] = {
+    "id", "status", "checksum", "size", "virtual_size", "owner", "created_at",
+    "updated_at", "file", "self", "schema", "os_hash_algo", "os_hash_value", "location",
+    "locations", "direct_url", "nube_status_reason"};
+
+static void lock(img_service *svc) { pthread_mutex_lock(&svc->lock); }
+static void unlock(img_service *svc) { pthread_mutex_unlock(&svc->lock); }
+
+static bool in_list(const char *s, const char *const *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, list[i]) == 0)
+            return true;
+    return false;
+}
+
+static bool seg_is(const img_req *req, size_t i, const char *s)
+{
+    return req->nsegs > i && strcmp(req->segs[i], s) == 0;
+}
+
+static bool method_is(const img_req *req, const char *m)
+{
+    return strcmp(req->method, m) == 0;
+}
+
+/* ---------------------------------------------------------------- versions, schemas */
+
+static void base_url(const img_service *svc, const img_req *req, char *out, size_t len)
+{
+    const char *host = img_req_header(req, "Host");
+
+    if (host && host[0] && !strpbrk(host, " \t\r\n\"/"))
+        snprintf(out, len, "http://%s", host);
+    else
+        snprintf(out, len, "http://%s:%u", svc->cfg->listen, img_service_port(svc));
+}
+
+static void api_versions(img_service *svc, img_req *req, int status)
+{
+    static const char *const ids[] = {"v2.15", "v2.9", "v2.7", "v2.6", "v2.5",
+                                      "v2.4",  "v2.3", "v2.2", "v2.1", "v2.0"};
+    json_object *arr = json_object_new_array(), *doc = json_object_new_object();
+    char base[300], href[320];
+
+    base_url(svc, req, base, sizeof(base));
+    snprintf(href, sizeof(href), "%s/v2/", base);
+    for (size_t i = 0; i < CL_ARRAY_SIZE(ids); i++) {
+        json_object *v = json_object_new_object(), *links = json_object_new_array(),
+                    *l = json_object_new_object();
+        json_object_object_add(v, "id", json_object_new_string(ids[i]));
+        json_object_object_add(v, "status",
+                               json_object_new_string(i == 0 ? "CURRENT" : "SUPPORTED"));
+        json_object_object_add(l, "rel", json_object_new_string("self"));
+        json_object_object_add(l, "href", json_object_new_string(href));
+        json_object_array_add(links, l);
+        json_object_object_add(v, "links", links);
+        json_object_array_add(arr, v);
+    }
+    json_object_object_add(doc, "versions", arr);
+    img_resp_json(req, status, doc);
+}
+
+static json_object *schema_prop(const char *type, const char *descr)
+{
+    json_object *p = json_object_new_object();
+
+    if (strchr(type, ',')) {
+        json_object *types = json_object_new_array();
+        char buf[64];
+        cl_strlcpy(buf, type, sizeof(buf));
+        for (char *save = NULL, *t = strtok_r(buf, ",", &save); t;
+             t = strtok_r(NULL, ",", &save))
+            json_object_array_add(types, json_object_new_string(t));
+        json_object_object_add(p, "type", types);
+    } else {
+        json_object_object_add(p, "type", json_object_new_string(type));
+    }
+    json_object_object_add(p, "description", json_object_new_string(descr));
+    return p;
+}
+
+static json_object *image_schema(void)
+{
+    static const struct {
+        const char *name, *type, *descr;
+    } props[] = {
+        {"id", "string", "An identifier for the image"},
+        {"name", "string,null", "Descriptive name for the image"},
+        {"status", "string", "Status of the image"},
+        {"visibility", "string", "Scope of image accessibility"},
+        {"protected", "boolean", "If true, image will not be deletable."},
+        {"os_hidden", "boolean", "If true, image will not appear in default image list"},
+        {"checksum", "string,null", "md5 hash of image contents."},
+        {"os_hash_algo", "string,null", "Algorithm of os_hash_value"},
+        {"os_hash_value", "string,null", "Hexdigest of the image contents (sha512)"},
+        {"owner", "string,null", "Owner of the image"},
+        {"size", "integer,null", "Size of image file in bytes"},
+        {"virtual_size", "integer,null", "Virtual size of image in bytes"},
+        {"container_format", "string,null", "Format of the container"},
+        {"disk_format", "string,null", "Format of the disk"},
+        {"created_at", "string", "Date and time of image registration"},
+        {"updated_at", "string", "Date and time of the last image modification"},
+        {"tags", "array", "List of strings related to the image"},
+        {"min_ram", "integer", "Amount of ram (in MB) required to boot image."},
+        {"min_disk", "integer", "Amount of disk space (in GB) required to boot image."},
+        {"self", "string", "An image self url"},
+        {"file", "string", "An image file url"},
+        {"schema", "string", "An image schema url"},
+        {"kernel_id", "string,null", "ID of image stored in Glance used as the kernel"},
+        {"ramdisk_id", "string,null", "ID of image stored in Glance used as the ramdisk"},
+        {"architecture", "string", "Operating system architecture"},
+        {"os_distro", "string", "Common name of operating system distribution"},
+        {"hypervisor_type", "string", "Hypervisor type required by the image"},
+    };
+    json_object *s = json_object_new_object(), *p = json_object_new_object(),
+                *add = json_object_new_object(), *links = json_object_new_array();
+
+    for (size_t i = 0; i < CL_ARRAY_SIZE(props); i++)
+        json_object_object_add(p, props[i].name, schema_prop(props[i].type, props[i].descr));
+    json_object_object_add(s, "name", json_object_new_string("image"));
+    json_object_object_add(s, "properties", p);
+    json_object_object_add(add, "type", json_object_new_string("string"));
+    json_object_object_add(s, "additionalProperties", add);
+    {
+        const char *rels[][2] = {{"self", "{self}"}, {"enclosure", "{file}"},
+                                 {"describedby", "{schema}"}};
+        for (size_t i = 0; i < 3; i++) {
+            json_object *l = json_object_new_object();
+            json_object_object_add(l, "rel", json_object_new_string(rels[i][0]));
+            json_object_object_add(l, "href", json_object_new_string(rels[i][1]));
+            json_object_array_add(links, l);
+        }
+    }
+    json_object_object_add(s, "links", links);
+    return s;
+}
+
+static void api_schema(img_req *req, bool plural)
+{
+    json_object *img = image_schema();
+    json_object *s, *p, *items, *links;
+
+    if (!plural) {
+        img_resp_json(req, 200, img);
+        return;
+    }
+    s = json_object_new_object();
+    p = json_object_new_object();
+    items = json_object_new_object();
+    json_object_object_add(items, "type", json_object_new_string("array"));
+    json_object_object_add(items, "items", img);
+    json_object_object_add(p, "images", items);
+    json_object_object_add(p, "first", schema_prop("string", "first page"));
+    json_object_object_add(p, "next", schema_prop("string", "next page"));
+    json_object_object_add(p, "schema", schema_prop("string", "schema url"));
+    json_object_object_add(s, "name", json_object_new_string("images"));
+    json_object_object_add(s, "properties", p);
+    links = json_object_new_array();
+    json_object_object_add(s, "links", links);
+    img_resp_json(req, 200, s);
+}
+
+/* ---------------------------------------------------------------- load helpers */
+
+/* Load an image the caller may see, or answer 404 (also for invisible ones, so ids of
+ * other projects' private images are not disclosed). Call under the lock. */
+static int load_visible(img_service *svc, img_req *req, const char *id, img_record *r)
+{
+    int rc = cl_uuid_valid(id) ? img_db_get(svc->db, id, r) : -ENOENT;
+
+    if (rc == 0 && !img_can_see(&req->who, r->owner, r->visibility,
+                                r->visibility == IMG_VIS_SHARED &&
+                                    img_db_is_member(svc->db, id, req->who.project_id))) {
+        img_record_clear(r);
+        rc = -ENOENT;
+    }
+    if (rc == -ENOENT)
+        img_resp_errorf(req, CL_E_NOT_FOUND, "No image found with ID %s", id);
+    else if (rc < 0)
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+    return rc;
+}
+
+static int load_modifiable(img_service *svc, img_req *req, const char *id, img_record *r)
+{
+    int rc = load_visible(svc, req, id, r);
+
+    if (rc == 0 && !img_can_modify(&req->who, r->owner)) {
+        img_record_clear(r);
+        img_resp_errorf(req, CL_E_FORBIDDEN, "You are not permitted to modify image %s", id);
+        return -EPERM;
+    }
+    return rc;
+}
+
+static void answer_image(img_req *req, int status, const img_record *r)
+{
+    img_resp_json(req, status, img_record_to_json(r));
+}
+
+/* ---------------------------------------------------------------- attribute setters */
+
+/* Apply one attribute (create body member or PATCH value) to r. value NULL = remove. */
+static int set_attr(img_service *svc, img_req *req, img_record *r, const char *key,
+                    json_object *value, bool creating, cl_error *err)
+{
+    const char *s = value && json_object_is_type(value, json_type_string)
+                        ? json_object_get_string(value) : NULL;
+
+    if (in_list(key, read_only_attrs, CL_ARRAY_SIZE(read_only_attrs)) &&
+        !(creating && strcmp(key, "id") == 0))
+        return cl_error_set(err, CL_E_FORBIDDEN, "Attribute '%s' is read-only.", key);
+    if (strcmp(key, "id") == 0) {
+        if (!s || !cl_uuid_valid(s))
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid id: expected a UUID");
+        cl_strlcpy(r->id, s, sizeof(r->id));
+        for (char *p = r->id; *p; p++)
+            if (*p >= 'A' && *p <= 'F')
+                *p = (char)(*p - 'A' + 'a');
+        return 0;
+    }
+    if (strcmp(key, "name") == 0) {
+        if (value && !s)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid name: expected a string");
+        if (s && strlen(s) > 255)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Image name is longer than 255 "
+                                                       "characters");
+        cl_strlcpy(r->name, s ? s : "", sizeof(r->name));
+        return 0;
+    }
+    if (strcmp(key, "disk_format") == 0 || strcmp(key, "container_format") == 0) {
+        bool disk = key[0] == 'd';
+        if (!creating && strcmp(r->status, "queued") != 0)
+            return cl_error_set(err, CL_E_FORBIDDEN, "Attribute '%s' can only be changed "
+                                "while the image is queued", key);
+        if (!s)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid %s: expected a string", key);
+        if (disk) {
+            img_format f;
+            int rc = img_format_parse(s, &f);
+            if (rc == -ENOTSUP)
+                return cl_error_set(err, CL_E_BAD_REQUEST, "disk_format '%s' is not "
+                                    "accepted by this cloud; convert the image with "
+                                    "'qemu-img convert -O qcow2' and upload it as qcow2", s);
+            if (rc < 0 || !in_list(s, disk_formats_known, CL_ARRAY_SIZE(disk_formats_known)))
+                return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid disk_format '%s'; use "
+                                    "raw, qcow2, vmdk, iso, aki, ari or ami", s);
+            cl_strlcpy(r->disk_format, s, sizeof(r->disk_format));
+        } else {
+            if (in_list(s, container_formats_known, CL_ARRAY_SIZE(container_formats_known)))
+                return cl_error_set(err, CL_E_BAD_REQUEST, "container_format '%s' is not "
+                                    "accepted by this cloud; use bare", s);
+            if (!in_list(s, container_formats_ok, CL_ARRAY_SIZE(container_formats_ok)))
+                return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid container_format '%s'; "
+                                    "use bare, ami, aki or ari", s);
+            cl_strlcpy(r->container_format, s, sizeof(r->container_format));
+        }
+        return 0;
+    }
+    if (strcmp(key, "visibility") == 0) {
+        img_visibility v;
+        if (!s || img_visibility_parse(s, &v) < 0)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid visibility; use private, "
+                                "shared, community or public");
+        if (v == IMG_VIS_PUBLIC && !req->who.is_admin)
+            return cl_error_set(err, CL_E_FORBIDDEN, "Only administrators can make an "
+                                "image public; use 'community' to share it with everyone");
+        r->visibility = v;
+        return 0;
+    }
+    if (strcmp(key, "min_disk") == 0 || strcmp(key, "min_ram") == 0) {
+        if (!value || !json_object_is_type(value, json_type_int) ||
+            json_object_get_int64(value) < 0 || json_object_get_int64(value) > INT32_MAX)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid %s: expected a "
+                                "non-negative integer", key);
+        *(key[4] == 'd' ? &r->min_disk : &r->min_ram) = json_object_get_int64(value);
+        return 0;
+    }
+    if (strcmp(key, "protected") == 0 || strcmp(key, "os_hidden") == 0) {
+        if (!value || !json_object_is_type(value, json_type_boolean))
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid %s: expected true or "
+                                "false", key);
+        *(key[0] == 'p' ? &r->protected_ : &r->os_hidden) = json_object_get_boolean(value);
+        return 0;
+    }
+    if (strcmp(key, "tags") == 0) {
+        json_object *tags = json_object_new_array();
+        if (!value || !json_object_is_type(value, json_type_array) ||
+            json_object_array_length(value) > MAX_TAGS) {
+            json_object_put(tags);
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid tags: expected a list of "
+                                "at most %d strings", MAX_TAGS);
+        }
+        for (size_t i = 0; i < json_object_array_length(value); i++) {
+            json_object *t = json_object_array_get_idx(value, i);
+            if (!json_object_is_type(t, json_type_string) ||
+                json_object_get_string_len(t) > MAX_TAG_LEN) {
+                json_object_put(tags);
+                return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid tag: expected a string "
+                                    "of at most %d characters", MAX_TAG_LEN);
+            }
+            json_object_array_add(tags, json_object_get(t));
+        }
+        json_object_put(r->tags);
+        r->tags = tags;
+        return 0;
+    }
+    /* Anything else is a free-form property: string values, as Glance requires. */
+    if (strlen(key) == 0 || strlen(key) > 255)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid property name");
+    if (!value) {
+        if (!json_object_object_get_ex(r->properties, key, NULL))
+            return cl_error_set(err, CL_E_CONFLICT, "Property %s does not exist.", key);
+        json_object_object_del(r->properties, key);
+        return 0;
+    }
+    if (!s || strlen(s) > MAX_PROP_VALUE)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid value for property '%s': "
+                            "expected a string", key);
+    if (!json_object_object_get_ex(r->properties, key, NULL) &&
+        json_object_object_length(r->properties) >= MAX_PROPERTIES)
+        return cl_error_set(err, CL_E_OVER_LIMIT, "An image can have at most %d properties",
+                            MAX_PROPERTIES);
+    json_object_object_add(r->properties, key, json_object_new_string(s));
+    (void)svc;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- create, show, list */
+
+static void api_create(img_service *svc, img_req *req)
+{
+    _cleanup_json_ json_object *body = NULL;
+    img_record r = {0};
+    cl_error err = {0};
+    int64_t count = 0, bytes = 0;
+    char loc[400], base[300];
+    int rc;
+
+    if (cl_json_parse_object(req->body ? req->body : "", req->body_len, &body, &err) < 0) {
+        img_resp_error(req, &err);
+        return;
+    }
+    cl_uuid_new(r.id);
+    cl_strlcpy(r.owner, req->who.project_id, sizeof(r.owner));
+    cl_strlcpy(r.status, "queued", sizeof(r.status));
+    r.visibility = IMG_VIS_SHARED; /* Glance's default since Ocata */
+    r.size = r.virtual_size = -1;
+    r.properties = json_object_new_object();
+    r.tags = json_object_new_array();
+    json_object_object_foreach(body, key, val) {
+        if (set_attr(svc, req, &r, key, val, true, &err) < 0) {
+            img_record_clear(&r);
+            img_resp_error(req, &err);
+            return;
+        }
+    }
+    r.created_at = r.updated_at = cl_now_ms();
+
+    lock(svc);
+    rc = img_db_usage(svc->db, r.owner, &count, &bytes);
+    if (rc == 0 && count >= svc->cfg->quota_images_per_project)
+        rc = cl_error_set(&err, CL_E_OVER_LIMIT, "Quota exceeded: project %s already has "
+                          "%" PRId64 " images (limit %" PRId64 "); delete some first",
+                          r.owner, count, svc->cfg->quota_images_per_project);
+    else if (rc == 0 && (rc = img_db_insert(svc->db, &r)) == -EEXIST)
+        cl_error_set(&err, CL_E_CONFLICT, "An image with ID %s already exists", r.id);
+    else if (rc < 0)
+        cl_error_set(&err, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+    unlock(svc);
+    if (rc < 0) {
+        img_record_clear(&r);
+        img_resp_error(req, &err);
+        return;
+    }
+    cl_info("image.api", "image %s created by project %s", r.id, r.owner);
+    answer_image(req, 201, &r);
+    base_url(svc, req, base, sizeof(base));
+    snprintf(loc, sizeof(loc), "%s/v2/images/%s", base, r.id);
+    img_resp_header(req, "Location", loc);
+    img_record_clear(&r);
+}
+
+static void api_show(img_service *svc, img_req *req, const char *id)
+{
+    img_record r = {0};
+    int rc;
+
+    lock(svc);
+    rc = load_visible(svc, req, id, &r);
+    unlock(svc);
+    if (rc < 0)
+        return;
+    answer_image(req, 200, &r);
+    img_record_clear(&r);
+}
+
+/* Append "&name=value" (URL-encoded) to a link. */
+static void link_arg(char *out, size_t len, const char *name, const char *value)
+{
+    size_t n = strlen(out);
+
+    if (!value || n + 1 >= len)
+        return;
+    n += (size_t)snprintf(out + n, len - n, "%s%s=", strchr(out, '?') ? "&" : "?", name);
+    for (const unsigned char *p = (const unsigned char *)value; *p && n + 4 < len; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            *p == '-' || *p == '_' || *p == '.' || *p == '~')
+            out[n++] = (char)*p;
+        else
+            n += (size_t)snprintf(out + n, len - n, "%%%02X", *p);
+    }
+    out[n < len ? n : len - 1] = '\0';
+}
+
+static void api_list(img_service *svc, img_req *req)
+{
+    img_list_query q = {.sort_key = "created_at", .sort_desc = true, .limit = DEFAULT_LIMIT};
+    const char *limit = img_req_query(req, "limit"), *dir = img_req_query(req, "sort_dir");
+    const char *sort = img_req_query(req, "sort"), *key = img_req_query(req, "sort_key");
+    char sortbuf[64], link[1200];
+    json_object *images = NULL, *doc;
+    bool more = false;
+    int rc;
+
+    if (limit && (cl_parse_int64(limit, &q.limit) < 0 || q.limit < 0)) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "limit must be a non-negative integer");
+        return;
+    }
+    if (q.limit > MAX_LIMIT)
+        q.limit = MAX_LIMIT;
+    if (sort) { /* new-style "sort=key:dir" (first key only) */
+        cl_strlcpy(sortbuf, sort, sizeof(sortbuf));
+        char *c = strchr(sortbuf, ','), *colon;
+        if (c)
+            *c = '\0';
+        colon = strchr(sortbuf, ':');
+        if (colon) {
+            *colon = '\0';
+            dir = colon + 1;
+        }
+        key = sortbuf;
+    }
+    if (key)
+        q.sort_key = key;
+    if (dir && strcmp(dir, "asc") != 0 && strcmp(dir, "desc") != 0) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "sort_dir must be 'asc' or 'desc'");
+        return;
+    }
+    if (dir)
+        q.sort_desc = strcmp(dir, "desc") == 0;
+    q.name = img_req_query(req, "name");
+    q.status = img_req_query(req, "status");
+    q.visibility = img_req_query(req, "visibility");
+    q.owner = img_req_query(req, "owner");
+    q.marker = img_req_query(req, "marker");
+    if (q.visibility && strcmp(q.visibility, "all") != 0) {
+        img_visibility v;
+        if (img_visibility_parse(q.visibility, &v) < 0) {
+            img_resp_errorf(req, CL_E_BAD_REQUEST, "Invalid visibility filter '%s'",
+                            q.visibility);
+            return;
+        }
+    }
+
+    lock(svc);
+    rc = img_db_list(svc->db, &req->who, &q, &images, &more);
+    unlock(svc);
+    if (rc == -EINVAL) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "Invalid sort key '%s'", q.sort_key);
+        return;
+    }
+    if (rc == -ENOENT) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "marker %s could not be found", q.marker);
+        return;
+    }
+    if (rc < 0) {
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+        return;
+    }
+    doc = json_object_new_object();
+    json_object_object_add(doc, "images", images);
+    cl_strlcpy(link, "/v2/images", sizeof(link));
+    link_arg(link, sizeof(link), "name", q.name);
+    link_arg(link, sizeof(link), "status", q.status);
+    link_arg(link, sizeof(link), "visibility", q.visibility);
+    link_arg(link, sizeof(link), "owner", q.owner);
+    if (key)
+        link_arg(link, sizeof(link), "sort_key", q.sort_key);
+    if (dir)
+        link_arg(link, sizeof(link), "sort_dir", dir);
+    if (limit) {
+        char lim[24];
+        snprintf(lim, sizeof(lim), "%" PRId64, q.limit);
+        link_arg(link, sizeof(link), "limit", lim);
+    }
+    json_object_object_add(doc, "first", json_object_new_string(link));
+    if (more && json_object_array_length(images) > 0) {
+        json_object *last = json_object_array_get_idx(images, json_object_array_length(images) - 1);
+        json_object *idv = NULL;
+        json_object_object_get_ex(last, "id", &idv);
+        link_arg(link, sizeof(link), "marker", json_object_get_string(idv));
+        json_object_object_add(doc, "next", json_object_new_string(link));
+    }
+    json_object_object_add(doc, "schema", json_object_new_string("/v2/schemas/images"));
+    img_resp_json(req, 200, doc);
+}
+
+/* ---------------------------------------------------------------- patch, delete, tags */
+
+/* JSON pointer "/a~1b" -> "a/b" (RFC 6901); only single-level paths exist here. */
+static int pointer_key(const char *path, char *out, size_t len)
+{
+    size_t n = 0;
+
+    if (!path || path[0] != '/' || strchr(path + 1, '/'))
+        return -EINVAL;
+    for (const char *p = path + 1; *p && n + 1 < len; p++) {
+        if (p[0] == '~' && p[1] == '1') {
+            out[n++] = '/';
+            p++;
+        } else if (p[0] == '~' && p[1] == '0') {
+            out[n++] = '~';
+            p++;
+        } else {
+            out[n++] = *p;
+        }
+    }
+    out[n] = '\0';
+    return n ? 0 : -EINVAL;
+}
+
+static void api_patch(img_service *svc, img_req *req, const char *id)
+{
+    const char *ct = img_req_header(req, "Content-Type");
+    _cleanup_json_ json_object *ops = NULL;
+    img_record r = {0};
+    cl_error err = {0};
+    int rc;
+
+    if (!ct || (strncasecmp(ct, "application/openstack-images-v2.1-json-patch", 44) != 0 &&
+                strncasecmp(ct, "application/openstack-images-v2.0-json-patch", 44) != 0)) {
+        img_resp_errorf(req, CL_E_UNSUPPORTED_MEDIA, "PATCH needs Content-Type "
+                        "application/openstack-images-v2.1-json-patch");
+        return;
+    }
+    if (cl_json_parse(req->body ? req->body : "", req->body_len, &ops, &err) < 0 ||
+        !json_object_is_type(ops, json_type_array)) {
+        if (!err.message[0])
+            cl_error_set(&err, CL_E_BAD_REQUEST, "The PATCH body must be a list of "
+                                                 "operations");
+        img_resp_error(req, &err);
+        return;
+    }
+    lock(svc);
+    rc = load_modifiable(svc, req, id, &r);
+    if (rc < 0) {
+        unlock(svc);
+        return;
+    }
+    for (size_t i = 0; rc == 0 && i < json_object_array_length(ops); i++) {
+        json_object *op = json_object_array_get_idx(ops, i), *value = NULL;
+        const char *opname = NULL, *path = NULL;
+        char key[256];
+
+        if (cl_json_get_str(op, "op", true, &opname, &err) < 0 ||
+            cl_json_get_str(op, "path", true, &path, &err) < 0) {
+            rc = -EINVAL;
+            break;
+        }
+        if (pointer_key(path, key, sizeof(key)) < 0) {
+            rc = cl_error_set(&err, CL_E_BAD_REQUEST, "Invalid JSON pointer '%s'", path);
+            break;
+        }
+        if (strcmp(opname, "add") == 0 || strcmp(opname, "replace") == 0) {
+            if (!json_object_object_get_ex(op, "value", &value)) {
+                rc = cl_error_set(&err, CL_E_BAD_REQUEST, "Operation '%s' needs a value",
+                                  opname);
+                break;
+            }
+            rc = set_attr(svc, req, &r, key, value, false, &err);
+        } else if (strcmp(opname, "remove") == 0) {
+            if (strcmp(key, "name") == 0 || strcmp(key, "tags") == 0)
+                rc = set_attr(svc, req, &r, key,
+                              key[0] == 't' ? json_object_new_array() : NULL, false, &err);
+            else if (!in_list(key, read_only_attrs, CL_ARRAY_SIZE(read_only_attrs)) &&
+                     strcmp(key, "visibility") && strcmp(key, "protected") &&
+                     strcmp(key, "disk_format") && strcmp(key, "container_format") &&
+                     strcmp(key, "min_disk") && strcmp(key, "min_ram") &&
+                     strcmp(key, "os_hidden"))
+                rc = set_attr(svc, req, &r, key, NULL, false, &err);
+            else
+                rc = cl_error_set(&err, CL_E_FORBIDDEN, "Attribute '%s' cannot be removed",
+                                  key);
+        } else {
+            rc = cl_error_set(&err, CL_E_BAD_REQUEST, "Unsupported PATCH operation '%s'; "
+                                                      "use add, replace or remove", opname);
+        }
+    }
+    if (rc == 0) {
+        r.updated_at = cl_now_ms();
+        rc = img_db_update(svc->db, &r);
+        if (rc < 0)
+            cl_error_set(&err, CL_E_INTERNAL, "The image database failed (%s)",
+                         strerror(-rc));
+    }
+    unlock(svc);
+    if (rc < 0)
+        img_resp_error(req, &err);
+    else
+        answer_image(req, 200, &r);
+    img_record_clear(&r);
+}
+
+/* Remove a blob no image references any more. Call under the lock. */
+static void drop_blob_if_unused(img_service *svc, const char *sha256)
+{
+    int64_t refs = 1;
+
+    if (sha256[0] && img_db_blob_refs(svc->db, sha256, &refs) == 0 && refs == 0 &&
+        img_blob_remove(&svc->blobs, sha256) == 0)
+        cl_debug("image.blob", "blob %s removed (no image uses it)", sha256);
+}
+
+static void api_delete(img_service *svc, img_req *req, const char *id)
+{
+    img_record r = {0};
+    int rc;
+
+    lock(svc);
+    rc = load_modifiable(svc, req, id, &r);
+    if (rc == 0 && r.protected_) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "Image %s is protected and cannot be deleted; "
+                        "unset 'protected' first", id);
+        rc = -EPERM;
+    } else if (rc == 0) {
+        rc = img_db_delete(svc->db, id);
+        if (rc == 0)
+            drop_blob_if_unused(svc, r.blob);
+        else
+            img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)",
+                            strerror(-rc));
+    }
+    unlock(svc);
+    img_record_clear(&r);
+    if (rc == 0) {
+        cl_info("image.api", "image %s deleted", id);
+        img_resp_empty(req, 204);
+    }
+}
+
+static void api_tag(img_service *svc, img_req *req, const char *id, const char *tag, bool add)
+{
+    img_record r = {0};
+    int rc;
+    size_t n, i;
+    bool found = false;
+
+    if (strlen(tag) == 0 || strlen(tag) > MAX_TAG_LEN) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "A tag has 1 to %d characters", MAX_TAG_LEN);
+        return;
+    }
+    lock(svc);
+    rc = load_modifiable(svc, req, id, &r);
+    if (rc < 0) {
+        unlock(svc);
+        return;
+    }
+    n = json_object_array_length(r.tags);
+    for (i = 0; i < n && !found; i++)
+        found = strcmp(json_object_get_string(json_object_array_get_idx(r.tags, i)), tag) == 0;
+    if (add && !found && n >= MAX_TAGS) {
+        img_resp_errorf(req, CL_E_OVER_LIMIT, "An image can have at most %d tags", MAX_TAGS);
+        rc = -EDQUOT;
+    } else if (!add && !found) {
+        img_resp_errorf(req, CL_E_NOT_FOUND, "Tag %s not found on image %s", tag, id);
+        rc = -ENOENT;
+    } else if (add != found) {
+        if (add)
+            json_object_array_add(r.tags, json_object_new_string(tag));
+        else
+            json_object_array_del_idx(r.tags, i - 1, 1);
+        r.updated_at = cl_now_ms();
+        rc = img_db_update(svc->db, &r);
+        if (rc < 0)
+            img_resp_errorf(req, CL_E_INTERNAL, "The image database failed");
+    }
+    unlock(svc);
+    img_record_clear(&r);
+    if (rc == 0)
+        img_resp_empty(req, 204);
+}
+
+/* ---------------------------------------------------------------- download */
+
+/* Parse a single "bytes=a-b" / "bytes=a-" / "bytes=-n" range. 0 ok, -EINVAL ignore the
+ * header (malformed: serve everything, RFC 9110 14.2), -ERANGE unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *off, uint64_t *len)
+{
+    char a[24] = "", b[24] = "";
+    const char *dash;
+    int64_t x = -1, y = -1;
+
+    if (strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
+        return -EINVAL;
+    h += 6;
+    dash = strchr(h, '-');
+    if (!dash || (size_t)(dash - h) >= sizeof(a) || strlen(dash + 1) >= sizeof(b))
+        return -EINVAL;
+    memcpy(a, h, (size_t)(dash - h));
+    cl_strlcpy(b, dash + 1, sizeof(b));
+    if ((a[0] && (cl_parse_int64(a, &x) < 0 || x < 0)) ||
+        (b[0] && (cl_parse_int64(b, &y) < 0 || y < 0)) || (!a[0] && !b[0]))
+        return -EINVAL;
+    if (!a[0]) { /* suffix: last y bytes */
+        if (y == 0 || size == 0)
+            return -ERANGE;
+        *len = (uint64_t)y < size ? (uint64_t)y : size;
+        *off = size - *len;
+        return 0;
+    }
+    if ((uint64_t)x >= size)
+        return -ERANGE;
+    if (b[0] && y < x)
+        return -EINVAL;
+    *off = (uint64_t)x;
+    *len = (!b[0] || (uint64_t)y >= size ? size - 1 : (uint64_t)y) - (uint64_t)x + 1;
+    return 0;
+}
+
+static void api_download(img_service *svc, img_req *req, const char *id)
+{
+    img_record r = {0};
+    char path[600], hdr[128];
+    const char *range = img_req_header(req, "Range");
+    struct stat st;
+    uint64_t off = 0, len;
+    int fd, rc;
+
+    lock(svc);
+    rc = load_visible(svc, req, id, &r);
+    if (rc == 0 && strcmp(r.status, "active") == 0 &&
+        img_blob_path(&svc->blobs, r.blob, path, sizeof(path)) == 0)
+        fd = open(path, O_RDONLY | O_CLOEXEC); /* under the lock: a delete cannot race */
+    else
+        fd = -2;
+    unlock(svc);
+    if (rc < 0)
+        return;
+    if (fd == -2) {
+        /* Glance answers 204 when an image has no data (yet). */
+        img_record_clear(&r);
+        img_resp_empty(req, 204);
+        return;
+    }
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        if (fd >= 0)
+            close(fd);
+        img_resp_errorf(req, CL_E_INTERNAL, "The data of image %s cannot be read", id);
+        img_record_clear(&r);
+        return;
+    }
+    len = (uint64_t)st.st_size;
+    rc = range ? parse_range(range, (uint64_t)st.st_size, &off, &len) : -EINVAL;
+    if (rc == -ERANGE) {
+        close(fd);
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "Requested range not satisfiable");
+        req->status = 416;
+        snprintf(hdr, sizeof(hdr), "bytes */%jd", (intmax_t)st.st_size);
+        img_resp_header(req, "Content-Range", hdr);
+    } else if (rc == 0) {
+        img_resp_fd(req, 206, fd, off, len);
+        snprintf(hdr, sizeof(hdr), "bytes %" PRIu64 "-%" PRIu64 "/%jd", off, off + len - 1,
+                 (intmax_t)st.st_size);
+        img_resp_header(req, "Content-Range", hdr);
+    } else {
+        img_resp_fd(req, 200, fd, 0, len);
+        img_resp_header(req, "Content-MD5", r.checksum);
+    }
+    img_resp_header(req, "Accept-Ranges", "bytes");
+    atomic_fetch_add(&svc->bytes_out, len);
+    img_record_clear(&r);
+}
+
+/* ---------------------------------------------------------------- upload */
+
+/**
+ * img_api_is_upload - PUT /v2/images/{id}/file is streamed by httpd.c.
+ */
+bool img_api_is_upload(const img_req *req)
+{
+    return method_is(req, "PUT") && req->nsegs == 4 && seg_is(req, 0, "v2") &&
+           seg_is(req, 1, "images") && seg_is(req, 3, "file");
+}
+
+static void upload_free(img_upload *up)
+{
+    if (!up)
+        return;
+    img_blob_writer_free(up->w);
+    img_inspector_free(up->insp);
+    free(up);
+}
+
+/* The upload is refused: the image ends killed with the reason, the temp file goes. */
+static int upload_refuse(img_service *svc, img_upload *up, cl_errcode code, const char *msg)
+{
+    up->refused = true;
+    up->err.code = code;
+    cl_strlcpy(up->err.message, msg, sizeof(up->err.message));
+    img_blob_writer_free(up->w);
+    up->w = NULL;
+    lock(svc);
+    img_db_set_status(svc->db, up->id, "saving", "killed", msg);
+    unlock(svc);
+    atomic_fetch_add(&svc->uploads_refused, 1);
+    cl_info("image.upload", "image %s killed: %s", up->id, msg);
+    return -EINVAL;
+}
+
+/**
+ * img_api_upload_begin - authorise the upload and move the image to saving.
+ */
+int img_api_upload_begin(img_service *svc, img_req *req, uint64_t content_length,
+                         bool has_length)
+{
+    const char *id = req->segs[2];
+    img_upload *up;
+    img_record r = {0};
+    img_format declared;
+    int64_t count = 0, used = 0;
+    uint64_t quota_left;
+    int rc;
+
+    if (img_req_auth(svc, req) < 0)
+        return -EACCES;
+    lock(svc);
+    rc = load_modifiable(svc, req, id, &r);
+    if (rc < 0) {
+        unlock(svc);
+        return rc;
+    }
+    if (!r.disk_format[0] || !r.container_format[0] ||
+        img_format_parse(r.disk_format, &declared) < 0) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "Set disk_format and container_format on "
+                        "image %s before uploading its data", id);
+        rc = -EINVAL;
+    } else if (strcmp(r.status, "queued") != 0) {
+        img_resp_errorf(req, CL_E_CONFLICT, "Image %s is %s; data can only be uploaded to a "
+                        "queued image", id, r.status);
+        rc = -EBUSY;
+    } else if (has_length && content_length > (uint64_t)svc->cfg->max_image_bytes) {
+        img_resp_errorf(req, CL_E_TOO_LARGE, "The image is larger than the limit of %" PRId64
+                        " bytes", svc->cfg->max_image_bytes);
+        rc = -E2BIG;
+    } else if ((rc = img_db_usage(svc->db, r.owner, &count, &used)) < 0) {
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed");
+    } else if (used >= svc->cfg->quota_bytes_per_project ||
+               (has_length && content_length >
+                                  (uint64_t)(svc->cfg->quota_bytes_per_project - used))) {
+        img_resp_errorf(req, CL_E_TOO_LARGE, "Quota exceeded: project %s stores %" PRId64
+                        " of %" PRId64 " bytes; this upload does not fit", r.owner, used,
+                        svc->cfg->quota_bytes_per_project);
+        rc = -EDQUOT;
+    } else if (img_db_set_status(svc->db, id, "queued", "saving", NULL) < 0) {
+        img_resp_errorf(req, CL_E_CONFLICT, "Another upload to image %s is in progress", id);
+        rc = -EBUSY;
+    }
+    unlock(svc);
+    img_record_clear(&r);
+    if (rc < 0)
+        return rc;
+
+    quota_left = (uint64_t)(svc->cfg->quota_bytes_per_project - used);
+    up = calloc(1, sizeof(*up));
+    if (up) {
+        cl_strlcpy(up->id, id, sizeof(up->id));
+        up->limit = (uint64_t)svc->cfg->max_image_bytes;
+        if (quota_left < up->limit) {
+            up->limit = quota_left;
+            up->limit_is_quota = true;
+        }
+        up->insp = img_inspector_new(declared, svc->max_virtual_size);
+        rc = up->insp ? img_blob_writer_new(&svc->blobs, &up->w) : -ENOMEM;
+    }
+    if (!up || rc < 0) {
+        upload_free(up);
+        lock(svc);
+        img_db_set_status(svc->db, id, "saving", "queued", NULL);
+        unlock(svc);
+        img_resp_errorf(req, CL_E_INTERNAL, "The image store cannot accept data now (%s)",
+                        strerror(up ? -rc : ENOMEM));
+        return -EIO;
+    }
+    req->upload = up;
+    cl_info("image.upload", "upload to image %s started (%s)", id, r.disk_format);
+    return 0;
+}
+
+/**
+ * img_api_upload_chunk - limits, inspection, write+hash, in that order.
+ */
+int img_api_upload_chunk(img_service *svc, img_req *req, const char *data, size_t len)
+{
+    img_upload *up = req->upload;
+    char msg[CL_ERROR_MSG_MAX];
+    int rc;
+
+    if (!up || up->refused)
+        return -EINVAL;
+    up->received += len;
+    atomic_fetch_add(&svc->bytes_in, len);
+    if (up->received > up->limit) {
+        snprintf(msg, sizeof(msg), up->limit_is_quota
+                 ? "Quota exceeded: the upload goes beyond the project's storage quota "
+                   "(%" PRIu64 " bytes left)"
+                 : "The image is larger than the limit of %" PRIu64 " bytes", up->limit);
+        return upload_refuse(svc, up, CL_E_TOO_LARGE, msg);
+    }
+    if (img_inspector_feed(up->insp, data, len) < 0)
+        return upload_refuse(svc, up, CL_E_BAD_REQUEST, img_inspector_reason(up->insp));
+    rc = img_blob_writer_write(up->w, data, len);
+    if (rc < 0) {
+        snprintf(msg, sizeof(msg), "The image store could not write the data (%s)",
+                 strerror(-rc));
+        return upload_refuse(svc, up, rc == -ENOSPC ? CL_E_UNAVAILABLE : CL_E_INTERNAL, msg);
+    }
+    return 0;
+}
+
+/**
+ * img_api_upload_end - last byte in: final verdict, seal, address, activate, answer.
+ */
+void img_api_upload_end(img_service *svc, img_req *req)
+{
+    img_upload *up = req->upload;
+    img_blob_info info;
+    img_format fmt;
+    uint64_t vsize = 0;
+    img_record r = {0};
+    char msg[CL_ERROR_MSG_MAX];
+    int rc;
+
+    if (!up)
+        return;
+    if (!up->refused && img_inspector_finish(up->insp, &fmt, &vsize) < 0)
+        upload_refuse(svc, up, CL_E_BAD_REQUEST, img_inspector_reason(up->insp));
+    if (!up->refused && (rc = img_blob_writer_seal(up->w, &info)) < 0) {
+        snprintf(msg, sizeof(msg), "The image store could not store the data (%s)",
+                 strerror(-rc));
+        upload_refuse(svc, up, CL_E_INTERNAL, msg);
+    }
+    if (up->refused) {
+        img_resp_error(req, &up->err);
+        goto out;
+    }
+
+    lock(svc);
+    rc = img_db_get(svc->db, up->id, &r);
+    if (rc == 0 && strcmp(r.status, "saving") != 0)
+        rc = -ESTALE;
+    if (rc == 0)
+        rc = img_blob_writer_commit(up->w);
+    if (rc == 0) {
+        cl_strlcpy(r.status, "active", sizeof(r.status));
+        r.size = (int64_t)info.size;
+        r.virtual_size = (int64_t)vsize;
+        cl_strlcpy(r.checksum, info.md5, sizeof(r.checksum));
+        cl_strlcpy(r.os_hash_value, info.sha512, sizeof(r.os_hash_value));
+        cl_strlcpy(r.blob, info.sha256, sizeof(r.blob));
+        r.reason[0] = '\0';
+        r.updated_at = cl_now_ms();
+        rc = img_db_update(svc->db, &r);
+        if (rc < 0) /* the row could not point at the blob: don't leak it */
+            drop_blob_if_unused(svc, info.sha256);
+    }
+    img_record_clear(&r);
+    unlock(svc);
+    if (rc == -ENOENT || rc == -ESTALE) {
+        img_resp_errorf(req, CL_E_CONFLICT, "Image %s was deleted or changed during the "
+                        "upload; the data was discarded", up->id);
+    } else if (rc < 0) {
+        snprintf(msg, sizeof(msg), "The image store could not store the data (%s)",
+                 strerror(-rc));
+        upload_refuse(svc, up, CL_E_INTERNAL, msg);
+        img_resp_error(req, &up->err);
+    } else {
+        atomic_fetch_add(&svc->uploads_ok, 1);
+        cl_info("image.upload", "image %s active: %" PRIu64 " bytes, %s, sha256 %s", up->id,
+                info.size, img_format_name(fmt), info.sha256);
+        img_resp_empty(req, 204);
+    }
+out:
+    upload_free(up);
+    req->upload = NULL;
+}
+
+/**
+ * img_api_upload_abort - the client went away mid-upload: back to queued (as Glance),
+ * temp file removed.
+ */
+void img_api_upload_abort(img_service *svc, img_req *req)
+{
+    img_upload *up = req->upload;
+
+    if (!up)
+        return;
+    if (!up->refused) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "The upload was interrupted after %" PRIu64 " bytes; "
+                 "upload the data again", up->received);
+        lock(svc);
+        img_db_set_status(svc->db, up->id, "saving", "queued", msg);
+        unlock(svc);
+        atomic_fetch_add(&svc->uploads_aborted, 1);
+        cl_info("image.upload", "image %s: %s", up->id, msg);
+    }
+    upload_free(up);
+    req->upload = NULL;
+}
+
+/* ---------------------------------------------------------------- health, metrics */
+
+static void api_healthz(img_service *svc, img_req *req)
+{
+    int64_t c = 0, b = 0;
+    int rc;
+
+    lock(svc);
+    rc = img_db_usage(svc->db, "", &c, &b);
+    unlock(svc);
+    if (rc < 0)
+        img_resp_text(req, 503, "text/plain", "image database unavailable\n");
+    else
+        img_resp_text(req, 200, "text/plain", "ok\n");
+}
+
+static void api_metrics(img_service *svc, img_req *req)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    if (!f) {
+        img_resp_errorf(req, CL_E_INTERNAL, "Out of memory");
+        return;
+    }
+    img_httpd_metrics(svc->httpd, f);
+    fprintf(f, "# TYPE nube_image_uploads_total counter\n"
+               "nube_image_uploads_total{result=\"active\"} %" PRIuFAST64 "\n"
+               "nube_image_uploads_total{result=\"refused\"} %" PRIuFAST64 "\n"
+               "nube_image_uploads_total{result=\"aborted\"} %" PRIuFAST64 "\n"
+               "# TYPE nube_image_bytes_received_total counter\n"
+               "nube_image_bytes_received_total %" PRIuFAST64 "\n"
+               "# TYPE nube_image_bytes_sent_total counter\n"
+               "nube_image_bytes_sent_total %" PRIuFAST64 "\n",
+            (uint_fast64_t)atomic_load(&svc->uploads_ok),
+            (uint_fast64_t)atomic_load(&svc->uploads_refused),
+            (uint_fast64_t)atomic_load(&svc->uploads_aborted),
+            (uint_fast64_t)atomic_load(&svc->bytes_in),
+            (uint_fast64_t)atomic_load(&svc->bytes_out));
+    fclose(f);
+    img_resp_text(req, 200, "text/plain; version=0.0.4", buf);
+    free(buf);
+}
+
+/* ---------------------------------------------------------------- routing */
+
+static void not_allowed(img_req *req, const char *allow)
+{
+    img_resp_errorf(req, CL_E_METHOD_NOT_ALLOWED, "Method %s is not allowed here",
+                    req->method);
+    img_resp_header(req, "Allow", allow);
+}
+
+/**
+ * img_api_dispatch - route a buffered request to its handler; always answers.
+ */
+void img_api_dispatch(img_service *svc, img_req *req)
+{
+    size_t n = req->nsegs;
+
+    if (n == 0)
+        return method_is(req, "GET") ? api_versions(svc, req, 300) : not_allowed(req, "GET");
+    if (n == 1 && seg_is(req, 0, "versions"))
+        return api_versions(svc, req, 200);
+    if (n == 1 && seg_is(req, 0, "healthz"))
+        return api_healthz(svc, req);
+    if (n == 1 && seg_is(req, 0, "metrics"))
+        return api_metrics(svc, req);
+    if (!seg_is(req, 0, "v2") || n < 2) {
+        img_resp_errorf(req, CL_E_NOT_FOUND, "The resource could not be found.");
+        return;
+    }
+    if (img_req_auth(svc, req) < 0)
+        return;
+    if (n == 3 && seg_is(req, 1, "schemas") &&
+        (seg_is(req, 2, "image") || seg_is(req, 2, "images")))
+        return api_schema(req, seg_is(req, 2, "images"));
+    if (!seg_is(req, 1, "images") || n > 5) {
+        img_resp_errorf(req, CL_E_NOT_FOUND, "The resource could not be found.");
+        return;
+    }
+    if (n == 2) {
+        if (method_is(req, "GET"))
+            return api_list(svc, req);
+        if (method_is(req, "POST"))
+            return api_create(svc, req);
+        return not_allowed(req, "GET, POST");
+    }
+    if (n == 3) {
+        if (method_is(req, "GET"))
+            return api_show(svc, req, req->segs[2]);
+        if (method_is(req, "PATCH"))
+            return api_patch(svc, req, req->segs[2]);
+        if (method_is(req, "DELETE"))
+            return api_delete(svc, req, req->segs[2]);
+        return not_allowed(req, "GET, PATCH, DELETE");
+    }
+    if (n == 4 && seg_is(req, 3, "file"))
+        return method_is(req, "GET") ? api_download(svc, req, req->segs[2])
+                                     : not_allowed(req, "GET, PUT");
+    if (n == 5 && seg_is(req, 3, "tags")) {
+        if (method_is(req, "PUT") || method_is(req, "DELETE"))
+            return api_tag(svc, req, req->segs[2], req->segs[4], method_is(req, "PUT"));
+        return not_allowed(req, "PUT, DELETE");
+    }
+    img_resp_errorf(req, CL_E_NOT_FOUND, "The resource could not be found.");
+}

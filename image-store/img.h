@@ -1,0 +1,280 @@
+/*
+ * img.h - the internal interfaces of nube-image, between its files:
+ *
+ *   blob.c     content-addressed blob store (streamed writes, hashing, dedup, recovery)
+ *   image.c    image records in SQLite, visibility rules, Glance JSON rendering
+ *   api.c      the Image v2 routes (metadata, upload, download)
+ *   httpd.c    the HTTP front over libmicrohttpd with streaming bodies
+ *   service.c  the config table and the service context: start, recover, stop
+ *
+ * Tests link all of it through img_lib and drive it over real HTTP on loopback.
+ */
+#ifndef IMG_H
+#define IMG_H
+
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "daemon.h"
+#include "db.h"
+#include "errors.h"
+#include "inspect.h"
+#include "util.h"
+
+/* ---------------- configuration ---------------- */
+
+typedef struct img_config {
+    cl_common_cfg common; /* must stay first (daemon.h) */
+    char *listen;
+    int64_t port;
+    int64_t max_image_bytes;
+    int64_t max_virtual_size_gb;
+    int64_t quota_images_per_project;
+    int64_t quota_bytes_per_project;
+    char *db_connection;   /* "" = <state_dir>/image.db */
+    char *admin_token;
+    char *admin_project_id;
+} img_config;
+
+/* The declarative key table of nube-image.conf. */
+extern const cl_cfg_key img_config_keys[];
+extern const size_t img_config_nkeys;
+
+/* ---------------- blob store ---------------- */
+
+#define IMG_SHA256_HEX 65
+#define IMG_MD5_HEX 33
+#define IMG_SHA512_HEX 129
+
+typedef struct img_blob_store {
+    char dir[512]; /* <state_dir>/images/blobs */
+} img_blob_store;
+
+/* An upload being written: a temp file in the blob dir and three running hashes. */
+typedef struct img_blob_writer img_blob_writer;
+
+typedef struct img_blob_info {
+    uint64_t size;
+    char sha256[IMG_SHA256_HEX]; /* the blob's address */
+    char md5[IMG_MD5_HEX];       /* Glance "checksum" */
+    char sha512[IMG_SHA512_HEX]; /* Glance "os_hash_value" */
+} img_blob_info;
+
+/* Create <state_dir>/images/blobs (mode 0700 parents as needed). 0 or -errno. */
+int img_blob_store_init(img_blob_store *bs, const char *state_dir);
+
+/* Remove temp files left by uploads interrupted by a crash; returns how many. */
+int img_blob_remove_temps(img_blob_store *bs);
+
+/* Start an upload: an O_CLOEXEC temp file in the blob dir. 0 or -errno. */
+int img_blob_writer_new(img_blob_store *bs, img_blob_writer **out);
+
+/* Write and hash a chunk. 0 or -errno (-ENOSPC ...). */
+int img_blob_writer_write(img_blob_writer *w, const void *data, size_t len);
+
+/* Finish hashing and fsync the temp file (call outside locks: it can be slow).
+ * Fills *out. 0 or -errno. */
+int img_blob_writer_seal(img_blob_writer *w, img_blob_info *out);
+
+/* Move a sealed temp file to its content address, or drop it when a blob with the same
+ * address already exists (de-duplication). 0 or -errno. Call under the service lock so a
+ * concurrent delete of the same blob cannot interleave. */
+int img_blob_writer_commit(img_blob_writer *w);
+
+/* Abandon: close and unlink the temp file. Accepts NULL. */
+void img_blob_writer_free(img_blob_writer *w);
+
+/* Path of a blob by its sha256 hex into out. 0 or -EINVAL (not a sha256). */
+int img_blob_path(const img_blob_store *bs, const char *sha256, char *out, size_t len);
+
+/* Unlink a blob. 0, -ENOENT or -errno. */
+int img_blob_remove(img_blob_store *bs, const char *sha256);
+
+/* Call fn for every stored blob address (for the orphan sweep). */
+int img_blob_foreach(img_blob_store *bs, void (*fn)(const char *sha256, void *ud), void *ud);
+
+/* ---------------- identities and visibility ---------------- */
+
+typedef struct img_identity {
+    char project_id[64];
+    bool is_admin;
+} img_identity;
+
+typedef enum {
+    IMG_VIS_PRIVATE,
+    IMG_VIS_SHARED,
+    IMG_VIS_COMMUNITY,
+    IMG_VIS_PUBLIC,
+    IMG_VIS_MAX
+} img_visibility;
+
+const char *img_visibility_name(img_visibility v);
+int img_visibility_parse(const char *s, img_visibility *out);
+
+/* May `who` see (show, download) an image of owner/visibility? is_member says whether
+ * who's project is an accepted member of the image (shared images). Pure function. */
+bool img_can_see(const img_identity *who, const char *owner, img_visibility vis,
+                 bool is_member);
+
+/* May `who` change or delete it (admin or owner)? */
+bool img_can_modify(const img_identity *who, const char *owner);
+
+/* ---------------- image records ---------------- */
+
+typedef struct img_record {
+    char id[CL_UUID_LEN];
+    char name[256];
+    char owner[64];
+    char status[16];       /* queued, saving, active, killed, deleted */
+    img_visibility visibility;
+    char disk_format[16];
+    char container_format[16];
+    int64_t min_disk, min_ram;
+    bool protected_, os_hidden;
+    int64_t size;          /* -1 = null */
+    int64_t virtual_size;  /* -1 = null */
+    char checksum[IMG_MD5_HEX];
+    char os_hash_value[IMG_SHA512_HEX];
+    char blob[IMG_SHA256_HEX];
+    char reason[256];      /* why an upload was refused */
+    int64_t created_at, updated_at; /* unix ms */
+    json_object *properties; /* owned: free with img_record_clear() */
+    json_object *tags;       /* owned array of strings */
+} img_record;
+
+void img_record_clear(img_record *r);
+
+/* Schema migrations of image.db. */
+extern const cl_db_migration img_db_migrations[];
+extern const size_t img_db_nmigrations;
+
+/* Load an image by id: 0, -ENOENT. Caller clears r. */
+int img_db_get(cl_db *db, const char *id, img_record *r);
+/* Insert a new record (id, created_at set by caller). */
+int img_db_insert(cl_db *db, const img_record *r);
+/* Write every mutable column of r back (by id). */
+int img_db_update(cl_db *db, const img_record *r);
+/* Delete a row (and its members). */
+int img_db_delete(cl_db *db, const char *id);
+/* Compare-and-set the status: 0, or -EBUSY when the current status is not `from`. */
+int img_db_set_status(cl_db *db, const char *id, const char *from, const char *to,
+                      const char *reason);
+/* Number of image rows referencing a blob. */
+int img_db_blob_refs(cl_db *db, const char *sha256, int64_t *out);
+/* Images and bytes a project holds (quota). */
+int img_db_usage(cl_db *db, const char *project, int64_t *out_count, int64_t *out_bytes);
+/* Is project an accepted member of image id? */
+bool img_db_is_member(cl_db *db, const char *id, const char *project);
+/* Add a member (tests, future members API). */
+int img_db_add_member(cl_db *db, const char *id, const char *project, const char *status);
+
+/* A list query (GET /v2/images). */
+typedef struct img_list_query {
+    const char *name, *status, *visibility, *owner;
+    const char *sort_key; /* validated column */
+    bool sort_desc;
+    const char *marker;   /* image id or NULL */
+    int64_t limit;
+} img_list_query;
+
+/* Fill *out with a new JSON array of image documents visible to who, at most limit,
+ * and *more when further results exist. 0, -ENOENT (marker unknown), -EINVAL. */
+int img_db_list(cl_db *db, const img_identity *who, const img_list_query *q,
+                json_object **out, bool *more);
+
+/* The Glance document of an image (new reference). */
+json_object *img_record_to_json(const img_record *r);
+
+/* ---------------- HTTP requests (httpd.c) as the routes see them ---------------- */
+
+#define IMG_MAX_SEGS 8
+
+typedef struct img_service img_service;
+typedef struct img_upload img_upload;
+typedef struct img_httpd img_httpd;
+
+typedef struct img_req {
+    void *conn;                    /* struct MHD_Connection * */
+    const char *method;
+    char *segs[IMG_MAX_SEGS];      /* percent-decoded path segments */
+    size_t nsegs;
+    char request_id[64];
+    img_identity who;              /* valid once img_req_auth() succeeded */
+    char *body;                    /* buffered body of non-streaming routes, NUL-ended */
+    size_t body_len;
+    /* the response being built */
+    int status;
+    void *resp;                    /* struct MHD_Response * */
+    img_upload *upload;            /* streaming upload in progress (api.c) */
+} img_req;
+
+/* Request header or query argument, NULL when absent. */
+const char *img_req_header(const img_req *req, const char *name);
+const char *img_req_query(const img_req *req, const char *name);
+
+/* Authenticate the request (X-Auth-Token); on failure answers 401 and returns <0. */
+int img_req_auth(img_service *svc, img_req *req);
+
+/* Build the response (once; a second call replaces the first). */
+void img_resp_json(img_req *req, int status, json_object *body /* owned */);
+void img_resp_error(img_req *req, const cl_error *err);
+void img_resp_errorf(img_req *req, cl_errcode code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void img_resp_empty(img_req *req, int status);
+/* Stream len bytes of fd from offset (takes fd). */
+void img_resp_fd(img_req *req, int status, int fd, uint64_t offset, uint64_t len);
+void img_resp_text(img_req *req, int status, const char *ctype, const char *text);
+/* Add a header to the response already built. */
+void img_resp_header(img_req *req, const char *name, const char *value);
+
+/* Routes (api.c). img_api_dispatch answers every buffered request. */
+void img_api_dispatch(img_service *svc, img_req *req);
+/* True when the request is a streamed upload (PUT /v2/images/{id}/file). */
+bool img_api_is_upload(const img_req *req);
+/* Upload steps: begin (headers in; may answer at once and return <0), chunk (0, or <0
+ * once refused: the rest is discarded), end (all bytes in: answers), abort (the
+ * connection died first). */
+int img_api_upload_begin(img_service *svc, img_req *req, uint64_t content_length,
+                         bool has_length);
+int img_api_upload_chunk(img_service *svc, img_req *req, const char *data, size_t len);
+void img_api_upload_end(img_service *svc, img_req *req);
+void img_api_upload_abort(img_service *svc, img_req *req);
+
+/* The HTTP front (httpd.c). */
+int img_httpd_start(img_service *svc, img_httpd **out, cl_error *err);
+uint16_t img_httpd_port(const img_httpd *h);
+void img_httpd_stop(img_httpd *h);
+void img_httpd_metrics(const img_httpd *h, FILE *out);
+
+/* ---------------- the service ---------------- */
+
+struct img_service {
+    const img_config *cfg;
+    cl_db *db;
+    pthread_mutex_t lock; /* the db connection and blob commit/delete */
+    img_blob_store blobs;
+    img_httpd *httpd;
+    uint64_t max_virtual_size;
+    /* metrics */
+    atomic_uint_fast64_t uploads_ok, uploads_refused, uploads_aborted;
+    atomic_uint_fast64_t bytes_in, bytes_out;
+};
+
+/* Open the DB, recover from a crash (temp files removed, images left "saving" set to
+ * "killed", unreferenced blobs removed) and start listening. cfg must outlive the
+ * service. 0 or -errno with err filled. */
+int img_service_start(const img_config *cfg, img_service **out, cl_error *err);
+/* The bound port (useful with port 0). */
+uint16_t img_service_port(const img_service *svc);
+/* Stop listening, finish requests, free. Accepts NULL. */
+void img_service_stop(img_service *svc);
+
+/* Check an X-Auth-Token and say who it is. 0 or -EACCES (err: 401). The one place to
+ * replace with signed-token verification. */
+int img_auth(const img_service *svc, const char *token, img_identity *out, cl_error *err);
+
+#endif

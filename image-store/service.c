@@ -1,0 +1,168 @@
+/*
+ * service.c - the nube-image service context: its config table, start-up with crash
+ * recovery, shutdown, and authentication.
+ *
+ * Start-up order matters for crash safety. Before the HTTP front accepts a single
+ * request: temp files of interrupted uploads are deleted, images a crash left in
+ * "saving" are set to "killed" (their data never completed, and nothing can resume it),
+ * and blobs no image row references (a crash between the rename of a blob and the
+ * update of its row) are deleted. So a restart never shows a partial image as active
+ * and never keeps bytes nobody can reach.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "img.h"
+#include "log.h"
+
+const cl_cfg_key img_config_keys[] = {
+    CL_DAEMON_COMMON_KEYS(img_config),
+    {"image", "listen", CL_CFG_STR, "127.0.0.1", 0, -1, offsetof(img_config, listen),
+     "IPv4 address the Image API listens on."},
+    {"image", "port", CL_CFG_INT, "9292", 0, 65535, offsetof(img_config, port),
+     "TCP port of the Image API (0 picks a free port)."},
+    {"image", "max_image_bytes", CL_CFG_INT, "21474836480", 1, 9e15,
+     offsetof(img_config, max_image_bytes), "Largest image upload accepted, in bytes."},
+    {"image", "max_virtual_size_gb", CL_CFG_INT, "1024", 1, 1048576,
+     offsetof(img_config, max_virtual_size_gb),
+     "Largest virtual (guest-visible) disk size an image may declare, in GiB."},
+    {"image", "quota_images_per_project", CL_CFG_INT, "100", 0, 1e9,
+     offsetof(img_config, quota_images_per_project), "Images a project may own."},
+    {"image", "quota_bytes_per_project", CL_CFG_INT, "107374182400", 0, 9e15,
+     offsetof(img_config, quota_bytes_per_project),
+     "Bytes of image data a project may store."},
+    {"database", "connection", CL_CFG_STR, "", 0, -1, offsetof(img_config, db_connection),
+     "Path of the image database (default <state_dir>/image.db)."},
+    {"auth", "admin_token", CL_CFG_STR, "", 0, -1, offsetof(img_config, admin_token),
+     "Token that authenticates the administrator (required)."},
+    {"auth", "admin_project_id", CL_CFG_STR, "5a0c5e2b9b6f4f3e8d1c2b3a4f5e6d7c", 0, -1,
+     offsetof(img_config, admin_project_id), "Project that owns the administrator's images."},
+};
+const size_t img_config_nkeys = CL_ARRAY_SIZE(img_config_keys);
+
+/**
+ * img_auth - who is calling. For now one identity: the admin token of the config,
+ * compared in constant time. The identity service's signed tokens replace this
+ * function alone.
+ */
+int img_auth(const img_service *svc, const char *token, img_identity *out, cl_error *err)
+{
+    const char *want = svc->cfg->admin_token;
+    size_t n = token ? strlen(token) : 0;
+
+    if (!token || !token[0])
+        return cl_error_set(err, CL_E_UNAUTHORIZED, "Authentication required: send a token "
+                                                    "in X-Auth-Token");
+    if (n != strlen(want) || CRYPTO_memcmp(token, want, n) != 0)
+        return cl_error_set(err, CL_E_UNAUTHORIZED, "The token is not valid; request a new "
+                                                    "one");
+    memset(out, 0, sizeof(*out));
+    cl_strlcpy(out->project_id, svc->cfg->admin_project_id, sizeof(out->project_id));
+    out->is_admin = true;
+    return 0;
+}
+
+static void sweep_orphan(const char *sha256, void *ud)
+{
+    img_service *svc = ud;
+    int64_t refs = 1;
+
+    if (img_db_blob_refs(svc->db, sha256, &refs) == 0 && refs == 0 &&
+        img_blob_remove(&svc->blobs, sha256) == 0)
+        cl_info("image.recover", "removed blob %s that no image references", sha256);
+}
+
+static int recover(img_service *svc, cl_error *err)
+{
+    int n = img_blob_remove_temps(&svc->blobs), rc;
+
+    if (n < 0)
+        return cl_error_set(err, CL_E_INTERNAL, "Cannot read the blob directory %s: %s",
+                            svc->blobs.dir, strerror(-n));
+    if (n > 0)
+        cl_info("image.recover", "removed %d temp files of interrupted uploads", n);
+    rc = cl_db_exec(svc->db,
+                    "UPDATE images SET status = 'killed', reason = 'The upload was "
+                    "interrupted by a restart of the image service; create the image "
+                    "again' WHERE status = 'saving'");
+    if (rc < 0)
+        return cl_error_set(err, CL_E_INTERNAL, "Cannot recover the image database: %s",
+                            cl_db_errmsg(svc->db));
+    if (cl_db_changes(svc->db) > 0)
+        cl_info("image.recover", "%d images left saving by a crash are now killed",
+                cl_db_changes(svc->db));
+    img_blob_foreach(&svc->blobs, sweep_orphan, svc);
+    return 0;
+}
+
+/**
+ * img_service_start - open, recover, listen (see img.h).
+ */
+int img_service_start(const img_config *cfg, img_service **out, cl_error *err)
+{
+    img_service *svc;
+    char dbpath[600];
+    int rc;
+
+    if (!cfg->admin_token || !cfg->admin_token[0])
+        return cl_error_set(err, CL_E_INTERNAL, "[auth] admin_token must be set");
+    svc = calloc(1, sizeof(*svc));
+    if (!svc)
+        return cl_error_set(err, CL_E_INTERNAL, "Out of memory");
+    svc->cfg = cfg;
+    svc->max_virtual_size = (uint64_t)cfg->max_virtual_size_gb << 30;
+    pthread_mutex_init(&svc->lock, NULL);
+    rc = img_blob_store_init(&svc->blobs, cfg->common.state_dir);
+    if (rc < 0) {
+        cl_error_set(err, CL_E_INTERNAL, "Cannot create %s/images/blobs: %s",
+                     cfg->common.state_dir, strerror(-rc));
+        goto fail;
+    }
+    if (cfg->db_connection && cfg->db_connection[0])
+        cl_strlcpy(dbpath, cfg->db_connection, sizeof(dbpath));
+    else
+        snprintf(dbpath, sizeof(dbpath), "%s/image.db", cfg->common.state_dir);
+    rc = cl_db_open(dbpath, img_db_migrations, img_db_nmigrations, 5000, &svc->db, err);
+    if (rc < 0)
+        goto fail;
+    rc = recover(svc, err);
+    if (rc < 0)
+        goto fail;
+    rc = img_httpd_start(svc, &svc->httpd, err);
+    if (rc < 0)
+        goto fail;
+    cl_info("image", "listening on %s:%u, blobs in %s", cfg->listen, img_service_port(svc),
+            svc->blobs.dir);
+    *out = svc;
+    return 0;
+fail:
+    img_service_stop(svc);
+    return rc;
+}
+
+/**
+ * img_service_port - the port the Image API is bound to.
+ */
+uint16_t img_service_port(const img_service *svc)
+{
+    return svc->httpd ? img_httpd_port(svc->httpd) : 0;
+}
+
+/**
+ * img_service_stop - stop the HTTP front (running uploads are aborted and their temp
+ * files removed), close the database, free.
+ */
+void img_service_stop(img_service *svc)
+{
+    if (!svc)
+        return;
+    img_httpd_stop(svc->httpd);
+    cl_db_close(svc->db);
+    pthread_mutex_destroy(&svc->lock);
+    free(svc);
+}
