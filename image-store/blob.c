@@ -356,14 +356,18 @@ int img_blob_foreach(img_blob_store *bs, void (*fn)(const char *sha256, void *ud
 
         if (strlen(e->d_name) != 2 || !is_hex(e->d_name, 2))
             continue;
-        snprintf(sub, sizeof(sub), "%s/%s", bs->dir, e->d_name);
+        if (snprintf(sub, sizeof(sub), "%s/%s", bs->dir, e->d_name) >= (int)sizeof(sub))
+            continue; /* cannot be ours: the store's own paths fit */
         sd = opendir(sub);
         if (!sd)
             continue;
         while ((f = readdir(sd))) {
             if (strlen(f->d_name) != 62 || !is_hex(f->d_name, 62))
                 continue;
-            snprintf(addr, sizeof(addr), "%s%s", e->d_name, f->d_name);
+            /* The address is the 2-character directory plus the 62-character name. */
+            memcpy(addr, e->d_name, 2);
+            memcpy(addr + 2, f->d_name, 62);
+            addr[64] = '\0';
             fn(addr, ud);
         }
         closedir(sd);

@@ -203,7 +203,8 @@ static void count_files(fixture *f, int *temps, int *blobs)
             char sub[300];
             DIR *s;
             struct dirent *g;
-            snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+            assert_true(snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name) <
+                        (int)sizeof(sub));
             s = opendir(sub);
             assert_non_null(s);
             while ((g = readdir(s)))
