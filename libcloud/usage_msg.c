@@ -1,0 +1,323 @@
+/*
+ * usage_msg.c - encoder and decoder of the usage.samples message (see usage_msg.h for
+ * the contract between nube-agent and nube-billing).
+ *
+ * The decoder is strict about each sample and lenient about the batch: every field is
+ * checked (uuids, bounded strings that are refused rather than truncated, non-negative
+ * integers, enum names, the fields each kind requires), but one bad sample is skipped
+ * and counted instead of failing the batch, because the bus acknowledges whole messages
+ * and the good samples beside it must not be lost or resent forever.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "usage_msg.h"
+
+static const char *const kind_names[CL_USAGE_KIND_MAX] = {
+    [CL_USAGE_COUNTER] = "counter",
+    [CL_USAGE_GAUGE] = "gauge",
+    [CL_USAGE_EVENT] = "event",
+};
+
+static const char *const event_names[CL_USAGE_EV_MAX] = {
+    [CL_USAGE_EV_NONE] = "none",       [CL_USAGE_EV_CREATED] = "created",
+    [CL_USAGE_EV_STARTED] = "started", [CL_USAGE_EV_RESUMED] = "resumed",
+    [CL_USAGE_EV_RESIZED] = "resized", [CL_USAGE_EV_MIGRATED] = "migrated",
+    [CL_USAGE_EV_PAUSED] = "paused",   [CL_USAGE_EV_STOPPED] = "stopped",
+    [CL_USAGE_EV_DELETED] = "deleted",
+};
+
+/* Name of a kind; "unknown" for out-of-range values. */
+const char *cl_usage_kind_name(cl_usage_kind k)
+{
+    return (unsigned)k < CL_USAGE_KIND_MAX ? kind_names[k] : "unknown";
+}
+
+/* Name of an event; "unknown" for out-of-range values. */
+const char *cl_usage_event_name(cl_usage_event e)
+{
+    return (unsigned)e < CL_USAGE_EV_MAX ? event_names[e] : "unknown";
+}
+
+/* Parse a kind name. 0 or -EINVAL (out untouched). */
+int cl_usage_kind_parse(const char *s, cl_usage_kind *out)
+{
+    for (int i = 0; s && i < CL_USAGE_KIND_MAX; i++)
+        if (strcmp(s, kind_names[i]) == 0) {
+            *out = (cl_usage_kind)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+/* Parse an event name ("none" is not a valid event on the wire). 0 or -EINVAL. */
+int cl_usage_event_parse(const char *s, cl_usage_event *out)
+{
+    for (int i = CL_USAGE_EV_NONE + 1; s && i < CL_USAGE_EV_MAX; i++)
+        if (strcmp(s, event_names[i]) == 0) {
+            *out = (cl_usage_event)i;
+            return 0;
+        }
+    return -EINVAL;
+}
+
+/* ---- encoding ---- */
+
+static bool add_ok(json_object *obj, const char *key, json_object *val)
+{
+    if (!val)
+        return false;
+    if (json_object_object_add(obj, key, val) < 0) {
+        json_object_put(val);
+        return false;
+    }
+    return true;
+}
+
+static bool add_i64(json_object *obj, const char *key, int64_t v)
+{
+    return add_ok(obj, key, json_object_new_int64(v));
+}
+
+static bool add_str(json_object *obj, const char *key, const char *s)
+{
+    return add_ok(obj, key, json_object_new_string(s));
+}
+
+/* Build one sample object; optional parts only when present. Caller owns the result. */
+json_object *cl_usage_sample_encode(const cl_usage_sample *s)
+{
+    if (!s)
+        return NULL;
+    _cleanup_json_ json_object *o = json_object_new_object();
+    if (!o || !add_str(o, "id", s->id) || !add_str(o, "instance_uuid", s->instance_uuid) ||
+        !add_str(o, "project_id", s->project_id) || !add_str(o, "host", s->host) ||
+        !add_i64(o, "ts", s->ts) || !add_str(o, "kind", cl_usage_kind_name(s->kind)))
+        return NULL;
+    if (s->has_counters) {
+        json_object *c = json_object_new_object();
+        if (!add_ok(o, "counters", c) || !add_i64(c, "cpu_ns", s->counters.cpu_ns) ||
+            !add_i64(c, "net_rx_bytes", s->counters.net_rx_bytes) ||
+            !add_i64(c, "net_tx_bytes", s->counters.net_tx_bytes) ||
+            !add_i64(c, "disk_rd_bytes", s->counters.disk_rd_bytes) ||
+            !add_i64(c, "disk_wr_bytes", s->counters.disk_wr_bytes))
+            return NULL;
+    }
+    if (s->has_gauges) {
+        json_object *g = json_object_new_object();
+        if (!add_ok(o, "gauges", g) || !add_i64(g, "vcpus", s->gauges.vcpus) ||
+            !add_i64(g, "ram_mb", s->gauges.ram_mb) || !add_i64(g, "disk_gb", s->gauges.disk_gb))
+            return NULL;
+        if (s->gauges.mem_used_mb >= 0 && !add_i64(g, "mem_used_mb", s->gauges.mem_used_mb))
+            return NULL;
+    }
+    if (s->flavor_id[0] && !add_str(o, "flavor_id", s->flavor_id))
+        return NULL;
+    if (s->kind == CL_USAGE_EVENT && !add_str(o, "event", cl_usage_event_name(s->event)))
+        return NULL;
+    if (s->boot_id[0] && !add_str(o, "boot_id", s->boot_id))
+        return NULL;
+    return TAKE_PTR(o);
+}
+
+/* Build {"samples": [...]}. Caller owns the result. */
+json_object *cl_usage_batch_encode(const cl_usage_sample *samples, size_t n)
+{
+    if (!samples || n == 0 || n > CL_USAGE_BATCH_MAX)
+        return NULL;
+    _cleanup_json_ json_object *body = json_object_new_object();
+    json_object *arr = json_object_new_array_ext((int)n);
+    if (!body || !add_ok(body, "samples", arr))
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_object *s = cl_usage_sample_encode(&samples[i]);
+        if (!s)
+            return NULL;
+        if (json_object_array_add(arr, s) < 0) {
+            json_object_put(s);
+            return NULL;
+        }
+    }
+    return TAKE_PTR(body);
+}
+
+/* ---- decoding ---- */
+
+/* A bounded string copied into a fixed buffer; too long is an error, never a cut. */
+static int get_str(json_object *root, const char *path, bool required, size_t min,
+                   char *out, size_t outlen, cl_error *err)
+{
+    const char *s = NULL;
+    int r = cl_json_get_str_len(root, path, required, min, outlen - 1, &s, err);
+    if (r < 0)
+        return r;
+    if (!s)
+        return 0;
+    if (strlen(s) >= outlen)
+        return cl_error_set(err, CL_E_BAD_REQUEST,
+                            "Invalid input for field '%s': longer than %zu bytes", path,
+                            outlen - 1);
+    cl_strlcpy(out, s, outlen);
+    return 0;
+}
+
+static int get_uuid(json_object *root, const char *path, char out[CL_UUID_LEN], cl_error *err)
+{
+    const char *s = NULL;
+    int r = cl_json_get_str(root, path, true, &s, err);
+    if (r < 0)
+        return r;
+    if (!s || !cl_uuid_valid(s))
+        return cl_error_set(err, CL_E_BAD_REQUEST,
+                            "Invalid input for field '%s': expected a UUID", path);
+    cl_strlcpy(out, s, CL_UUID_LEN);
+    return 0;
+}
+
+static int get_count(json_object *root, const char *path, bool required, int64_t *out,
+                     cl_error *err)
+{
+    return cl_json_get_int_range(root, path, required, 0, INT64_MAX, out, err);
+}
+
+static int decode_counters(json_object *obj, cl_usage_counters *c, cl_error *err)
+{
+    int r;
+    if ((r = get_count(obj, "counters.cpu_ns", true, &c->cpu_ns, err)) < 0 ||
+        (r = get_count(obj, "counters.net_rx_bytes", true, &c->net_rx_bytes, err)) < 0 ||
+        (r = get_count(obj, "counters.net_tx_bytes", true, &c->net_tx_bytes, err)) < 0 ||
+        (r = get_count(obj, "counters.disk_rd_bytes", true, &c->disk_rd_bytes, err)) < 0 ||
+        (r = get_count(obj, "counters.disk_wr_bytes", true, &c->disk_wr_bytes, err)) < 0)
+        return r;
+    return 0;
+}
+
+static int decode_gauges(json_object *obj, cl_usage_gauges *g, cl_error *err)
+{
+    int r;
+    g->mem_used_mb = -1;
+    if ((r = cl_json_get_int_range(obj, "gauges.vcpus", true, 0, INT32_MAX, &g->vcpus,
+                                   err)) < 0 ||
+        (r = cl_json_get_int_range(obj, "gauges.ram_mb", true, 0, INT32_MAX, &g->ram_mb,
+                                   err)) < 0 ||
+        (r = cl_json_get_int_range(obj, "gauges.disk_gb", true, 0, INT32_MAX, &g->disk_gb,
+                                   err)) < 0 ||
+        (r = cl_json_get_int_range(obj, "gauges.mem_used_mb", false, 0, INT32_MAX,
+                                   &g->mem_used_mb, err)) < 0)
+        return r;
+    return 0;
+}
+
+/* Decode one sample into *out (only on success). */
+int cl_usage_sample_decode(json_object *obj, cl_usage_sample *out, cl_error *err)
+{
+    cl_usage_sample s;
+    const char *name = NULL;
+    json_object *sub = NULL;
+    int r;
+
+    memset(&s, 0, sizeof s);
+    s.gauges.mem_used_mb = -1;
+    if (!json_object_is_type(obj, json_type_object))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "a usage sample must be an object");
+    if ((r = get_uuid(obj, "id", s.id, err)) < 0 ||
+        (r = get_uuid(obj, "instance_uuid", s.instance_uuid, err)) < 0 ||
+        (r = get_str(obj, "project_id", true, 1, s.project_id, sizeof s.project_id, err)) < 0 ||
+        (r = get_str(obj, "host", true, 1, s.host, sizeof s.host, err)) < 0 ||
+        /* Up to the year 2255 in ms; a negative or absurd time is a broken clock. */
+        (r = cl_json_get_int_range(obj, "ts", true, 0, INT64_C(9000000000000), &s.ts,
+                                   err)) < 0 ||
+        (r = get_str(obj, "flavor_id", false, 1, s.flavor_id, sizeof s.flavor_id, err)) < 0 ||
+        (r = get_str(obj, "boot_id", false, 1, s.boot_id, sizeof s.boot_id, err)) < 0)
+        return r;
+    if ((r = cl_json_get_str(obj, "kind", true, &name, err)) < 0)
+        return r;
+    if (cl_usage_kind_parse(name, &s.kind) < 0)
+        return cl_error_set(err, CL_E_BAD_REQUEST,
+                            "Invalid input for field 'kind': unknown value '%.32s'", name);
+    if ((r = cl_json_get_object(obj, "counters", false, &sub, err)) < 0)
+        return r;
+    if (sub) {
+        if ((r = decode_counters(obj, &s.counters, err)) < 0)
+            return r;
+        s.has_counters = true;
+    }
+    sub = NULL;
+    if ((r = cl_json_get_object(obj, "gauges", false, &sub, err)) < 0)
+        return r;
+    if (sub) {
+        if ((r = decode_gauges(obj, &s.gauges, err)) < 0)
+            return r;
+        s.has_gauges = true;
+    }
+    switch (s.kind) {
+    case CL_USAGE_COUNTER:
+        if (!s.has_counters)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Missing required field 'counters'");
+        if (!s.boot_id[0])
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Missing required field 'boot_id'");
+        break;
+    case CL_USAGE_GAUGE:
+        if (!s.has_gauges)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Missing required field 'gauges'");
+        break;
+    case CL_USAGE_EVENT:
+        name = NULL;
+        if ((r = cl_json_get_str(obj, "event", true, &name, err)) < 0)
+            return r;
+        if (cl_usage_event_parse(name, &s.event) < 0)
+            return cl_error_set(err, CL_E_BAD_REQUEST,
+                                "Invalid input for field 'event': unknown value '%.32s'",
+                                name);
+        if (!s.has_gauges)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Missing required field 'gauges'");
+        if (!s.flavor_id[0])
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Missing required field 'flavor_id'");
+        break;
+    default:
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid input for field 'kind'");
+    }
+    *out = s;
+    return 0;
+}
+
+/* Decode a batch; see usage_msg.h for the skip-and-count policy. */
+int cl_usage_batch_decode(json_object *body, cl_usage_sample **out, size_t *out_n,
+                          size_t *out_rejected, cl_error *err)
+{
+    json_object *arr = NULL;
+    size_t n, kept = 0, rejected = 0;
+    int r;
+
+    if (!json_object_is_type(body, json_type_object))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "message body must be an object");
+    if ((r = cl_json_get_array(body, "samples", true, &arr, err)) < 0)
+        return r;
+    n = json_object_array_length(arr);
+    if (n == 0)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "'samples' must not be empty");
+    if (n > CL_USAGE_BATCH_MAX) {
+        cl_error_set(err, CL_E_TOO_LARGE, "'samples' holds %zu samples, more than %d", n,
+                     CL_USAGE_BATCH_MAX);
+        return -E2BIG;
+    }
+    _cleanup_free_ cl_usage_sample *v = calloc(n, sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        cl_error e = {0};
+        if (cl_usage_sample_decode(json_object_array_get_idx(arr, i), &v[kept], &e) < 0) {
+            if (rejected++ == 0)
+                cl_error_set(err, e.code, "samples[%zu]: %s", i, e.message);
+            continue;
+        }
+        kept++;
+    }
+    *out_rejected = rejected;
+    *out_n = kept;
+    *out = kept ? TAKE_PTR(v) : NULL;
+    return 0;
+}
