@@ -10,20 +10,20 @@
  * api_stop() close the ones of threads that outlive the listeners. The bus has its own
  * thread; cl_bus_send() is thread-safe, so handlers send directly.
  *
- * Authentication is deliberately minimal in this issue: one static admin token
- * ([auth] admin_token) that Identity hands out and Compute accepts. The signed,
- * revocable tokens described in ARCHITECTURE.md replace it with the Keystone issue.
+ * Authentication: api_compute_begin() verifies X-Auth-Token locally (identity.c:
+ * sealed, expiring, revocable tokens, or the static [auth] admin_token as a service
+ * token) and records the caller for the handler (api_auth_current()).
  */
 #include "api.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "actions.h"
 #include "api_int.h"
 #include "cleanup.h"
 #include "json.h"
@@ -71,7 +71,27 @@ const cl_cfg_key api_cfg_keys[] = {
     {"auth", "region", CL_CFG_STR, "RegionOne", 0, -1, offsetof(api_cfg, region),
      "Region named in the service catalog."},
     {"auth", "token_ttl_s", CL_CFG_INT, "86400", 60, 31536000,
-     offsetof(api_cfg, token_ttl_s), "Lifetime announced in issued tokens (expires_at)."},
+     offsetof(api_cfg, token_ttl_s), "Lifetime of issued tokens (expires_at)."},
+    {"auth", "token_key_file", CL_CFG_STR, "", 0, -1, offsetof(api_cfg, token_key_file),
+     "File with the 32-byte key that seals tokens (64 hex characters, mode 0600), shared "
+     "by every nube HTTP service. Empty = <state_dir>/token.key, created if missing."},
+    {"auth", "password_iterations", CL_CFG_INT, "200000", 1000, 10000000,
+     offsetof(api_cfg, password_iterations),
+     "PBKDF2-HMAC-SHA256 rounds for new password hashes (existing hashes keep theirs)."},
+    {"quota", "instances", CL_CFG_INT, "10", -1, 1000000, offsetof(api_cfg, quota_instances),
+     "Default quota of servers per project (-1 = unlimited)."},
+    {"quota", "cores", CL_CFG_INT, "20", -1, 100000000, offsetof(api_cfg, quota_cores),
+     "Default quota of vCPUs per project (-1 = unlimited)."},
+    {"quota", "ram", CL_CFG_INT, "51200", -1, 1000000000000, offsetof(api_cfg, quota_ram),
+     "Default quota of RAM (MB) per project (-1 = unlimited)."},
+    {"quota", "key_pairs", CL_CFG_INT, "100", -1, 1000000, offsetof(api_cfg, quota_key_pairs),
+     "Default quota of key pairs per user (-1 = unlimited)."},
+    {"quota", "server_groups", CL_CFG_INT, "10", -1, 1000000,
+     offsetof(api_cfg, quota_server_groups),
+     "Default quota of server groups per project (-1 = unlimited)."},
+    {"quota", "server_group_members", CL_CFG_INT, "10", -1, 1000000,
+     offsetof(api_cfg, quota_server_group_members),
+     "Default quota of servers per server group (-1 = unlimited)."},
 };
 const size_t api_cfg_nkeys = CL_ARRAY_SIZE(api_cfg_keys);
 
@@ -148,18 +168,13 @@ cl_store *api_store(api_ctx *ctx, cl_http_resp *resp)
 
 /* ---- authentication ---- */
 
+/* Tokens themselves are checked in identity.c (api_auth_token): sealed tokens, the
+ * revocation list and the static admin token live there. */
 bool api_token_ok(const api_ctx *ctx, const char *token)
 {
-    const char *want = ctx->cfg->admin_token;
-    size_t n;
+    cl_auth a;
 
-    if (!token || !want || !*want)
-        return false;
-    n = strlen(want);
-    /* Constant time over the expected token, so the comparison leaks no prefix length. */
-    if (strlen(token) != n)
-        return false;
-    return CRYPTO_memcmp(token, want, n) == 0;
+    return api_auth_token(ctx, token, &a);
 }
 
 void api_respond_keystone_error(cl_http_resp *resp, int code, const char *title,
@@ -304,23 +319,6 @@ const cl_auth *api_auth_current(void)
     return tl_auth_set ? &tl_auth : NULL;
 }
 
-/* Fill tl_auth for a caller presenting the static admin token: the admin user with
- * every role on the admin project. The identity work replaces this with verified,
- * signed tokens. */
-static void auth_set_static_admin(const api_ctx *ctx)
-{
-    memset(&tl_auth, 0, sizeof(tl_auth));
-    cl_strlcpy(tl_auth.user_id, ctx->cfg->admin_user_id, sizeof(tl_auth.user_id));
-    cl_strlcpy(tl_auth.user_name, ctx->cfg->admin_user, sizeof(tl_auth.user_name));
-    cl_strlcpy(tl_auth.domain_id, "default", sizeof(tl_auth.domain_id));
-    cl_strlcpy(tl_auth.project_id, ctx->cfg->admin_project_id, sizeof(tl_auth.project_id));
-    cl_strlcpy(tl_auth.project_name, ctx->cfg->admin_project_name,
-               sizeof(tl_auth.project_name));
-    tl_auth.roles = CL_ROLE_BIT(CL_ROLE_ADMIN) | CL_ROLE_BIT(CL_ROLE_MEMBER) |
-                    CL_ROLE_BIT(CL_ROLE_READER);
-    tl_auth_set = true;
-}
-
 bool api_compute_begin(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, bool auth,
                        int *out_mv)
 {
@@ -333,13 +331,16 @@ bool api_compute_begin(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
         cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "nube-api is starting; try again.");
         return false;
     }
-    /* keystonemiddleware sits in front of Nova: the token is checked before anything. */
-    if (auth && !api_token_ok(ctx, cl_http_req_header(req, "X-Auth-Token"))) {
-        api_respond_unauthorized(ctx, resp);
-        return false;
+    /* keystonemiddleware sits in front of Nova: the token is checked before anything.
+     * Nova needs a project: unscoped and domain-scoped tokens are refused as invalid. */
+    if (auth) {
+        if (!api_auth_token(ctx, cl_http_req_header(req, "X-Auth-Token"), &tl_auth) ||
+            !tl_auth.project_id[0]) {
+            api_respond_unauthorized(ctx, resp);
+            return false;
+        }
+        tl_auth_set = true;
     }
-    if (auth)
-        auth_set_static_admin(ctx);
     if (!negotiate(req, resp, &mv))
         return false;
     snprintf(v, sizeof(v), "compute 2.%d", mv);
@@ -445,6 +446,7 @@ static const cl_http_route compute_routes[] = {
     {"POST", "/v2.1/servers", api_servers_create},
     {"GET", "/v2.1/servers/{id}", api_servers_show},
     {"DELETE", "/v2.1/servers/{id}", api_servers_delete},
+    {"POST", "/v2.1/servers/{id}/action", api_servers_action},
     {"GET", "/v2.1/flavors/detail", api_flavors_detail},
     {"GET", "/v2.1/flavors", api_flavors_list},
     {"GET", "/v2.1/flavors/{id}", api_flavors_show},
@@ -454,20 +456,57 @@ static const cl_http_route compute_routes[] = {
     {"GET", "/v2.1/os-hypervisors/{id}", api_hypervisors_show},
     {"GET", "/v2.1/os-hypervisors/{id}/uptime", api_hypervisors_uptime},
     {"GET", "/v2.1/os-aggregates", api_aggregates_list},
+    {"POST", "/v2.1/os-aggregates", api_aggregates_create},
+    {"GET", "/v2.1/os-aggregates/{id}", api_aggregates_show},
+    {"PUT", "/v2.1/os-aggregates/{id}", api_aggregates_update},
+    {"DELETE", "/v2.1/os-aggregates/{id}", api_aggregates_delete},
+    {"POST", "/v2.1/os-aggregates/{id}/action", api_aggregates_action},
+    {"GET", "/v2.1/os-server-groups", api_server_groups_list},
+    {"POST", "/v2.1/os-server-groups", api_server_groups_create},
+    {"GET", "/v2.1/os-server-groups/{id}", api_server_groups_show},
+    {"DELETE", "/v2.1/os-server-groups/{id}", api_server_groups_delete},
+    /* compute API extras (servers.c, metadata.c, instance_actions.c, flavors.c,
+     * keypairs.c, quotas.c, services.c, hypervisors.c, usage.c, migrations_api.c) */
+    {"PUT", "/v2.1/servers/{id}", api_servers_update},
+    {"GET", "/v2.1/servers/{id}/metadata", api_server_metadata_list},
+    {"PUT", "/v2.1/servers/{id}/metadata", api_server_metadata_replace},
+    {"POST", "/v2.1/servers/{id}/metadata", api_server_metadata_update},
+    {"GET", "/v2.1/servers/{id}/metadata/{key}", api_server_metadata_show},
+    {"PUT", "/v2.1/servers/{id}/metadata/{key}", api_server_metadata_put},
+    {"DELETE", "/v2.1/servers/{id}/metadata/{key}", api_server_metadata_delete},
+    {"GET", "/v2.1/servers/{id}/os-instance-actions", api_instance_actions_list},
+    {"GET", "/v2.1/servers/{id}/os-instance-actions/{req}", api_instance_actions_show},
+    {"POST", "/v2.1/flavors", api_flavors_create},
+    {"DELETE", "/v2.1/flavors/{id}", api_flavors_delete},
+    {"POST", "/v2.1/flavors/{id}/action", api_flavors_action},
+    {"GET", "/v2.1/flavors/{id}/os-flavor-access", api_flavors_access_list},
+    {"POST", "/v2.1/flavors/{id}/os-extra_specs", api_flavors_extra_specs_create},
+    {"GET", "/v2.1/flavors/{id}/os-extra_specs/{key}", api_flavors_extra_spec_show},
+    {"PUT", "/v2.1/flavors/{id}/os-extra_specs/{key}", api_flavors_extra_spec_put},
+    {"DELETE", "/v2.1/flavors/{id}/os-extra_specs/{key}", api_flavors_extra_spec_delete},
+    {"GET", "/v2.1/os-keypairs", api_keypairs_list},
+    {"POST", "/v2.1/os-keypairs", api_keypairs_create},
+    {"GET", "/v2.1/os-keypairs/{id}", api_keypairs_show},
+    {"DELETE", "/v2.1/os-keypairs/{id}", api_keypairs_delete},
+    {"GET", "/v2.1/os-quota-sets/{id}", api_quota_show},
+    {"PUT", "/v2.1/os-quota-sets/{id}", api_quota_update},
+    {"DELETE", "/v2.1/os-quota-sets/{id}", api_quota_delete},
+    {"GET", "/v2.1/os-quota-sets/{id}/defaults", api_quota_defaults_show},
+    {"GET", "/v2.1/os-quota-sets/{id}/detail", api_quota_detail},
+    {"GET", "/v2.1/limits", api_limits},
+    {"GET", "/v2.1/os-services", api_services_list},
+    {"PUT", "/v2.1/os-services/{id}", api_services_update},
+    {"GET", "/v2.1/os-availability-zone", api_availability_zones},
+    {"GET", "/v2.1/os-availability-zone/detail", api_availability_zones_detail},
+    {"GET", "/v2.1/os-hypervisors/statistics", api_hypervisors_statistics},
+    {"GET", "/v2.1/os-simple-tenant-usage", api_usage_list},
+    {"GET", "/v2.1/os-simple-tenant-usage/{id}", api_usage_show},
+    {"GET", "/v2.1/os-migrations", api_migrations_list},
     {"GET", "/image", api_images_versions},
     {"GET", "/image/v2/images", api_images_list},
     {"GET", "/image/v2/images/{id}", api_images_show},
 };
 
-static const cl_http_route identity_routes[] = {
-    {"GET", "/", api_identity_versions},
-    {"GET", "/v3", api_identity_v3},
-    {"POST", "/v3/auth/tokens", api_identity_token_issue},
-    {"GET", "/v3/auth/tokens", api_identity_token_show},
-    {"GET", "/v3/auth/catalog", api_identity_catalog},
-    {"GET", "/v3/projects", api_identity_projects},
-    {"GET", "/v3/projects/{id}", api_identity_project_show},
-};
 
 /* ---- metrics and health ---- */
 
@@ -620,6 +659,10 @@ int api_start(const api_cfg *cfg, api_ctx **out, cl_error *err)
         goto fail;
     }
     ctx->store_key_made = true;
+    /* Token key, admin bootstrap from [auth], revocation list: before any listener. */
+    rc = api_identity_start(ctx, err);
+    if (rc < 0)
+        goto fail;
 
     {
         cl_bus_opts bo = {
@@ -642,9 +685,13 @@ int api_start(const api_cfg *cfg, api_ctx **out, cl_error *err)
                         &ctx->compute, err);
     if (rc < 0)
         goto fail;
-    rc = start_listener(ctx, "identity", cfg->identity_port, identity_routes,
-                        CL_ARRAY_SIZE(identity_routes), identity_metrics, NULL,
-                        &ctx->identity, err);
+    {
+        size_t nid = 0;
+        const cl_http_route *idr = api_identity_routes(&nid);
+
+        rc = start_listener(ctx, "identity", cfg->identity_port, idr, nid, identity_metrics,
+                            NULL, &ctx->identity, err);
+    }
     if (rc < 0)
         goto fail;
     snprintf(ctx->compute_url, sizeof(ctx->compute_url), "http://%s:%u", cfg->public_host,
@@ -671,6 +718,7 @@ void api_stop(api_ctx *ctx)
     cl_http_server_stop(ctx->identity);
     cl_http_server_stop(ctx->compute);
     cl_bus_free(ctx->bus);
+    api_identity_stop(ctx);
     if (ctx->store_key_made)
         pthread_key_delete(ctx->store_key);
     /* Connections of threads that did not exit (none with a thread pool, but the HTTP

@@ -43,6 +43,14 @@ typedef struct api_cfg {
     char *admin_user_id;       /* [auth] admin_user_id */
     char *region;              /* [auth] region */
     int64_t token_ttl_s;       /* [auth] token_ttl_s */
+    char *token_key_file;      /* [auth] token_key_file ("" = <state_dir>/token.key) */
+    int64_t password_iterations; /* [auth] password_iterations (PBKDF2 rounds) */
+    int64_t quota_instances;   /* [quota] instances: default per project (-1 = unlimited) */
+    int64_t quota_cores;       /* [quota] cores */
+    int64_t quota_ram;         /* [quota] ram (MB) */
+    int64_t quota_key_pairs;   /* [quota] key_pairs (per user) */
+    int64_t quota_server_groups;        /* [quota] server_groups */
+    int64_t quota_server_group_members; /* [quota] server_group_members */
 } api_cfg;
 
 /* The declarative key table of nube-api.conf (for cl_daemon_init, cl_config_*). */

@@ -5,7 +5,9 @@
  *
  * Files: api.c (context, listeners, routing tables, common helpers), identity.c (the
  * static Keystone), versions.c (version documents), servers.c, flavors.c, hypervisors.c,
- * images.c (a stand-in Image v2 endpoint).
+ * images.c (a stand-in Image v2 endpoint); the compute API's keypairs.c, quotas.c (quota
+ * sets, limits), services.c (os-services, availability zones), usage.c, metadata.c,
+ * instance_actions.c, migrations_api.c.
  */
 #ifndef API_INT_H
 #define API_INT_H
@@ -51,6 +53,9 @@ struct api_ctx {
     char identity_url[API_URL_MAX];
     atomic_bool ready;
 
+    /* Identity state (identity.c): the token key and the revocation cache. */
+    struct api_ident *ident;
+
     atomic_uint_fast64_t servers_created;
     atomic_uint_fast64_t servers_deleted;
     atomic_uint_fast64_t tokens_issued;
@@ -74,8 +79,36 @@ bool api_compute_begin(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
  * from begin to end, and nothing else may keep the pointer past the handler. */
 const cl_auth *api_auth_current(void);
 
-/* True when the request carries the admin token (constant-time comparison). */
+/* True when token authenticates (see api_auth_token): the static [auth] admin_token or
+ * a valid, unexpired, unrevoked sealed token. */
 bool api_token_ok(const api_ctx *ctx, const char *token);
+
+/* Authenticate a token: the static [auth] admin_token (constant-time comparison; a
+ * service/bootstrap token with every role on the admin project, as Keystone's
+ * admin_token), or a sealed token (cl_token_verify) whose audit id is not revoked.
+ * Fills *out and returns true; false for a missing, invalid, expired or revoked token.
+ * Sealed tokens carry ids only: user_name and project_name stay empty. Thread-safe; the
+ * revocation list is re-read from the controller DB at most once a second. */
+bool api_auth_token(const api_ctx *ctx, const char *token, cl_auth *out);
+
+/* The Identity listener's routing table (identity.c). */
+const cl_http_route *api_identity_routes(size_t *out_n);
+
+/* Keystone-style bootstrap from cfg (nube-manage bootstrap, and nube-api at start when
+ * the admin user is missing): token key file (created if missing), Default domain, admin
+ * project, admin user with password (NULL = [auth] admin_password), roles admin/member/
+ * reader, the admin role assignment. Idempotent; *out_changed (may be NULL) says whether
+ * the database changed. 0 or negative errno with err. */
+int api_identity_bootstrap(const api_cfg *cfg, const char *password, bool *out_changed,
+                           cl_error *err);
+/* The token key path cfg names ([auth] token_key_file, or <state_dir>/token.key). */
+void api_token_key_path(const api_cfg *cfg, char *out, size_t outlen);
+
+/* identity.c: load (or create) the token key, bootstrap the admin from [auth] when the
+ * admin user is missing, prepare the revocation cache. 0 or negative errno with err. */
+int api_identity_start(api_ctx *ctx, cl_error *err);
+/* Free what api_identity_start() made. Accepts a ctx without identity state. */
+void api_identity_stop(api_ctx *ctx);
 
 /* Respond 401 as keystonemiddleware / Keystone do:
  * {"error": {"code": 401, "title": "Unauthorized", "message": "..."}}. */
@@ -105,13 +138,7 @@ bool api_page_params(const cl_http_req *req, cl_http_resp *resp, int64_t *out_li
 json_object *api_time_json(int64_t ms, bool with_z);
 
 /* ---- handlers (ud is the api_ctx) ---- */
-void api_identity_versions(const cl_http_req *req, cl_http_resp *resp, void *ud);
-void api_identity_v3(const cl_http_req *req, cl_http_resp *resp, void *ud);
-void api_identity_token_issue(const cl_http_req *req, cl_http_resp *resp, void *ud);
-void api_identity_token_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
-void api_identity_catalog(const cl_http_req *req, cl_http_resp *resp, void *ud);
-void api_identity_projects(const cl_http_req *req, cl_http_resp *resp, void *ud);
-void api_identity_project_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+/* Identity handlers: static in identity.c, see api_identity_routes(). */
 
 void api_compute_versions(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_compute_v21(const cl_http_req *req, cl_http_resp *resp, void *ud);
@@ -131,15 +158,88 @@ void api_hypervisors_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_hypervisors_detail(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_hypervisors_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_hypervisors_uptime(const cl_http_req *req, cl_http_resp *resp, void *ud);
+/* aggregates.c (admin) and server_groups.c: placement objects (issue 4). */
 void api_aggregates_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_aggregates_create(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_aggregates_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_aggregates_update(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_aggregates_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_aggregates_action(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_groups_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_groups_create(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_groups_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_groups_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
 
 /* images.c: a stand-in Image v2 endpoint under /image until nube-image exists. */
 void api_images_versions(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_images_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_images_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
 
-/* servers.c keeps key_name and metadata (absent from cl_instance) in its own table of
- * the controller DB; api_start() creates it once. 0 or negative errno with err. */
+/* Once at start: moves key_name/metadata of databases written before the compute
+ * schema (nube-api's old api_server_extra table) into the v3 tables (servers.c).
+ * 0 or negative errno with err. */
 int api_servers_prepare_db(cl_store *st, cl_error *err);
+
+/* ---- compute API: policy, quotas, and the handlers of servers extras, key pairs,
+ * quotas/limits, services, usage, metadata, instance actions, migrations ---- */
+#include "store_compute.h"
+
+/* 403 {"forbidden": ...} "Policy doesn't allow <rule> to be performed." */
+void api_respond_policy(cl_http_resp *resp, const char *rule);
+/* True for admins; otherwise answers 403 for rule and returns false. */
+bool api_require_admin(cl_http_resp *resp, const char *rule);
+/* The live server of the {id} capture as the caller may see it: another project's (or a
+ * missing, or deleted) server answers 404; write=true also answers 403 to readers. */
+bool api_server_load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, bool write,
+                     const char *rule, cl_store **out_st, cl_instance *out);
+/* [quota] defaults of the config (quotas.c). */
+void api_quota_defaults(const api_ctx *ctx, cl_quota_set *out);
+/* Defaults with the project's overrides applied; 0 or negative errno. */
+int api_quota_limits(api_ctx *ctx, cl_store *st, const char *project_id, cl_quota_set *out);
+/* Parse an ISO 8601 UTC time as Nova's query parameters take it ("2026-11-26T04:34:57",
+ * optional ".ffffff" and "Z" or "+00:00", or a date alone) into unix ms (usage.c).
+ * 0 or -EINVAL. */
+int api_parse_time(const char *s, int64_t *out_ms);
+
+void api_servers_update(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_metadata_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_metadata_replace(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_metadata_update(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_metadata_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_metadata_put(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_metadata_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_instance_actions_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_instance_actions_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+
+void api_flavors_create(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_action(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_access_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_extra_specs_create(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_extra_spec_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_extra_spec_put(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_flavors_extra_spec_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+
+void api_keypairs_create(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_keypairs_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_keypairs_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_keypairs_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+
+void api_quota_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_quota_defaults_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_quota_detail(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_quota_update(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_quota_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_limits(const cl_http_req *req, cl_http_resp *resp, void *ud);
+
+void api_services_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_services_update(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_availability_zones(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_availability_zones_detail(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_hypervisors_statistics(const cl_http_req *req, cl_http_resp *resp, void *ud);
+
+void api_usage_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_usage_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_migrations_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
 
 #endif

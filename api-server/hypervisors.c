@@ -7,6 +7,10 @@
  * allocation ratios), and so are these. `openstack hypervisor show` also asks for
  * /os-aggregates (nube has none yet: an empty list) and /uptime, for which Nova's own
  * libvirt driver answers 501 and the CLI copes.
+ *
+ * Admins only, as Nova's policy. The service's disabled_reason and forced_down come from
+ * the compute schema (store_compute.h); a forced-down service shows its hypervisor down.
+ * /statistics sums every host.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -15,14 +19,18 @@
 #include "api_int.h"
 #include "cleanup.h"
 
-static json_object *hyp_json(const cl_host *h, bool detail)
+static json_object *hyp_json(cl_store *st, const cl_host *h, bool detail)
 {
     json_object *o = json_object_new_object();
     json_object *svc;
+    cl_service_state ss;
 
+    if (!st || cl_store_service_get(st, h->name, &ss) < 0)
+        memset(&ss, 0, sizeof(ss));
     json_object_object_add(o, "id", json_object_new_int64(h->id));
     json_object_object_add(o, "hypervisor_hostname", json_object_new_string(h->name));
-    json_object_object_add(o, "state", json_object_new_string(h->up ? "up" : "down"));
+    json_object_object_add(o, "state",
+                           json_object_new_string(h->up && !ss.forced_down ? "up" : "down"));
     json_object_object_add(o, "status",
                            json_object_new_string(h->enabled ? "enabled" : "disabled"));
     if (!detail)
@@ -34,7 +42,8 @@ static json_object *hyp_json(const cl_host *h, bool detail)
     svc = json_object_new_object();
     json_object_object_add(svc, "id", json_object_new_int64(h->id));
     json_object_object_add(svc, "host", json_object_new_string(h->name));
-    json_object_object_add(svc, "disabled_reason", NULL);
+    json_object_object_add(svc, "disabled_reason",
+                           ss.has_reason ? json_object_new_string(ss.disabled_reason) : NULL);
     json_object_object_add(o, "service", svc);
     json_object_object_add(o, "vcpus", json_object_new_int64(h->vcpus));
     json_object_object_add(o, "memory_mb", json_object_new_int64(h->ram_mb));
@@ -55,14 +64,16 @@ static json_object *hyp_json(const cl_host *h, bool detail)
 }
 
 static bool load_hosts(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
-                       cl_host **out, size_t *out_n)
+                       cl_host **out, size_t *out_n, cl_store **out_st)
 {
     cl_store *st;
     int rc;
 
-    if (!api_compute_begin(ctx, req, resp, true, NULL))
+    if (!api_compute_begin(ctx, req, resp, true, NULL) ||
+        !api_require_admin(resp, "os_compute_api:os-hypervisors:list"))
         return false;
     st = api_store(ctx, resp);
+    *out_st = st;
     if (!st)
         return false;
     rc = cl_store_host_list(st, out, out_n);
@@ -78,13 +89,14 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
     _cleanup_free_ cl_host *hosts = NULL;
     size_t n = 0;
     json_object *body, *list;
+    cl_store *st;
 
-    if (!load_hosts(ud, req, resp, &hosts, &n))
+    if (!load_hosts(ud, req, resp, &hosts, &n, &st))
         return;
     body = json_object_new_object();
     list = json_object_new_array();
     for (size_t i = 0; i < n; i++)
-        json_object_array_add(list, hyp_json(&hosts[i], detail));
+        json_object_array_add(list, hyp_json(st, &hosts[i], detail));
     json_object_object_add(body, "hypervisors", list);
     cl_http_resp_json(resp, 200, body);
 }
@@ -128,15 +140,20 @@ void api_hypervisors_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
     const char *id = cl_http_req_param(req, "id");
     size_t n = 0, idx;
     json_object *body;
+    cl_store *st;
 
     if (id && strcmp(id, "detail") == 0) {
         api_hypervisors_detail(req, resp, ud);
         return;
     }
-    if (!load_hosts(ud, req, resp, &hosts, &n) || !find(req, resp, hosts, n, &idx))
+    if (id && strcmp(id, "statistics") == 0) {
+        api_hypervisors_statistics(req, resp, ud);
+        return;
+    }
+    if (!load_hosts(ud, req, resp, &hosts, &n, &st) || !find(req, resp, hosts, n, &idx))
         return;
     body = json_object_new_object();
-    json_object_object_add(body, "hypervisor", hyp_json(&hosts[idx], true));
+    json_object_object_add(body, "hypervisor", hyp_json(st, &hosts[idx], true));
     cl_http_resp_json(resp, 200, body);
 }
 
@@ -146,21 +163,50 @@ void api_hypervisors_uptime(const cl_http_req *req, cl_http_resp *resp, void *ud
 {
     _cleanup_free_ cl_host *hosts = NULL;
     size_t n = 0, idx;
+    cl_store *st;
 
-    if (!load_hosts(ud, req, resp, &hosts, &n) || !find(req, resp, hosts, n, &idx))
+    if (!load_hosts(ud, req, resp, &hosts, &n, &st) || !find(req, resp, hosts, n, &idx))
         return;
     cl_http_resp_errorf(resp, CL_E_NOT_IMPLEMENTED,
                         "The requested functionality is not supported.");
 }
 
-/* GET /v2.1/os-aggregates: host aggregates do not exist in nube yet. */
-void api_aggregates_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
+/* GET /v2.1/os-hypervisors/statistics: the sums over every host. */
+void api_hypervisors_statistics(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
-    json_object *body;
+    _cleanup_free_ cl_host *hosts = NULL;
+    int64_t vcpus = 0, ram = 0, disk = 0, uv = 0, ur = 0, ud_ = 0, vms = 0;
+    json_object *body, *o;
+    size_t n = 0;
+    cl_store *st;
 
-    if (!api_compute_begin(ud, req, resp, true, NULL))
+    if (!load_hosts(ud, req, resp, &hosts, &n, &st))
         return;
+    for (size_t i = 0; i < n; i++) {
+        vcpus += hosts[i].vcpus;
+        ram += hosts[i].ram_mb;
+        disk += hosts[i].disk_gb;
+        uv += hosts[i].used_vcpus;
+        ur += hosts[i].used_ram_mb;
+        ud_ += hosts[i].used_disk_gb;
+        vms += hosts[i].running_vms;
+    }
+    o = json_object_new_object();
+    json_object_object_add(o, "count", json_object_new_int64((int64_t)n));
+    json_object_object_add(o, "vcpus", json_object_new_int64(vcpus));
+    json_object_object_add(o, "memory_mb", json_object_new_int64(ram));
+    json_object_object_add(o, "local_gb", json_object_new_int64(disk));
+    json_object_object_add(o, "vcpus_used", json_object_new_int64(uv));
+    json_object_object_add(o, "memory_mb_used", json_object_new_int64(ur));
+    json_object_object_add(o, "local_gb_used", json_object_new_int64(ud_));
+    json_object_object_add(o, "free_ram_mb", json_object_new_int64(ram - ur));
+    json_object_object_add(o, "free_disk_gb", json_object_new_int64(disk - ud_));
+    json_object_object_add(o, "current_workload", json_object_new_int(0));
+    json_object_object_add(o, "running_vms", json_object_new_int64(vms));
+    json_object_object_add(o, "disk_available_least", json_object_new_int64(disk - ud_));
     body = json_object_new_object();
-    json_object_object_add(body, "aggregates", json_object_new_array());
+    json_object_object_add(body, "hypervisor_statistics", o);
     cl_http_resp_json(resp, 200, body);
 }
+
+/* GET /v2.1/os-aggregates moved to aggregates.c. */

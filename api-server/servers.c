@@ -1,5 +1,6 @@
 /*
- * servers.c - POST/GET /v2.1/servers, GET /v2.1/servers/detail, GET/DELETE /v2.1/servers/{id}.
+ * servers.c - POST/GET /v2.1/servers, GET /v2.1/servers/detail,
+ * GET/PUT/DELETE /v2.1/servers/{id}.
  *
  * Create validates the body as Nova's 2.1 JSON schema does (additionalProperties false,
  * name rules, flavorRef/imageRef, networks, metadata limits), writes the instance row
@@ -16,9 +17,16 @@
  * Bodies are Nova 2.1's whatever the negotiated microversion: later shapes (2.47's
  * embedded flavor, 2.16 host_status, ...) come when a client needs them.
  *
- * key_name and metadata are not part of cl_instance (store.h); nube-api keeps them in a
- * small table of its own in the controller DB (api_server_extra) until the store grows
- * them.
+ * Policy (libcloud/auth.h): a member creates and changes its own project's servers, a
+ * reader only reads them, an admin does everything; another project's server answers
+ * 404 exactly like a missing one, and all_tenants / host filters are the admin's. Tenants
+ * see a plain fault message on ERROR servers; the details (which hosts had room) are for
+ * admins.
+ *
+ * Create checks instances/cores/ram against the project's quota inside the transaction
+ * that inserts the rows (cl_store_instances_create_quota), so parallel creates cannot
+ * exceed it. key_name, user_data and metadata live in the compute schema's side tables
+ * (store_compute.h).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -29,12 +37,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include "actions.h"
 #include "api_int.h"
 #include "cleanup.h"
 #include "db.h"
 #include "json.h"
 #include "log.h"
 #include "messages.h"
+#include "store_placement.h"
 #include "util.h"
 
 #define LOG_MOD "api.servers"
@@ -44,44 +54,51 @@
 #define METADATA_VALUE_MAX 255
 #define KEY_NAME_MAX 255
 #define ADMIN_PASS_LEN 12
+#define USER_DATA_MAX 65535 /* Nova's MAX_USERDATA_SIZE, of the base64 text */
+#define MULTI_CREATE_MAX 100 /* more than any quota default allows anyway */
 
-/* ---- the API's own table: key_name and metadata ---- */
+/* ---- extras: key name and metadata ---- */
 
+/* Databases written before the compute schema kept key_name and metadata in a table of
+ * nube-api's own (api_server_extra): move them into the schema's tables once. */
 int api_servers_prepare_db(cl_store *st, cl_error *err)
 {
-    int rc = cl_db_exec(cl_store_db(st),
-                        "CREATE TABLE IF NOT EXISTS api_server_extra ("
-                        " uuid TEXT PRIMARY KEY,"
-                        " key_name TEXT,"
-                        " metadata TEXT NOT NULL DEFAULT '{}')");
-
-    if (rc < 0)
-        return cl_error_set(err, CL_E_INTERNAL,
-                            "cannot prepare the controller DB for nube-api: %s",
-                            cl_db_errmsg(cl_store_db(st)));
-    return 0;
-}
-
-static int extra_put(cl_store *st, const char *uuid, const char *key_name,
-                     const char *metadata_json)
-{
+    cl_db *db = cl_store_db(st);
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    int rc = cl_db_prepare(cl_store_db(st),
-                           "INSERT OR REPLACE INTO api_server_extra (uuid, key_name, metadata)"
-                           " VALUES (?, ?, ?)", &s);
+    int rc;
 
-    if (rc < 0)
-        return rc;
-    cl_db_bind_text(s, 1, uuid);
-    cl_db_bind_text(s, 2, key_name);
-    cl_db_bind_text(s, 3, metadata_json);
-    return cl_db_step_done(s);
+    rc = cl_db_prepare(db, "SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                           " AND name = 'api_server_extra'", &s);
+    if (rc == 0 && sqlite3_step(s) != SQLITE_ROW)
+        return 0;
+    rc = cl_db_begin_immediate(db);
+    if (rc == 0)
+        rc = cl_db_exec(db, "INSERT OR IGNORE INTO instance_extra (instance_uuid, key_name)"
+                            " SELECT uuid, key_name FROM api_server_extra"
+                            " WHERE uuid IN (SELECT uuid FROM instances)");
+    if (rc == 0)
+        rc = cl_db_exec(db, "INSERT OR IGNORE INTO instance_metadata (instance_uuid, meta_key,"
+                            " meta_value) SELECT e.uuid, j.key, j.value FROM api_server_extra e,"
+                            " json_each(e.metadata) j WHERE e.uuid IN (SELECT uuid FROM instances)"
+                            " AND j.type = 'text'");
+    if (rc == 0)
+        rc = cl_db_exec(db, "DROP TABLE api_server_extra");
+    if (rc == 0)
+        rc = cl_db_commit(db);
+    if (rc < 0) {
+        cl_db_rollback(db);
+        return cl_error_set(err, CL_E_INTERNAL,
+                            "cannot move nube-api's server extras into the compute schema: %s",
+                            cl_db_errmsg(db));
+    }
+    return 0;
 }
 
 typedef struct extra {
     char key_name[KEY_NAME_MAX + 1]; /* "" = none (JSON null) */
     bool has_key;
     json_object *metadata;           /* owned; never NULL after extra_get */
+    json_object *addresses;          /* owned; reported by the host (actions.c) */
 } extra;
 
 static void extra_clear(extra *e)
@@ -89,36 +106,28 @@ static void extra_clear(extra *e)
     if (e->metadata)
         json_object_put(e->metadata);
     e->metadata = NULL;
+    if (e->addresses)
+        json_object_put(e->addresses);
+    e->addresses = NULL;
 }
 
-/* Missing rows (instances created by someone else) read as no key and no metadata. */
+/* Instances without extras read as no key and no metadata. */
 static void extra_get(cl_store *st, const char *uuid, extra *out)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    _cleanup_free_ cl_kv *md = NULL;
+    size_t n = 0;
 
-    out->key_name[0] = '\0';
-    out->has_key = false;
-    out->metadata = NULL;
-    if (cl_db_prepare(cl_store_db(st),
-                      "SELECT key_name, metadata FROM api_server_extra WHERE uuid = ?",
-                      &s) == 0) {
-        cl_db_bind_text(s, 1, uuid);
-        if (sqlite3_step(s) == SQLITE_ROW) {
-            const char *md = (const char *)sqlite3_column_text(s, 1);
-
-            if (sqlite3_column_type(s, 0) != SQLITE_NULL) {
-                cl_db_column_text(s, 0, out->key_name, sizeof(out->key_name));
-                out->has_key = true;
-            }
-            if (md)
-                out->metadata = json_tokener_parse(md);
-        }
+    out->metadata = json_object_new_object();
+    out->addresses = api_actions_addresses_json(st, uuid);
+    if (cl_store_instance_extra_get(st, uuid, out->key_name, sizeof(out->key_name),
+                                    &out->has_key, NULL) < 0) {
+        out->key_name[0] = '\0';
+        out->has_key = false;
     }
-    if (!out->metadata || !json_object_is_type(out->metadata, json_type_object)) {
-        if (out->metadata)
-            json_object_put(out->metadata);
-        out->metadata = json_object_new_object();
-    }
+    if (cl_store_metadata_list(st, uuid, &md, &n) == 0)
+        for (size_t i = 0; i < n; i++)
+            json_object_object_add(out->metadata, md[i].key,
+                                   json_object_new_string(md[i].value));
 }
 
 /* ---- rendering ---- */
@@ -177,8 +186,31 @@ static json_object *server_brief(const api_ctx *ctx, const cl_instance *inst)
     return o;
 }
 
-/* The full 2.1 body (server-show.txt). ex is consumed (its metadata moves into the body). */
-static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, extra *ex)
+/* The fault as a tenant may see it: Nova keeps the details of server-side (500) faults
+ * for admins; nube's scheduler explains which hosts lacked what, which is such a detail. */
+static void plain_fault(const char *fault, int code, char *out, size_t outlen)
+{
+    static const char novalid[] = "No valid host was found.";
+    const char *dot;
+
+    if (code > 0 && code < 500) {
+        cl_strlcpy(out, fault, outlen);
+        return;
+    }
+    if (strncmp(fault, novalid, sizeof(novalid) - 1) == 0) {
+        cl_strlcpy(out, "No valid host was found. There are not enough hosts available.",
+                   outlen);
+        return;
+    }
+    /* The first sentence only: what follows names hosts and internals. */
+    dot = strpbrk(fault, ".:;");
+    snprintf(out, outlen, "%.*s.", dot ? (int)(dot - fault) : 200, fault);
+}
+
+/* The full 2.1 body (server-show.txt). ex is consumed (its metadata moves into the body).
+ * admin adds what Nova shows admins only (host attributes, fault details). */
+static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, extra *ex,
+                                  bool admin)
 {
     json_object *o = json_object_new_object();
     char hid[EVP_MAX_MD_SIZE * 2 + 1];
@@ -202,8 +234,10 @@ static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, e
     json_object_object_add(o, "updated", api_time_json(inst->updated_ms ? inst->updated_ms
                                                                          : inst->created_ms,
                                                        true));
-    /* Addresses arrive with the network issue. */
-    json_object_object_add(o, "addresses", json_object_new_object());
+    /* The fixed IPs the guest's host reported (api-server/actions.c). */
+    json_object_object_add(o, "addresses",
+                           ex->addresses ? ex->addresses : json_object_new_object());
+    ex->addresses = NULL;
     json_object_object_add(o, "accessIPv4", json_object_new_string(""));
     json_object_object_add(o, "accessIPv6", json_object_new_string(""));
     json_object_object_add(o, "links", api_links_self_bookmark(ctx, "servers", inst->uuid));
@@ -218,11 +252,14 @@ static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, e
     json_object_object_add(o, "OS-SRV-USG:launched_at", api_time_json(inst->launched_ms, false));
     json_object_object_add(o, "OS-SRV-USG:terminated_at",
                            api_time_json(inst->deleted_ms, false));
-    json_object_object_add(o, "OS-EXT-SRV-ATTR:host",
-                           placed ? json_object_new_string(inst->host) : NULL);
-    json_object_object_add(o, "OS-EXT-SRV-ATTR:instance_name", json_object_new_string(iname));
-    json_object_object_add(o, "OS-EXT-SRV-ATTR:hypervisor_hostname",
-                           placed ? json_object_new_string(inst->host) : NULL);
+    if (admin) {
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:host",
+                               placed ? json_object_new_string(inst->host) : NULL);
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:instance_name",
+                               json_object_new_string(iname));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:hypervisor_hostname",
+                               placed ? json_object_new_string(inst->host) : NULL);
+    }
     json_object_object_add(o, "OS-EXT-STS:task_state",
                            inst->task_state == CL_TASK_NONE
                                ? NULL
@@ -242,7 +279,15 @@ static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, e
                                api_time_json(inst->fault_at_ms ? inst->fault_at_ms
                                                                : inst->updated_ms,
                                              true));
-        json_object_object_add(f, "message", json_object_new_string(inst->fault));
+        if (admin) {
+            json_object_object_add(f, "message", json_object_new_string(inst->fault));
+            json_object_object_add(f, "details", json_object_new_string(inst->fault));
+        } else {
+            char msg[CL_FAULT_MAX];
+
+            plain_fault(inst->fault, inst->fault_code, msg, sizeof(msg));
+            json_object_object_add(f, "message", json_object_new_string(msg));
+        }
         json_object_object_add(o, "fault", f);
     }
     return o;
@@ -421,8 +466,8 @@ static int check_metadata(json_object *v, cl_error *err)
 static int check_ignored(json_object *root, int mv, cl_error *err)
 {
     json_object *srv = json_object_object_get(root, "server");
-    static const char *const strings[] = {"availability_zone", "adminPass", "user_data",
-                                          "accessIPv4", "accessIPv6"};
+    static const char *const strings[] = {"availability_zone", "adminPass", "accessIPv4",
+                                          "accessIPv6"};
     json_object *v;
     const char *s;
     int rc;
@@ -485,12 +530,42 @@ typedef struct create_req {
     const char *key_name;       /* NULL = none */
     json_object *metadata;      /* borrowed, NULL = {} */
     const char *admin_pass;     /* NULL = generate */
+    const char *user_data;      /* base64, NULL = none */
+    int64_t min_count, max_count;
+    bool return_reservation_id;
 } create_req;
+
+/* user_data: standard base64 (padding required, no whitespace), at most 65535 bytes
+ * encoded, as Nova's schema and MAX_USERDATA_SIZE. */
+static int check_user_data(const char *s, cl_error *err)
+{
+    size_t len = strlen(s), pad = 0;
+
+    if (len > USER_DATA_MAX)
+        return bad(err, "User data too large. User data must be no larger than %d bytes once "
+                        "base64 encoded. Your data is %zu bytes", USER_DATA_MAX, len);
+    if (len % 4 != 0)
+        return bad(err, "Invalid input for field/attribute user_data. Value is not a valid "
+                        "base64 string.");
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '+' || c == '/';
+
+        if (c == '=' && i >= len - 2) {
+            pad++;
+            continue;
+        }
+        if (!ok || pad)
+            return bad(err, "Invalid input for field/attribute user_data. Value is not a "
+                            "valid base64 string.");
+    }
+    return 0;
+}
 
 static int parse_create(json_object *root, int mv, create_req *out, cl_error *err)
 {
     json_object *srv, *v;
-    int64_t min_count = 1, max_count = 1;
     int rc;
 
     rc = check_keys(root, top_keys, CL_ARRAY_SIZE(top_keys), "the request body", err);
@@ -545,20 +620,33 @@ static int parse_create(json_object *root, int mv, create_req *out, cl_error *er
     if (out->key_name && (!*out->key_name || strlen(out->key_name) > KEY_NAME_MAX))
         return bad(err, "Invalid input for field/attribute key_name: expected 1 to 255 "
                         "characters.");
+    out->user_data = NULL;
+    rc = cl_json_get_str(root, "server.user_data", false, &out->user_data, err);
+    if (rc < 0)
+        return rc;
+    if (out->user_data) {
+        rc = check_user_data(out->user_data, err);
+        if (rc < 0)
+            return rc;
+    }
 
-    rc = cl_json_get_int_range(root, "server.min_count", false, 1, INT32_MAX, &min_count, err);
+    out->min_count = out->max_count = 1;
+    rc = cl_json_get_int_range(root, "server.min_count", false, 1, MULTI_CREATE_MAX,
+                               &out->min_count, err);
     if (rc < 0)
         return rc;
-    rc = cl_json_get_int_range(root, "server.max_count", false, 1, INT32_MAX, &max_count, err);
+    out->max_count = out->min_count;
+    rc = cl_json_get_int_range(root, "server.max_count", false, 1, MULTI_CREATE_MAX,
+                               &out->max_count, err);
     if (rc < 0)
         return rc;
-    if (min_count > max_count)
+    if (out->min_count > out->max_count)
         return bad(err, "min_count must be <= max_count");
-    if (min_count != 1 || max_count != 1)
-        /* Multi-create needs all-or-nothing claims across hosts; until then one server
-         * per request keeps quota and failure handling simple and exact. */
-        return bad(err, "nube creates one server per request for now: min_count and "
-                        "max_count must be 1.");
+    out->return_reservation_id = false;
+    rc = cl_json_get_bool(root, "server.return_reservation_id", false,
+                          &out->return_reservation_id, err);
+    if (rc < 0)
+        return rc;
 
     out->admin_pass = NULL;
     rc = check_ignored(root, mv, err);
@@ -570,25 +658,71 @@ static int parse_create(json_object *root, int mv, create_req *out, cl_error *er
     return 0;
 }
 
-/* 12 characters from Nova's unambiguous alphabet, without modulo bias. */
-static int admin_pass(char out[ADMIN_PASS_LEN + 1])
+/* n characters from Nova's unambiguous alphabet, without modulo bias. */
+static int random_chars(char *out, size_t n)
 {
     static const char alphabet[] = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-    const unsigned n = sizeof(alphabet) - 1;
-    const unsigned cut = 256 - 256 % n;
+    const unsigned nal = sizeof(alphabet) - 1;
+    const unsigned cut = 256 - 256 % nal;
     size_t i = 0;
 
-    while (i < ADMIN_PASS_LEN) {
+    while (i < n) {
         unsigned char buf[32];
 
         if (RAND_bytes(buf, sizeof(buf)) != 1)
             return -EIO;
-        for (size_t j = 0; j < sizeof(buf) && i < ADMIN_PASS_LEN; j++)
+        for (size_t j = 0; j < sizeof(buf) && i < n; j++)
             if (buf[j] < cut)
-                out[i++] = alphabet[buf[j] % n];
+                out[i++] = alphabet[buf[j] % nal];
     }
-    out[ADMIN_PASS_LEN] = '\0';
+    out[n] = '\0';
     return 0;
+}
+
+/* The metadata object as key/value items (validated by check_metadata). */
+static cl_kv *metadata_items(json_object *md, size_t *out_n)
+{
+    size_t n = md ? (size_t)json_object_object_length(md) : 0, i = 0;
+    cl_kv *items;
+
+    *out_n = 0;
+    if (n == 0)
+        return NULL;
+    items = calloc(n, sizeof(*items));
+    if (!items)
+        return NULL;
+    json_object_object_foreach(md, k, v) {
+        cl_strlcpy(items[i].key, k, sizeof(items[i].key));
+        cl_strlcpy(items[i].value, json_object_get_string(v), sizeof(items[i].value));
+        i++;
+    }
+    *out_n = n;
+    return items;
+}
+
+/* The flavor of a create request as the caller may use it: by id, enabled, and public
+ * or shared with the caller's project. Answers 400 itself. */
+static bool create_flavor(cl_store *st, const cl_auth *a, const char *id, cl_flavor *out,
+                          cl_http_resp *resp)
+{
+    bool allowed = false;
+    int rc = cl_store_flavor_get(st, id, out);
+
+    if (rc == 0 && (strcmp(out->id, id) != 0 || out->disabled))
+        rc = -ENOENT;
+    if (rc == 0 && !cl_auth_is_admin(a))
+        rc = cl_store_flavor_access_allowed(st, out, a->project_id, &allowed);
+    if (rc == 0 && !cl_auth_is_admin(a) && !allowed)
+        rc = -ENOENT;
+    if (rc == -ENOENT) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Flavor %s could not be found.", id);
+        return false;
+    }
+    if (rc < 0) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot read flavors (%s).", strerror(-rc));
+        return false;
+    }
+    return true;
 }
 
 /* POST /v2.1/servers */
@@ -597,35 +731,51 @@ void api_servers_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
     api_ctx *ctx = ud;
     _cleanup_json_ json_object *root = NULL;
     _cleanup_free_ char *loc = NULL;
+    _cleanup_free_ cl_instance *insts = NULL;
+    _cleanup_free_ cl_kv *md = NULL;
     create_req cr = {0};
     cl_error err = {0};
-    cl_instance inst;
+    cl_instance_extra ex = {0};
+    cl_quota_set q;
+    cl_quota_excess over = {0};
+    cl_keypair kp = {0};
     cl_flavor flavor;
     cl_store *st;
+    const cl_auth *a;
     json_object *body, *srv;
     char pass[ADMIN_PASS_LEN + 1];
+    char resv[16] = "r-";
+    size_t n, created = 0, sent = 0;
     int mv = API_MV_MIN;
     int rc;
 
     if (!api_compute_begin(ctx, req, resp, true, &mv))
         return;
+    a = api_auth_current();
+    if (!a || !cl_auth_can_write(a, a->project_id)) {
+        api_respond_policy(resp, "os_compute_api:servers:create");
+        return;
+    }
     if (cl_http_req_json(req, &root, &err) < 0 || parse_create(root, mv, &cr, &err) < 0) {
         cl_http_resp_error(resp, &err);
         return;
     }
     st = api_store(ctx, resp);
-    if (!st)
+    if (!st || !create_flavor(st, a, cr.flavor_id, &flavor, resp))
         return;
-    rc = cl_store_flavor_get(st, cr.flavor_id, &flavor);
-    /* By id only, and a disabled flavor reads as missing, as in Nova. */
-    if (rc == -ENOENT || (rc == 0 && (strcmp(flavor.id, cr.flavor_id) != 0 || flavor.disabled))) {
-        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Flavor %s could not be found.",
-                            cr.flavor_id);
-        return;
-    }
-    if (rc < 0) {
-        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot read flavors (%s).", strerror(-rc));
-        return;
+    if (cr.key_name) {
+        /* Key pairs belong to users: the caller's own, as Nova looks them up. */
+        rc = cl_store_keypair_get(st, a->user_id, cr.key_name, &kp);
+        cl_keypair_clear(&kp);
+        if (rc == -ENOENT) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid key_name provided.");
+            return;
+        }
+        if (rc < 0) {
+            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot read key pairs (%s).",
+                                strerror(-rc));
+            return;
+        }
     }
     if (cr.admin_pass) {
         if (strlen(cr.admin_pass) > ADMIN_PASS_LEN * 20) {
@@ -633,58 +783,106 @@ void api_servers_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
                                 "Invalid input for field/attribute adminPass: too long.");
             return;
         }
-    } else if (admin_pass(pass) < 0) {
+    } else if (random_chars(pass, ADMIN_PASS_LEN) < 0) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "The random generator failed.");
+        return;
+    }
+    if (random_chars(resv + 2, 8) < 0) {
         cl_http_resp_errorf(resp, CL_E_INTERNAL, "The random generator failed.");
         return;
     }
 
-    memset(&inst, 0, sizeof(inst));
-    cl_uuid_new(inst.uuid);
-    cl_strlcpy(inst.name, cr.name, sizeof(inst.name));
-    cl_strlcpy(inst.project_id, ctx->cfg->admin_project_id, sizeof(inst.project_id));
-    cl_strlcpy(inst.user_id, ctx->cfg->admin_user_id, sizeof(inst.user_id));
-    cl_strlcpy(inst.image_ref, cr.image_ref, sizeof(inst.image_ref));
-    inst.flavor = flavor;
-    inst.vm_state = CL_VM_BUILDING;
-    inst.task_state = CL_TASK_SCHEDULING;
-    inst.power_state = CL_POWER_NOSTATE;
-    cl_strlcpy(inst.request_id, req->request_id ? req->request_id : "",
-               sizeof(inst.request_id));
+    n = (size_t)cr.max_count;
+    insts = calloc(n, sizeof(*insts));
+    md = metadata_items(cr.metadata, &ex.n_metadata);
+    if (!insts || (cr.metadata && json_object_object_length(cr.metadata) > 0 && !md)) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Out of memory.");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        cl_instance *inst = &insts[i];
 
-    /* The side row first: an orphan (if the instance insert fails) is harmless. */
-    rc = extra_put(st, inst.uuid, cr.key_name,
-                   cr.metadata ? json_object_to_json_string_ext(cr.metadata,
-                                                                JSON_C_TO_STRING_PLAIN)
-                               : "{}");
+        cl_uuid_new(inst->uuid);
+        /* Nova's multi_instance_display_name_template: "%(name)s-%(count)d". */
+        if (n > 1)
+            snprintf(inst->name, sizeof(inst->name), "%.240s-%u", cr.name,
+                     (unsigned)((i + 1) % 1000));
+        else
+            cl_strlcpy(inst->name, cr.name, sizeof(inst->name));
+        cl_strlcpy(inst->project_id, a->project_id, sizeof(inst->project_id));
+        cl_strlcpy(inst->user_id, a->user_id, sizeof(inst->user_id));
+        cl_strlcpy(inst->image_ref, cr.image_ref, sizeof(inst->image_ref));
+        inst->flavor = flavor;
+        inst->vm_state = CL_VM_BUILDING;
+        inst->task_state = CL_TASK_SCHEDULING;
+        inst->power_state = CL_POWER_NOSTATE;
+        cl_strlcpy(inst->request_id, req->request_id ? req->request_id : "",
+                   sizeof(inst->request_id));
+    }
+    ex.key_name = cr.key_name;
+    ex.user_data = cr.user_data;
+    ex.metadata = md;
+
+    /* Placement (issue 4, store_placement.h): AZ, scheduler hints, server-group member. */
+    for (size_t i = 0; i < n; i++)
+        if (cl_store_placement_hints_record(st, insts[i].uuid, root, &err) < 0) {
+            cl_http_resp_error(resp, &err);
+            return;
+        }
+    rc = api_quota_limits(ctx, st, a->project_id, &q);
     if (rc == 0)
-        rc = cl_store_instance_create(st, &inst);
+        rc = cl_store_instances_create_quota(st, insts, n, (size_t)cr.min_count, &ex, &q,
+                                             &created, &over);
+    if (rc == -EDQUOT) {
+        const char *res = cl_quota_res_name(over.res);
+
+        cl_http_resp_errorf(resp, CL_E_OVER_LIMIT,
+                            "Quota exceeded for %s: Requested %lld, but already used %lld of "
+                            "%lld %s", res, (long long)over.requested, (long long)over.used,
+                            (long long)over.limit, res);
+        return;
+    }
     if (rc < 0) {
         cl_http_resp_errorf(resp, rc == -EBUSY ? CL_E_UNAVAILABLE : CL_E_INTERNAL,
                             "Cannot record the server (%s); try again.", strerror(-rc));
         return;
     }
-    rc = cl_bus_send(ctx->bus, NULL, CL_MSG_INSTANCE_SCHEDULE, req->request_id,
-                     cl_msg_uuid_encode(inst.uuid), true, NULL);
-    if (rc < 0) {
-        /* Nothing will ever schedule it: fail it now rather than leave it in BUILD. */
-        cl_store_instance_fail(st, inst.uuid, "The scheduler could not be reached.", 503);
+    for (size_t i = 0; i < created; i++) {
+        rc = cl_bus_send(ctx->bus, NULL, CL_MSG_INSTANCE_SCHEDULE, req->request_id,
+                         cl_msg_uuid_encode(insts[i].uuid), true, NULL);
+        if (rc < 0) {
+            /* Nothing will ever schedule it: fail it now rather than leave it in BUILD. */
+            cl_store_instance_fail(st, insts[i].uuid, "The scheduler could not be reached.",
+                                   503);
+            continue;
+        }
+        sent++;
+        atomic_fetch_add(&ctx->servers_created, 1);
+        cl_info(LOG_MOD, "server %s (%s) accepted, flavor %s", insts[i].uuid, insts[i].name,
+                flavor.id);
+    }
+    if (sent == 0) {
         cl_http_resp_errorf(resp, CL_E_UNAVAILABLE,
                             "The scheduler queue is full; try again later.");
         return;
     }
-    atomic_fetch_add(&ctx->servers_created, 1);
-    cl_info(LOG_MOD, "server %s (%s) accepted, flavor %s", inst.uuid, inst.name, flavor.id);
 
     body = json_object_new_object();
+    if (cr.return_reservation_id) {
+        json_object_object_add(body, "reservation_id", json_object_new_string(resv));
+        cl_http_resp_json(resp, 202, body);
+        return;
+    }
+    /* Several servers: Nova answers with the first one. */
     srv = json_object_new_object();
-    json_object_object_add(srv, "id", json_object_new_string(inst.uuid));
-    json_object_object_add(srv, "links", api_links_self_bookmark(ctx, "servers", inst.uuid));
+    json_object_object_add(srv, "id", json_object_new_string(insts[0].uuid));
+    json_object_object_add(srv, "links", api_links_self_bookmark(ctx, "servers", insts[0].uuid));
     json_object_object_add(srv, "OS-DCF:diskConfig", json_object_new_string("MANUAL"));
     json_object_object_add(srv, "security_groups", default_security_groups());
     json_object_object_add(srv, "adminPass",
                            json_object_new_string(cr.admin_pass ? cr.admin_pass : pass));
     json_object_object_add(body, "server", srv);
-    if (asprintf(&loc, "%s/v2.1/servers/%s", ctx->compute_url, inst.uuid) >= 0)
+    if (asprintf(&loc, "%s/v2.1/servers/%s", ctx->compute_url, insts[0].uuid) >= 0)
         cl_http_resp_header(resp, "Location", loc);
     else
         loc = NULL;
@@ -736,7 +934,7 @@ static void url_encode(const char *s, char *out, size_t outlen)
 static void keep_filters(const cl_http_req *req, char *out, size_t outlen)
 {
     static const char *const names[] = {"all_tenants", "name", "status", "host", "project_id",
-                                        "tenant_id"};
+                                        "tenant_id", "changes-since"};
 
     out[0] = '\0';
     for (size_t i = 0; i < CL_ARRAY_SIZE(names); i++) {
@@ -757,15 +955,28 @@ typedef struct list_filter {
     const char *name;     /* substring */
     const char *status;   /* API status, case-insensitive */
     const char *host;
+    int64_t since_ms;     /* changes-since: updated at or after (deleted included), 0 = none */
 } list_filter;
 
-static bool parse_filters(const cl_http_req *req, cl_http_resp *resp, list_filter *f)
+static bool parse_filters(const cl_http_req *req, cl_http_resp *resp, const cl_auth *a,
+                          list_filter *f)
 {
     const char *at = cl_http_req_query(req, "all_tenants");
+    const char *cs = cl_http_req_query(req, "changes-since");
 
     memset(f, 0, sizeof(*f));
     if (at && !parse_bool_param(at, &f->all_tenants)) {
         cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid value '%.32s' for all_tenants", at);
+        return false;
+    }
+    if (f->all_tenants && !cl_auth_is_admin(a)) {
+        api_respond_policy(resp, "os_compute_api:servers:detail:get_all_tenants");
+        return false;
+    }
+    if (cs && (api_parse_time(cs, &f->since_ms) < 0 || f->since_ms <= 0)) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST,
+                            "Invalid input for query parameters changes-since. Value: %.64s. "
+                            "'%.64s' is not a 'date-time'", cs, cs);
         return false;
     }
     f->project = cl_http_req_query(req, "project_id");
@@ -773,7 +984,8 @@ static bool parse_filters(const cl_http_req *req, cl_http_resp *resp, list_filte
         f->project = cl_http_req_query(req, "tenant_id");
     f->name = cl_http_req_query(req, "name");
     f->status = cl_http_req_query(req, "status");
-    f->host = cl_http_req_query(req, "host");
+    /* Nova drops filters tenants may not use rather than refusing them. */
+    f->host = cl_auth_is_admin(a) ? cl_http_req_query(req, "host") : NULL;
     return true;
 }
 
@@ -785,6 +997,45 @@ static bool matches(const list_filter *f, const cl_instance *inst)
     if (f->status &&
         strcasecmp(cl_instance_status(inst->vm_state, inst->task_state), f->status) != 0)
         return false;
+    if (f->since_ms && inst->updated_ms < f->since_ms)
+        return false;
+    return true;
+}
+
+/* Extras of a page of servers (cl_store_instance_extras_many). */
+typedef struct page_extras {
+    char (*keys)[256];
+    bool *has_key;
+    cl_indexed_kv *md;
+    size_t n_md;
+} page_extras;
+
+static void extras_clear(page_extras *ex)
+{
+    free(ex->keys);
+    free(ex->has_key);
+    free(ex->md);
+    memset(ex, 0, sizeof(*ex));
+}
+
+static bool load_extras(cl_store *st, const cl_instance *rows, const size_t *shown,
+                        size_t count, page_extras *ex)
+{
+    _cleanup_free_ const char **uuids = calloc(count ? count : 1, sizeof(*uuids));
+
+    ex->keys = calloc(count ? count : 1, sizeof(*ex->keys));
+    ex->has_key = calloc(count ? count : 1, sizeof(*ex->has_key));
+    if (!uuids || !ex->keys || !ex->has_key) {
+        extras_clear(ex);
+        return false;
+    }
+    for (size_t c = 0; c < count; c++)
+        uuids[c] = rows[shown[c]].uuid;
+    if (cl_store_instance_extras_many(st, uuids, count, ex->keys, ex->has_key, &ex->md,
+                                      &ex->n_md) < 0) {
+        extras_clear(ex);
+        return false;
+    }
     return true;
 }
 
@@ -792,30 +1043,40 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
 {
     api_ctx *ctx = ud;
     _cleanup_free_ cl_instance *rows = NULL;
-    size_t n = 0, count = 0, last = 0;
+    _cleanup_free_ size_t *shown = NULL;
+    page_extras ex = {0};
+    bool more = false;
+    size_t n = 0, count = 0;
     cl_instance_filter sf = {0};
     list_filter lf;
     int64_t limit;
     const char *marker;
     json_object *body, *list;
+    const cl_auth *a;
     cl_store *st;
     int rc;
 
     if (!api_compute_begin(ctx, req, resp, true, NULL))
         return;
-    if (!api_page_params(req, resp, &limit, &marker) || !parse_filters(req, resp, &lf))
+    a = api_auth_current();
+    if (!a || !cl_auth_can_read(a, a->project_id)) {
+        api_respond_policy(resp, "os_compute_api:servers:index");
+        return;
+    }
+    if (!api_page_params(req, resp, &limit, &marker) || !parse_filters(req, resp, a, &lf))
         return;
     st = api_store(ctx, resp);
     if (!st)
         return;
-    /* The one identity is the admin: its own project unless all_tenants. */
-    sf.project_id = lf.all_tenants ? lf.project : ctx->cfg->admin_project_id;
+    /* The caller's project unless an admin asked for all_tenants. */
+    sf.project_id = lf.all_tenants ? lf.project : a->project_id;
     sf.host = lf.host;
-    sf.include_deleted = lf.status && strcasecmp(lf.status, "DELETED") == 0;
+    sf.include_deleted = (lf.status && strcasecmp(lf.status, "DELETED") == 0) || lf.since_ms;
     sf.marker = marker;
-    /* Name and status are filtered here, so the store may only cut the page when there
-     * are none; one row more than the page tells whether a next page exists. */
-    sf.limit = (!lf.name && !lf.status && limit > 0) ? limit + 1 : 0;
+    /* Name, status and changes-since are filtered here, so the store may only cut the
+     * page when there are none; one row more than the page tells whether a next page
+     * exists. */
+    sf.limit = (!lf.name && !lf.status && !lf.since_ms && limit > 0) ? limit + 1 : 0;
     rc = cl_store_instance_list(st, &sf, &rows, &n);
     if (rc == -ENOENT && marker) {
         cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "marker [%.64s] not found", marker);
@@ -825,38 +1086,59 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
         cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot list servers (%s).", strerror(-rc));
         return;
     }
-    body = json_object_new_object();
-    list = json_object_new_array();
+    /* Which rows make the page; then their extras in two queries, not two per row. */
+    shown = calloc(n ? n : 1, sizeof(*shown));
+    if (!shown) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Out of memory.");
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!matches(&lf, &rows[i]))
             continue;
         if (limit > 0 && (int64_t)count == limit) {
-            json_object *links = json_object_new_array();
-            _cleanup_free_ char *href = NULL;
-            char keep[1024];
-
-            keep_filters(req, keep, sizeof(keep));
-            if (asprintf(&href, "%s/v2.1/servers%s?limit=%lld&marker=%s%s", ctx->compute_url,
-                         detail ? "/detail" : "", (long long)limit, rows[last].uuid,
-                         keep) < 0)
-                href = NULL;
-            json_object_array_add(links, api_link("next", href ? href : ""));
-            json_object_object_add(body, "servers_links", links);
+            more = true;
             break;
         }
-        if (detail) {
-            extra ex;
+        shown[count++] = i;
+    }
+    if (detail && !load_extras(st, rows, shown, count, &ex)) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot read server extras.");
+        return;
+    }
+    body = json_object_new_object();
+    list = json_object_new_array();
+    for (size_t c = 0, m = 0; c < count; c++) {
+        const cl_instance *inst = &rows[shown[c]];
 
-            extra_get(st, rows[i].uuid, &ex);
-            json_object_array_add(list, server_detail(ctx, &rows[i], &ex));
-            extra_clear(&ex);
+        if (detail) {
+            extra e = {.has_key = ex.has_key[c], .metadata = json_object_new_object()};
+
+            cl_strlcpy(e.key_name, ex.keys[c], sizeof(e.key_name));
+            for (; m < ex.n_md && ex.md[m].idx == c; m++)
+                json_object_object_add(e.metadata, ex.md[m].kv.key,
+                                       json_object_new_string(ex.md[m].kv.value));
+            json_object_array_add(list, server_detail(ctx, inst, &e, cl_auth_is_admin(a)));
+            extra_clear(&e);
         } else {
-            json_object_array_add(list, server_brief(ctx, &rows[i]));
+            json_object_array_add(list, server_brief(ctx, inst));
         }
-        last = i; /* the next page starts after the last row shown, not the last read */
-        count++;
+    }
+    if (more && count > 0) {
+        json_object *links = json_object_new_array();
+        _cleanup_free_ char *href = NULL;
+        char keep[1024];
+
+        /* The next page starts after the last row shown, not the last read. */
+        keep_filters(req, keep, sizeof(keep));
+        if (asprintf(&href, "%s/v2.1/servers%s?limit=%lld&marker=%s%s", ctx->compute_url,
+                     detail ? "/detail" : "", (long long)limit, rows[shown[count - 1]].uuid,
+                     keep) < 0)
+            href = NULL;
+        json_object_array_add(links, api_link("next", href ? href : ""));
+        json_object_object_add(body, "servers_links", links);
     }
     json_object_object_add(body, "servers", list);
+    extras_clear(&ex);
     cl_http_resp_json(resp, 200, body);
 }
 
@@ -872,21 +1154,42 @@ void api_servers_detail(const cl_http_req *req, cl_http_resp *resp, void *ud)
     list_common(req, resp, ud, true);
 }
 
-/* ---- show / delete ---- */
+/* ---- policy helpers, show / update / delete ---- */
 
-/* The live (not deleted) instance of the {id} capture, or a 404 answered. */
-static bool load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store **out_st,
-                 cl_instance *out)
+void api_respond_policy(cl_http_resp *resp, const char *rule)
+{
+    cl_http_resp_errorf(resp, CL_E_FORBIDDEN, "Policy doesn't allow %s to be performed.", rule);
+}
+
+bool api_require_admin(cl_http_resp *resp, const char *rule)
+{
+    const cl_auth *a = api_auth_current();
+
+    if (a && cl_auth_is_admin(a))
+        return true;
+    api_respond_policy(resp, rule);
+    return false;
+}
+
+bool api_server_load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, bool write,
+                     const char *rule, cl_store **out_st, cl_instance *out)
 {
     const char *id = cl_http_req_param(req, "id");
+    const cl_auth *a = api_auth_current();
     cl_store *st;
     int rc;
 
+    if (!a) {
+        api_respond_policy(resp, rule);
+        return false;
+    }
     st = api_store(ctx, resp);
     if (!st)
         return false;
     rc = (id && strlen(id) < CL_UUID_LEN) ? cl_store_instance_get(st, id, out) : -ENOENT;
-    if (rc == -ENOENT || (rc == 0 && out->vm_state == CL_VM_DELETED)) {
+    /* Another project's server reads exactly as a missing one. */
+    if (rc == -ENOENT || (rc == 0 && (out->vm_state == CL_VM_DELETED ||
+                                      !cl_auth_can_read(a, out->project_id)))) {
         cl_http_resp_errorf(resp, CL_E_NOT_FOUND, "Instance %.64s could not be found.",
                             id ? id : "");
         return false;
@@ -895,8 +1198,25 @@ static bool load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_st
         cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot read the server (%s).", strerror(-rc));
         return false;
     }
+    if (write && !cl_auth_can_write(a, out->project_id)) {
+        api_respond_policy(resp, rule);
+        return false;
+    }
     *out_st = st;
     return true;
+}
+
+static void respond_server(api_ctx *ctx, cl_store *st, const cl_instance *inst,
+                           cl_http_resp *resp)
+{
+    const cl_auth *a = api_auth_current();
+    json_object *body = json_object_new_object();
+    extra ex;
+
+    extra_get(st, inst->uuid, &ex);
+    json_object_object_add(body, "server", server_detail(ctx, inst, &ex, a && cl_auth_is_admin(a)));
+    extra_clear(&ex);
+    cl_http_resp_json(resp, 200, body);
 }
 
 /* GET /v2.1/servers/{id} */
@@ -906,20 +1226,61 @@ void api_servers_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
     const char *id = cl_http_req_param(req, "id");
     cl_instance inst;
     cl_store *st;
-    json_object *body;
-    extra ex;
 
     if (id && strcmp(id, "detail") == 0) {
         api_servers_detail(req, resp, ud);
         return;
     }
-    if (!api_compute_begin(ctx, req, resp, true, NULL) || !load(ctx, req, resp, &st, &inst))
+    if (!api_compute_begin(ctx, req, resp, true, NULL) ||
+        !api_server_load(ctx, req, resp, false, "os_compute_api:servers:show", &st, &inst))
         return;
-    extra_get(st, inst.uuid, &ex);
-    body = json_object_new_object();
-    json_object_object_add(body, "server", server_detail(ctx, &inst, &ex));
-    extra_clear(&ex);
-    cl_http_resp_json(resp, 200, body);
+    respond_server(ctx, st, &inst, resp);
+}
+
+/* PUT /v2.1/servers/{id}: rename (accessIPv4/6 and diskConfig are accepted and kept as
+ * nube has them; description from 2.19). */
+void api_servers_update(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    static const char *const keys[] = {"name", "accessIPv4", "accessIPv6", "OS-DCF:diskConfig",
+                                       "description"};
+    api_ctx *ctx = ud;
+    _cleanup_json_ json_object *root = NULL;
+    json_object *srv;
+    const char *name = NULL;
+    cl_error err = {0};
+    cl_instance inst;
+    cl_store *st;
+    int mv = API_MV_MIN;
+    int rc;
+
+    if (!api_compute_begin(ctx, req, resp, true, &mv) ||
+        !api_server_load(ctx, req, resp, true, "os_compute_api:servers:update", &st, &inst))
+        return;
+    if (cl_http_req_json(req, &root, &err) < 0 ||
+        check_keys(root, (const char *const[]){"server"}, 1, "the request body", &err) < 0 ||
+        cl_json_get_object(root, "server", true, &srv, &err) < 0 ||
+        check_keys(srv, keys, CL_ARRAY_SIZE(keys) - (mv < 19 ? 1 : 0), "server", &err) < 0 ||
+        cl_json_get_str(root, "server.name", false, &name, &err) < 0 ||
+        (name && check_name(name, &err) < 0)) {
+        cl_http_resp_error(resp, &err);
+        return;
+    }
+    if (name) {
+        rc = cl_store_instance_rename(st, inst.uuid, name);
+        if (rc == -ENOENT) {
+            cl_http_resp_errorf(resp, CL_E_NOT_FOUND, "Instance %s could not be found.",
+                                inst.uuid);
+            return;
+        }
+        if (rc < 0) {
+            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot rename the server (%s).",
+                                strerror(-rc));
+            return;
+        }
+        if (cl_store_instance_get(st, inst.uuid, &inst) < 0)
+            cl_strlcpy(inst.name, name, sizeof(inst.name));
+    }
+    respond_server(ctx, st, &inst, resp);
 }
 
 /* DELETE /v2.1/servers/{id} */
@@ -930,7 +1291,8 @@ void api_servers_delete(const cl_http_req *req, cl_http_resp *resp, void *ud)
     cl_store *st;
     int rc;
 
-    if (!api_compute_begin(ctx, req, resp, true, NULL) || !load(ctx, req, resp, &st, &inst))
+    if (!api_compute_begin(ctx, req, resp, true, NULL) ||
+        !api_server_load(ctx, req, resp, true, "os_compute_api:servers:delete", &st, &inst))
         return;
     rc = cl_store_instance_begin_task(st, inst.uuid, CL_TASK_DELETING);
     if (rc == -EBUSY) {

@@ -28,8 +28,10 @@
  * and the bus pointer, so a report never races with the bus being freed at stop.
  */
 #include "agent.h"
+#include "simulate.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,6 +49,7 @@
 #include "json.h"
 #include "log.h"
 #include "messages.h"
+#include "usage.h"
 #include "util.h"
 
 #define MOD "agent"
@@ -54,6 +57,8 @@
 #define QUEUE_CAP 1024        /* queued spawn/destroy/sync jobs; full -> "agent busy" */
 #define SYNC_EVERY_TICKS 10   /* power-state sync every 10 heartbeats */
 #define DB_BUSY_MS 5000
+#define CONSOLE_MAX_BYTES (100 * 1024) /* as Nova's libvirt driver: the log's last 100 KiB */
+#define ADDR_WATCH_MS 120000           /* look for a DHCP lease this long after a boot */
 
 /* ---- configuration ---- */
 
@@ -71,7 +76,18 @@ const cl_cfg_key agent_cfg_keys[] = {
      offsetof(agent_cfg, instances_dir),
      "Directory of instance disks and console logs (<dir>/<uuid>/disk, console.log)."},
     {"agent", "virt_type", CL_CFG_STR, "auto", 0, -1, offsetof(agent_cfg, virt_type),
-     "QEMU acceleration: auto, kvm or qemu (auto means qemu/TCG for now)."},
+     "QEMU acceleration: auto (kvm when /dev/kvm opens and a probe guest runs, else "
+     "qemu/TCG), kvm or qemu."},
+    {"agent", "image_dir", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, image_dir),
+     "Local images until nube-image is used: <image_dir>/<image_ref>/{kernel,ramdisk,"
+     "disk.qcow2,cmdline} (empty: <state_dir>/images)."},
+    {"agent", "network", CL_CFG_STR, "nube", 0, -1, offsetof(agent_cfg, network),
+     "libvirt NAT network for guests, created when missing (10.231.0.0/24); empty, or "
+     "unusable (no dnsmasq/iptables): a user-mode NIC."},
+    {"agent", "shutdown_timeout_s", CL_CFG_INT, "60", 1, 3600,
+     offsetof(agent_cfg, shutdown_timeout_s),
+     "Seconds a guest gets to shut down on ACPI power-off (stop, resize) before it is "
+     "destroyed."},
     {"bus", "scheduler_endpoint", CL_CFG_STR, "tcp://127.0.0.1:5570", 0, -1,
      offsetof(agent_cfg, scheduler_endpoint), "ZeroMQ endpoint of the scheduler's bus."},
     {"bus", "resend_ms", CL_CFG_INT, "2000", 100, 60000, offsetof(agent_cfg, resend_ms),
@@ -82,6 +98,11 @@ const cl_cfg_key agent_cfg_keys[] = {
      "Memory in MB to report (0: detect from libvirt node info)."},
     {"resources", "disk_gb", CL_CFG_INT, "0", 0, 1073741824, offsetof(agent_cfg, disk_gb),
      "Disk in GB to report (0: detect with statvfs of instances_dir)."},
+    {"billing", "endpoint", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, billing_endpoint),
+     "ZeroMQ endpoint of nube-billing's usage bus (empty: no usage samples)."},
+    {"billing", "sample_interval_s", CL_CFG_INT, "60", 1, 86400,
+     offsetof(agent_cfg, sample_interval_s),
+     "Seconds between counter/gauge usage samples of every running instance."},
     {"http", "listen", CL_CFG_STR, "127.0.0.1", 0, -1, offsetof(agent_cfg, http_listen),
      "Address of the HTTP endpoint (/healthz, /metrics, /v1/domains)."},
     {"http", "port", CL_CFG_INT, "8776", 0, 65535, offsetof(agent_cfg, http_port),
@@ -91,25 +112,31 @@ const size_t agent_cfg_nkeys = CL_ARRAY_SIZE(agent_cfg_keys);
 
 /* ---- the context ---- */
 
-typedef enum { JOB_SPAWN, JOB_DESTROY, JOB_SYNC } job_kind;
+typedef enum { JOB_SPAWN, JOB_DESTROY, JOB_SYNC, JOB_ACTION, JOB_ADDRS, JOB_USAGE } job_kind;
 
 typedef struct job {
     job_kind kind;
     char uuid[CL_UUID_LEN];
     char req[80];               /* request id to carry into logs and replies */
     cl_msg_instance spec;       /* JOB_SPAWN */
+    cl_msg_action act;          /* JOB_ACTION */
     struct job *next;
 } job;
 
-/* Last power state reported per instance: events and the sync report only changes. */
+/* Last state reported per instance: events and the sync report only changes. */
 typedef struct reported {
     char uuid[CL_UUID_LEN];
     cl_power_state power;
+    cl_vm_state vm;
+    char addrs[CL_MSG_MAX_ADDRESSES * CL_MSG_ADDR_LEN]; /* joined, as last reported */
+    int64_t addr_until_ms;      /* look for a lease until then (0: not looking) */
 } reported;
 
 struct agent {
     char host[CL_HOST_MAX];
     char instances_dir[4096];
+    char image_dir[4096];
+    char url[320];              /* http://listen:port of the HTTP endpoint, "" when off */
     cl_msg_host info;           /* capacity etc., fixed after start */
 
     agent_driver *drv;
@@ -128,10 +155,18 @@ struct agent {
     size_t qlen;
     bool qstop;
     bool sync_queued;
+    bool addrs_queued;
+    char acting[CL_UUID_LEN];   /* instance whose action runs now (state_lock); events
+                                 * about it are left to the action's own report */
     pthread_t worker;
     bool worker_started;
 
     cl_http_server *http;
+
+    agent_usage *usage;         /* NULL: [billing] endpoint empty */
+    int64_t sample_every_ms;
+    int64_t next_sample_ms;     /* bus thread only */
+    bool usage_queued;          /* qlock */
 
     unsigned ticks;             /* bus thread only */
     atomic_llong running_vms;
@@ -147,11 +182,15 @@ static const cl_db_migration migrations[] = {
         "  created_ms INTEGER NOT NULL,"
         "  deleting INTEGER NOT NULL DEFAULT 0" /* destroy accepted, not yet done */
         ");"},
+    /* An accepted instance.action not yet carried out (its body), redone at start. */
+    {2, "ALTER TABLE instances ADD COLUMN action TEXT NOT NULL DEFAULT '';"},
 };
 
 typedef struct rec {
     cl_msg_instance spec;
     bool deleting;
+    bool has_action;
+    cl_msg_action act;          /* when has_action */
 } rec;
 
 static int rec_put(agent *a, const cl_msg_instance *spec)
@@ -214,6 +253,42 @@ static int rec_live(agent *a, const char *uuid)
     return r;
 }
 
+/* The spec of a record (deleting or not). 0, -ENOENT, or negative errno. */
+static int rec_get(agent *a, const char *uuid, cl_msg_instance *out)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    _cleanup_json_ json_object *body = NULL;
+    int r;
+    pthread_mutex_lock(&a->db_lock);
+    r = cl_db_prepare(a->db, "SELECT spec FROM instances WHERE uuid = ?", &st);
+    if (r == 0) {
+        cl_db_bind_text(st, 1, uuid);
+        int s = sqlite3_step(st);
+        const char *text = s == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+        r = s == SQLITE_DONE ? -ENOENT : !text ? -EIO
+            : cl_json_parse_object(text, strlen(text), &body, NULL) < 0 ||
+                      cl_msg_spawn_decode(body, out, NULL) < 0
+                  ? -EIO : 0;
+    }
+    pthread_mutex_unlock(&a->db_lock);
+    return r;
+}
+
+/* Remember (body) or forget (NULL) the instance's pending action. */
+static int rec_set_action(agent *a, const char *uuid, json_object *body)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&a->db_lock);
+    int r = cl_db_prepare(a->db, "UPDATE instances SET action = ? WHERE uuid = ?", &st);
+    if (r == 0) {
+        cl_db_bind_text(st, 1, body ? cl_json_dump(body) : "");
+        cl_db_bind_text(st, 2, uuid);
+        r = cl_db_step_done(st);
+    }
+    pthread_mutex_unlock(&a->db_lock);
+    return r;
+}
+
 /* All records (malloc'd array in *out). Records whose spec no longer decodes are
  * skipped with a warning: they cannot be re-created anyway. */
 static int rec_list(agent *a, rec **out, size_t *out_n)
@@ -224,8 +299,8 @@ static int rec_list(agent *a, rec **out, size_t *out_n)
     int r, s;
 
     pthread_mutex_lock(&a->db_lock);
-    r = cl_db_prepare(a->db, "SELECT uuid, spec, deleting FROM instances ORDER BY created_ms",
-                      &st);
+    r = cl_db_prepare(a->db, "SELECT uuid, spec, deleting, action FROM instances "
+                             "ORDER BY created_ms", &st);
     while (r == 0 && (s = sqlite3_step(st)) == SQLITE_ROW) {
         const char *text = (const char *)sqlite3_column_text(st, 1);
         _cleanup_json_ json_object *body = NULL;
@@ -239,6 +314,12 @@ static int rec_list(agent *a, rec **out, size_t *out_n)
             continue;
         }
         one.deleting = sqlite3_column_int(st, 2) != 0;
+        const char *act = (const char *)sqlite3_column_text(st, 3);
+        _cleanup_json_ json_object *abody = NULL;
+        if (act && *act &&
+            cl_json_parse_object(act, strlen(act), &abody, &err) == 0 &&
+            cl_msg_action_decode(abody, &one.act, &err) == 0)
+            one.has_action = true;
         if (n == cap) {
             size_t ncap = cap ? cap * 2 : 16;
             rec *nv = realloc(v, ncap * sizeof(*nv));
@@ -279,6 +360,12 @@ static cl_vm_state vm_of_power(cl_power_state p)
     }
 }
 
+/* A shut-off domain with a managed save image is a suspended instance. */
+static cl_vm_state vm_observed(cl_power_state p, bool saved)
+{
+    return p == CL_POWER_SHUTDOWN && saved ? CL_VM_SUSPENDED : vm_of_power(p);
+}
+
 static reported *rep_find_locked(agent *a, const char *uuid)
 {
     for (size_t i = 0; i < a->nrep; i++)
@@ -300,6 +387,7 @@ static void rep_set_locked(agent *a, const char *uuid, cl_power_state p)
             a->caprep = ncap;
         }
         r = &a->rep[a->nrep++];
+        memset(r, 0, sizeof(*r));
         cl_strlcpy(r->uuid, uuid, sizeof(r->uuid));
     }
     r->power = p;
@@ -314,11 +402,73 @@ static void rep_forget(agent *a, const char *uuid)
     pthread_mutex_unlock(&a->state_lock);
 }
 
-/* Send instance.state (reliable). only_if_changed: skip when power equals the last
- * report (events and sync); returns true when a message was queued. */
+static bool report_ex(agent *a, const char *uuid, cl_vm_state vm, cl_power_state power,
+                      const char *fault, bool only_if_changed,
+                      const char (*addrs)[CL_MSG_ADDR_LEN], size_t naddrs, bool with_addrs);
+static int rec_get(agent *a, const char *uuid, cl_msg_instance *out);
+
+/* The usage event a reported vm_state change means (usage_msg.h): time is charged from
+ * events only, so every change of "running" or of the flavor in force sends one.
+ * old_vm -1: nothing reported yet in this run (spawn, or adoption after a restart). */
+static cl_usage_event usage_event_of(int old_vm, cl_vm_state vm)
+{
+    if (old_vm == (int)vm)
+        return CL_USAGE_EV_NONE;
+    switch (vm) {
+    case CL_VM_ACTIVE:
+        if (old_vm == CL_VM_PAUSED)
+            return CL_USAGE_EV_RESUMED;
+        if (old_vm == CL_VM_RESIZED)
+            return CL_USAGE_EV_RESIZED; /* reverted: the old flavor is in force again */
+        return CL_USAGE_EV_STARTED;
+    case CL_VM_PAUSED: return CL_USAGE_EV_PAUSED;
+    case CL_VM_RESIZED: return CL_USAGE_EV_RESIZED;
+    case CL_VM_STOPPED:
+    case CL_VM_SUSPENDED:
+    case CL_VM_ERROR:
+        return old_vm == CL_VM_ACTIVE || old_vm == CL_VM_PAUSED || old_vm == CL_VM_RESIZED
+                   ? CL_USAGE_EV_STOPPED : CL_USAGE_EV_NONE;
+    default: return CL_USAGE_EV_NONE; /* deleted: do_destroy sends it with the spec */
+    }
+}
+
+static void usage_transition(agent *a, const char *uuid, int old_vm, cl_vm_state vm)
+{
+    cl_usage_event ev = usage_event_of(old_vm, vm);
+    cl_msg_instance spec;
+    if (ev != CL_USAGE_EV_NONE && rec_get(a, uuid, &spec) == 0)
+        agent_usage_event(a->usage, &spec, ev);
+}
+
+/* Send instance.state (reliable). only_if_changed: skip when power and vm_state equal the
+ * last report (events and sync); returns true when a message was queued. */
 static bool report(agent *a, const char *uuid, cl_vm_state vm, cl_power_state power,
                    const char *fault, bool only_if_changed)
 {
+    return report_ex(a, uuid, vm, power, fault, only_if_changed, NULL, 0, false);
+}
+
+static void join_addrs(const char (*addrs)[CL_MSG_ADDR_LEN], size_t n, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n && used < len; i++) {
+        int w = snprintf(out + used, len - used, "%s%s", i ? " " : "", addrs[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+/* report() plus, with with_addrs, the guest's addresses (sent only when they changed, or
+ * with any state report when only_if_changed is false). */
+static bool report_ex(agent *a, const char *uuid, cl_vm_state vm, cl_power_state power,
+                      const char *fault, bool only_if_changed,
+                      const char (*addrs)[CL_MSG_ADDR_LEN], size_t naddrs, bool with_addrs)
+{
+    char joined[CL_MSG_MAX_ADDRESSES * CL_MSG_ADDR_LEN];
+    if (with_addrs)
+        join_addrs(addrs, naddrs, joined, sizeof(joined));
     cl_msg_state st;
     bool sent = false;
 
@@ -332,19 +482,33 @@ static bool report(agent *a, const char *uuid, cl_vm_state vm, cl_power_state po
 
     pthread_mutex_lock(&a->state_lock);
     reported *prev = rep_find_locked(a, uuid);
-    if (only_if_changed && prev && prev->power == power)
+    if (only_if_changed && prev && prev->power == power && prev->vm == vm &&
+        (!with_addrs || strcmp(prev->addrs, joined) == 0))
         goto out;
     if (!a->bus)
         goto out; /* stopping: the next start reports every instance anyway */
     json_object *body = cl_msg_state_encode(&st);
+    if (body && with_addrs && cl_msg_state_set_addresses(body, addrs, naddrs) < 0) {
+        json_object_put(body);
+        body = NULL;
+    }
     int r = body ? cl_bus_send(a->bus, NULL, CL_MSG_INSTANCE_STATE, NULL, body, true, NULL)
                  : -ENOMEM;
     if (r < 0) {
         cl_warn(MOD, "cannot queue instance.state for %s: %s", uuid, strerror(-r));
         goto out;
     }
-    if (vm != CL_VM_DELETED) /* a deleted instance is forgotten by the caller */
+    if (a->usage)
+        usage_transition(a, uuid, prev ? (int)prev->vm : -1, vm);
+    if (vm != CL_VM_DELETED) { /* a deleted instance is forgotten by the caller */
         rep_set_locked(a, uuid, power);
+        reported *now = rep_find_locked(a, uuid);
+        if (now) {
+            now->vm = vm;
+            if (with_addrs)
+                cl_strlcpy(now->addrs, joined, sizeof(now->addrs));
+        }
+    }
     sent = true;
     cl_info(MOD, "instance %s: vm_state %s, power %s%s%s", uuid, cl_vm_state_name(vm),
             cl_power_state_name(power), st.fault[0] ? ", fault: " : "", st.fault);
@@ -380,6 +544,10 @@ static int job_push(agent *a, job *j)
     }
     if (j->kind == JOB_SYNC)
         a->sync_queued = true;
+    if (j->kind == JOB_ADDRS)
+        a->addrs_queued = true;
+    if (j->kind == JOB_USAGE)
+        a->usage_queued = true;
     if (a->qtail)
         a->qtail->next = j;
     else
@@ -408,6 +576,123 @@ static void refresh_running(agent *a)
     atomic_store(&a->running_vms, running);
 }
 
+/* Look for the guest's DHCP lease for a while (the ticks queue JOB_ADDRS). */
+static void watch_addrs(agent *a, const char *uuid)
+{
+    pthread_mutex_lock(&a->state_lock);
+    reported *r = rep_find_locked(a, uuid);
+    if (r)
+        r->addr_until_ms = cl_now_ms() + ADDR_WATCH_MS;
+    pthread_mutex_unlock(&a->state_lock);
+}
+
+/* Report leases of the watched instances (only changes are sent). */
+static void do_addrs(agent *a)
+{
+    char uuids[64][CL_UUID_LEN];
+    size_t n = 0;
+    int64_t now = cl_now_ms();
+
+    pthread_mutex_lock(&a->state_lock);
+    for (size_t i = 0; i < a->nrep && n < 64; i++)
+        if (a->rep[i].addr_until_ms > now && !a->rep[i].addrs[0])
+            cl_strlcpy(uuids[n++], a->rep[i].uuid, CL_UUID_LEN);
+    pthread_mutex_unlock(&a->state_lock);
+    for (size_t i = 0; i < n; i++) {
+        char addrs[CL_MSG_MAX_ADDRESSES][CL_MSG_ADDR_LEN];
+        size_t na = 0;
+        if (agent_driver_addresses(a->drv, uuids[i], addrs, CL_MSG_MAX_ADDRESSES, &na) < 0 ||
+            na == 0)
+            continue;
+        pthread_mutex_lock(&a->state_lock);
+        reported *r = rep_find_locked(a, uuids[i]);
+        cl_vm_state vm = r ? r->vm : CL_VM_ACTIVE;
+        cl_power_state p = r ? r->power : CL_POWER_RUNNING;
+        pthread_mutex_unlock(&a->state_lock);
+        report_ex(a, uuids[i], vm, p, NULL, true, (const char (*)[CL_MSG_ADDR_LEN])addrs, na,
+                  true);
+    }
+}
+
+/* Counter and gauge samples of the running instances. */
+static void do_usage(agent *a)
+{
+    rec *recs = NULL;
+    size_t n = 0;
+    if (!a->usage || rec_list(a, &recs, &n) < 0)
+        return;
+    cl_msg_instance *specs = n ? calloc(n, sizeof(*specs)) : NULL;
+    size_t k = 0;
+    for (size_t i = 0; specs && i < n; i++)
+        if (!recs[i].deleting)
+            specs[k++] = recs[i].spec;
+    agent_usage_sample(a->usage, a->drv, specs, k);
+    free(specs);
+    free(recs);
+}
+
+static void set_busy(agent *a, const char *uuid)
+{
+    pthread_mutex_lock(&a->state_lock);
+    cl_strlcpy(a->acting, uuid ? uuid : "", sizeof(a->acting));
+    pthread_mutex_unlock(&a->state_lock);
+}
+
+static bool is_busy(agent *a, const char *uuid)
+{
+    pthread_mutex_lock(&a->state_lock);
+    bool b = strcmp(a->acting, uuid) == 0;
+    pthread_mutex_unlock(&a->state_lock);
+    return b;
+}
+
+/* Carry out a server action, then report the state it left (always: the report clears
+ * the task_state nube-api set). A failed action leaves the instance as it is, with the
+ * failure in the log, as Nova reverts the task and keeps the vm_state. */
+static void do_action(agent *a, const cl_msg_action *act)
+{
+    const char *uuid = act->instance_uuid;
+    cl_error err = {0};
+    cl_power_state p = CL_POWER_NOSTATE;
+    bool saved = false;
+    int r;
+
+    if (rec_live(a, uuid) != 1) {
+        cl_debug(MOD, "instance %s: %s skipped, being deleted", uuid,
+                 cl_action_name(act->action));
+        return;
+    }
+    set_busy(a, uuid);
+    if (act->has_instance &&
+        (act->action == CL_ACTION_RESIZE || act->action == CL_ACTION_REVERT_RESIZE) &&
+        (r = rec_put(a, &act->instance)) < 0)
+        cl_warn(MOD, "instance %s: cannot record the new flavor: %s", uuid, strerror(-r));
+    int64_t t0 = cl_now_ms();
+    r = agent_driver_action(a->drv, uuid, act->action, act->has_instance ? &act->instance
+                                                                         : NULL, &err);
+    if (r < 0)
+        cl_warn(MOD, "instance %s: %s failed: %s", uuid, cl_action_name(act->action),
+                err.message);
+    else
+        cl_info(MOD, "instance %s: %s done in %" PRId64 " ms", uuid,
+                cl_action_name(act->action), cl_now_ms() - t0);
+    (void)rec_set_action(a, uuid, NULL);
+    cl_error e2 = {0};
+    int o = agent_driver_observe(a->drv, uuid, &p, &saved, &e2);
+    set_busy(a, NULL);
+    if (o == -ENOENT) {
+        report(a, uuid, CL_VM_ERROR, CL_POWER_NOSTATE,
+               "the instance's domain vanished from the hypervisor", false);
+        return;
+    }
+    cl_vm_state vm = vm_observed(p, saved);
+    if (r == 0 && act->action == CL_ACTION_RESIZE)
+        vm = CL_VM_RESIZED;
+    report(a, uuid, vm, p, NULL, false);
+    if (p == CL_POWER_RUNNING)
+        watch_addrs(a, uuid);
+}
+
 static void do_spawn(agent *a, const cl_msg_instance *spec)
 {
     cl_error err = {0};
@@ -418,11 +703,26 @@ static void do_spawn(agent *a, const cl_msg_instance *spec)
         cl_debug(MOD, "instance %s: spawn skipped, being deleted", spec->uuid);
         return;
     }
-    if (agent_driver_spawn(a->drv, spec, &err) == 0) {
+    /* First report of this instance in this run: a new instance ("created" for
+     * billing). The domain's own start event is left to this function's report (busy),
+     * so "created" always precedes "started". */
+    pthread_mutex_lock(&a->state_lock);
+    bool first = rep_find_locked(a, spec->uuid) == NULL;
+    pthread_mutex_unlock(&a->state_lock);
+    set_busy(a, spec->uuid);
+    /* Tests only ([agent] fail_spawns, simulate.h): every spawn fails. */
+    if (agent_sim_fail_spawns())
+        cl_error_set(&err, CL_E_INTERNAL, "spawn refused: [agent] fail_spawns is set (test)");
+    else if (agent_driver_spawn(a->drv, spec, &err) == 0) {
         atomic_fetch_add(&a->spawns, 1);
+        if (first)
+            agent_usage_event(a->usage, spec, CL_USAGE_EV_CREATED);
         report(a, spec->uuid, CL_VM_ACTIVE, CL_POWER_RUNNING, NULL, false);
+        set_busy(a, NULL);
+        watch_addrs(a, spec->uuid);
         return;
     }
+    set_busy(a, NULL);
     atomic_fetch_add(&a->spawn_errors, 1);
     cl_warn(MOD, "instance %s: spawn failed: %s", spec->uuid, err.message);
     cl_error ignored = {0};
@@ -441,6 +741,9 @@ static void do_destroy(agent *a, const char *uuid)
         report(a, uuid, CL_VM_ERROR, CL_POWER_NOSTATE, err.message, false);
         return;
     }
+    cl_msg_instance spec;
+    if (a->usage && rec_get(a, uuid, &spec) == 0)
+        agent_usage_event(a->usage, &spec, CL_USAGE_EV_DELETED);
     int r = rec_delete(a, uuid);
     if (r < 0)
         cl_warn(MOD, "instance %s: cannot drop local record: %s", uuid, strerror(-r));
@@ -482,8 +785,21 @@ static void do_sync(agent *a)
         for (size_t k = 0; k < ndoms && !d; k++)
             if (strcmp(doms[k].uuid, uuid) == 0)
                 d = &doms[k];
-        if (d)
-            report(a, uuid, vm_of_power(d->power), d->power, NULL, true);
+        bool saved = false;
+        if (d && d->power == CL_POWER_SHUTDOWN) {
+            cl_power_state p2;
+            cl_error e2 = {0};
+            (void)agent_driver_observe(a->drv, uuid, &p2, &saved, &e2);
+        }
+        if (d) {
+            /* A resized instance keeps VERIFY_RESIZE while its power state holds. */
+            pthread_mutex_lock(&a->state_lock);
+            reported *rp = rep_find_locked(a, uuid);
+            cl_vm_state vm = rp && rp->vm == CL_VM_RESIZED && rp->power == d->power
+                                 ? CL_VM_RESIZED : vm_observed(d->power, saved);
+            pthread_mutex_unlock(&a->state_lock);
+            report(a, uuid, vm, d->power, NULL, true);
+        }
         else
             report(a, uuid, CL_VM_ERROR, CL_POWER_NOSTATE,
                    "the instance's domain vanished from the hypervisor", true);
@@ -510,6 +826,10 @@ static void *worker_main(void *arg)
         a->qlen--;
         if (j->kind == JOB_SYNC)
             a->sync_queued = false;
+        if (j->kind == JOB_ADDRS)
+            a->addrs_queued = false;
+        if (j->kind == JOB_USAGE)
+            a->usage_queued = false;
         pthread_mutex_unlock(&a->qlock);
 
         cl_log_set_request_id(j->req[0] ? j->req : NULL);
@@ -517,6 +837,9 @@ static void *worker_main(void *arg)
         case JOB_SPAWN: do_spawn(a, &j->spec); break;
         case JOB_DESTROY: do_destroy(a, j->uuid); break;
         case JOB_SYNC: do_sync(a); break;
+        case JOB_ACTION: do_action(a, &j->act); break;
+        case JOB_ADDRS: do_addrs(a); break;
+        case JOB_USAGE: do_usage(a); break;
         }
         refresh_running(a);
         cl_log_set_request_id(NULL);
@@ -579,6 +902,33 @@ static void on_destroy(agent *a, const cl_bus_msg *msg)
                 uuid);
 }
 
+static void on_action(agent *a, const cl_bus_msg *msg)
+{
+    cl_msg_action act;
+    cl_error err = {0};
+
+    if (cl_msg_action_decode(msg->body, &act, &err) < 0) {
+        cl_warn(MOD, "bad instance.action from %s: %s", msg->from, err.message);
+        return;
+    }
+    if (rec_live(a, act.instance_uuid) != 1) {
+        cl_warn(MOD, "instance %s: %s for an instance this host does not run",
+                act.instance_uuid, cl_action_name(act.action));
+        return;
+    }
+    /* Durable before the ack: a restart redoes it (every action is idempotent). */
+    int r = rec_set_action(a, act.instance_uuid, msg->body);
+    if (r < 0)
+        cl_warn(MOD, "instance %s: cannot record the action: %s", act.instance_uuid,
+                strerror(-r));
+    job *j = job_new(JOB_ACTION, act.instance_uuid);
+    if (j)
+        j->act = act;
+    if (!j || job_push(a, j) < 0)
+        cl_warn(MOD, "instance %s: worker queue full; %s left for the next start",
+                act.instance_uuid, cl_action_name(act.action));
+}
+
 static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
 {
     agent *a = ud;
@@ -587,6 +937,8 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
         on_spawn(a, msg);
     else if (strcmp(msg->type, CL_MSG_INSTANCE_DESTROY) == 0)
         on_destroy(a, msg);
+    else if (strcmp(msg->type, CL_MSG_INSTANCE_ACTION) == 0)
+        on_action(a, msg);
     else
         cl_debug(MOD, "ignoring %s from %s", msg->type, msg->from);
 }
@@ -599,6 +951,31 @@ static void on_tick(cl_bus *bus, void *ud)
     json_object *body = cl_msg_host_encode(&h, NULL, 0);
     if (body)
         cl_bus_send(bus, NULL, CL_MSG_HOST_HEARTBEAT, "", body, false, NULL);
+
+    /* While a guest waits for its DHCP lease, look every tick. */
+    int64_t now = cl_now_ms();
+    if (a->usage && now >= a->next_sample_ms) {
+        a->next_sample_ms = now + a->sample_every_ms;
+        pthread_mutex_lock(&a->qlock);
+        bool queued = a->usage_queued;
+        pthread_mutex_unlock(&a->qlock);
+        job *ju = queued ? NULL : job_new(JOB_USAGE, NULL);
+        if (ju)
+            (void)job_push(a, ju);
+    }
+    bool watch = false;
+    pthread_mutex_lock(&a->state_lock);
+    for (size_t i = 0; i < a->nrep && !watch; i++)
+        watch = a->rep[i].addr_until_ms > now && !a->rep[i].addrs[0];
+    pthread_mutex_unlock(&a->state_lock);
+    if (watch) {
+        pthread_mutex_lock(&a->qlock);
+        bool queued = a->addrs_queued;
+        pthread_mutex_unlock(&a->qlock);
+        job *ja = queued ? NULL : job_new(JOB_ADDRS, NULL);
+        if (ja)
+            (void)job_push(a, ja);
+    }
 
     if (++a->ticks % SYNC_EVERY_TICKS == 0) {
         pthread_mutex_lock(&a->qlock);
@@ -616,10 +993,23 @@ static void on_event(const char *uuid, cl_power_state power, void *ud)
 {
     agent *a = ud;
     atomic_fetch_add(&a->events, 1);
-    /* Our own destroys stop domains too: those records are marked deleting first. */
-    if (rec_live(a, uuid) != 1)
+    /* Our own destroys stop domains too: those records are marked deleting first. An
+     * action in progress reports its own outcome (a resize stops and starts the domain
+     * on its way). */
+    if (rec_live(a, uuid) != 1 || is_busy(a, uuid))
         return;
-    report(a, uuid, vm_of_power(power), power, NULL, true);
+    /* The event may be stale by now (events queue while the worker acts): report what
+     * the domain is now, which also tells suspended (managed save) from stopped. */
+    bool saved = false;
+    cl_power_state now = power;
+    cl_error e = {0};
+    if (agent_driver_observe(a->drv, uuid, &now, &saved, &e) < 0)
+        now = power;
+    pthread_mutex_lock(&a->state_lock);
+    reported *rp = rep_find_locked(a, uuid);
+    bool resized = rp && rp->vm == CL_VM_RESIZED && rp->power == now;
+    pthread_mutex_unlock(&a->state_lock);
+    report(a, uuid, resized ? CL_VM_RESIZED : vm_observed(now, saved), now, NULL, true);
 }
 
 /* ---- HTTP ---- */
@@ -694,6 +1084,10 @@ static void metrics(FILE *out, void *ud)
             (unsigned long long)atomic_load(&a->busy), qlen,
             agent_driver_alive(a->drv) ? 1 : 0);
 
+    if (a->usage)
+        fprintf(out, "# TYPE nube_agent_usage_samples_total counter\n"
+                     "nube_agent_usage_samples_total %llu\n", agent_usage_sent(a->usage));
+
     cl_bus_stats bs;
     size_t pending = 0;
     pthread_mutex_lock(&a->state_lock);
@@ -729,8 +1123,85 @@ static bool health(char *reason, size_t len, void *ud)
     return true;
 }
 
+/* Keep the last `lines` lines of buf[0..len) (all when lines < 0); returns the offset. */
+static size_t tail_lines(const char *buf, size_t len, int64_t lines)
+{
+    if (lines < 0)
+        return 0;
+    size_t i = len;
+    if (i > 0 && buf[i - 1] == '\n')
+        i--; /* the final newline ends the last line, it does not start an empty one */
+    int64_t seen = 0;
+    while (i > 0) {
+        if (buf[i - 1] == '\n' && ++seen == lines)
+            return i;
+        i--;
+    }
+    return lines == 0 ? len : 0;
+}
+
+/* GET /v1/instances/{uuid}/console?length=N: the last N lines (all: no length or -1) of
+ * the serial console log, at most its last 100 KiB, as {"output": "..."}. Bytes that are
+ * not printable ASCII, newline or tab become '?' (escape sequences from the firmware
+ * would otherwise reach clients raw; Nova's clients expect text). The test driver writes
+ * no log: the output is empty then. 404 for instances this host does not run. */
+static void h_console(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    agent *a = ud;
+    const char *uuid = cl_http_req_param(req, "uuid");
+    const char *len_s = cl_http_req_query(req, "length");
+    int64_t lines = -1;
+    char path[4200];
+
+    if (!uuid || !cl_uuid_valid(uuid) || rec_live(a, uuid) != 1) {
+        cl_http_resp_errorf(resp, CL_E_NOT_FOUND, "Instance %.40s is not on this host.",
+                            uuid ? uuid : "");
+        return;
+    }
+    if (len_s && (cl_parse_int64(len_s, &lines) < 0 || lines < -1)) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "length must be an integer >= -1");
+        return;
+    }
+    snprintf(path, sizeof(path), "%s/%s/console.log", a->instances_dir, uuid);
+    _cleanup_free_ char *buf = malloc(CONSOLE_MAX_BYTES + 1);
+    size_t n = 0;
+    if (!buf) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "out of memory");
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        struct stat sb;
+        off_t from = 0;
+        if (fstat(fd, &sb) == 0 && sb.st_size > CONSOLE_MAX_BYTES)
+            from = sb.st_size - CONSOLE_MAX_BYTES;
+        while (n < CONSOLE_MAX_BYTES) {
+            ssize_t got = pread(fd, buf + n, CONSOLE_MAX_BYTES - n, from + (off_t)n);
+            if (got <= 0)
+                break;
+            n += (size_t)got;
+        }
+        close(fd);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c == '\r')
+            continue; /* serial lines end in CR LF */
+        buf[k++] = c != '\n' && c != '\t' && (c < 0x20 || c > 0x7e) ? '?' : (char)c;
+    }
+    n = k;
+    buf[n] = '\0';
+    size_t off = tail_lines(buf, n, lines);
+    json_object *body = json_object_new_object();
+    json_object_object_add(body, "output", json_object_new_string_len(buf + off,
+                                                                      (int)(n - off)));
+    cl_http_resp_json(resp, 200, body);
+}
+
 static const cl_http_route routes[] = {
     {"GET", "/v1/domains", h_domains},
+    {"GET", "/v1/instances/{uuid}/console", h_console},
 };
 
 /* ---- start / stop ---- */
@@ -778,8 +1249,13 @@ static int open_records(agent *a, const char *state_dir, cl_error *err)
 }
 
 /* Power state of every live record after reconcile, for host.register. */
+typedef struct boot_instance {
+    char uuid[CL_UUID_LEN];
+    cl_power_state power_state;
+    bool saved;                 /* managed save image: suspended */
+} boot_instance;
 typedef struct boot_state {
-    cl_msg_host_instance *v;
+    boot_instance *v;
     size_t n;
 } boot_state;
 
@@ -843,7 +1319,7 @@ static int reconcile(agent *a, boot_state *bs, cl_error *err)
     for (size_t i = 0; i < nrecs; i++) {
         if (recs[i].deleting)
             continue;
-        cl_msg_host_instance *hi = &bs->v[bs->n++];
+        boot_instance *hi = &bs->v[bs->n++];
         cl_strlcpy(hi->uuid, recs[i].spec.uuid, sizeof(hi->uuid));
         hi->power_state = CL_POWER_NOSTATE;
         for (size_t k = 0; k < ndoms; k++)
@@ -862,12 +1338,16 @@ static void refresh_boot_states(agent *a, boot_state *bs)
     for (size_t i = 0; i < bs->n; i++) {
         cl_error e = {0};
         cl_power_state p;
-        if (agent_driver_state(a->drv, bs->v[i].uuid, &p, &e) == 0)
+        bool saved = false;
+        if (agent_driver_observe(a->drv, bs->v[i].uuid, &p, &saved, &e) == 0)
             bs->v[i].power_state = p;
         else
             bs->v[i].power_state = CL_POWER_NOSTATE;
+        bs->v[i].saved = saved;
     }
 }
+
+static int start_http_server(agent *a, const agent_cfg *cfg, cl_error *err);
 
 static int start_bus(agent *a, const agent_cfg *cfg, cl_error *err)
 {
@@ -900,6 +1380,21 @@ static int start_http(agent *a, const agent_cfg *cfg, cl_error *err)
 {
     if (cfg->http_port == 0)
         return 0;
+    int r = start_http_server(a, cfg, err);
+    if (r < 0)
+        return r;
+    /* The URL nube-api uses for console reads: a wildcard listen address is reached by
+     * the host name. */
+    const char *h = cfg->http_listen && *cfg->http_listen ? cfg->http_listen : "127.0.0.1";
+    if (strcmp(h, "0.0.0.0") == 0 || strcmp(h, "::") == 0)
+        h = a->host;
+    snprintf(a->url, sizeof(a->url), strchr(h, ':') ? "http://[%s]:%u" : "http://%s:%u", h,
+             (unsigned)cl_http_server_port(a->http));
+    return 0;
+}
+
+static int start_http_server(agent *a, const agent_cfg *cfg, cl_error *err)
+{
     cl_http_opts o = {
         .service = "agent",
         .bind_addr = cfg->http_listen && *cfg->http_listen ? cfg->http_listen : "127.0.0.1",
@@ -917,7 +1412,17 @@ static int start_http(agent *a, const agent_cfg *cfg, cl_error *err)
 /* Register, then one instance.state per instance (see the file comment). */
 static void announce(agent *a, boot_state *bs)
 {
-    json_object *body = cl_msg_host_encode(&a->info, bs->v, bs->n);
+    cl_msg_host_instance *hv = bs->n ? calloc(bs->n, sizeof(*hv)) : NULL;
+    for (size_t i = 0; hv && i < bs->n; i++) {
+        cl_strlcpy(hv[i].uuid, bs->v[i].uuid, sizeof(hv[i].uuid));
+        hv[i].power_state = bs->v[i].power_state;
+    }
+    json_object *body = bs->n && !hv ? NULL : cl_msg_host_encode(&a->info, hv, bs->n);
+    free(hv);
+    if (body && a->url[0] && cl_msg_host_set_agent_url(body, a->url) < 0) {
+        json_object_put(body);
+        body = NULL;
+    }
     pthread_mutex_lock(&a->state_lock);
     int r = body ? cl_bus_send(a->bus, NULL, CL_MSG_HOST_REGISTER, NULL, body, true, NULL)
                  : -ENOMEM;
@@ -930,7 +1435,7 @@ static void announce(agent *a, boot_state *bs)
             report(a, bs->v[i].uuid, CL_VM_ERROR, p,
                    "the instance's domain could not be re-created on agent start", false);
         else
-            report(a, bs->v[i].uuid, vm_of_power(p), p, NULL, false);
+            report(a, bs->v[i].uuid, vm_observed(p, bs->v[i].saved), p, NULL, false);
     }
 }
 
@@ -949,6 +1454,28 @@ static int fill_host_info(agent *a, const agent_cfg *cfg, cl_error *err)
     a->info.ram_mb = cfg->ram_mb > 0 ? cfg->ram_mb : cap.ram_mb;
     a->info.disk_gb = cfg->disk_gb > 0 ? cfg->disk_gb : cap.disk_gb;
     return 0;
+}
+
+/* Actions accepted by a previous run and not finished (killed mid-way): do them again. */
+static void requeue_actions(agent *a)
+{
+    rec *recs = NULL;
+    size_t n = 0;
+    if (rec_list(a, &recs, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (!recs[i].has_action || recs[i].deleting)
+            continue;
+        job *j = job_new(JOB_ACTION, recs[i].spec.uuid);
+        if (!j)
+            break;
+        j->act = recs[i].act;
+        cl_info(MOD, "instance %s: redoing %s accepted before the restart", j->uuid,
+                cl_action_name(j->act.action));
+        if (job_push(a, j) < 0)
+            break;
+    }
+    free(recs);
 }
 
 int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
@@ -972,6 +1499,10 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
     pthread_cond_init(&a->qcond, NULL);
     cl_strlcpy(a->instances_dir, cfg->instances_dir ? cfg->instances_dir : "",
                sizeof(a->instances_dir));
+    if (cfg->image_dir && *cfg->image_dir)
+        cl_strlcpy(a->image_dir, cfg->image_dir, sizeof(a->image_dir));
+    else
+        snprintf(a->image_dir, sizeof(a->image_dir), "%.4000s/images", cfg->common.state_dir);
 
     r = resolve_host(cfg, a->host, err);
     if (r < 0)
@@ -982,7 +1513,9 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
 
     agent_driver_opts dopts = {.uri = cfg->libvirt_uri, .virt_type = virt,
                                .instances_dir = a->instances_dir, .on_event = on_event,
-                               .ud = a};
+                               .ud = a, .image_dir = a->image_dir,
+                               .network = cfg->network ? cfg->network : "",
+                               .shutdown_timeout_s = (int)cfg->shutdown_timeout_s};
     r = agent_driver_open(&dopts, &a->drv, err);
     if (r < 0)
         goto fail;
@@ -996,6 +1529,21 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
     refresh_running(a);
     a->info.running_vms = atomic_load(&a->running_vms);
 
+    if (cfg->billing_endpoint && *cfg->billing_endpoint) {
+        char ob[4200];
+        snprintf(ob, sizeof(ob), "%.4000s/agent-%.150s-usage-outbox.db", cfg->common.state_dir,
+                 a->host);
+        r = agent_usage_start(cfg->billing_endpoint, a->host, ob, (int)cfg->resend_ms,
+                              &a->usage, err);
+        if (r < 0)
+            goto fail;
+        a->sample_every_ms = cfg->sample_interval_s * 1000;
+        a->next_sample_ms = cl_now_ms() + a->sample_every_ms;
+    }
+    /* HTTP before the bus: host.register carries its URL. */
+    r = start_http(a, cfg, err);
+    if (r < 0)
+        goto fail;
     r = start_bus(a, cfg, err);
     if (r < 0)
         goto fail;
@@ -1011,10 +1559,7 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
     job *j = job_new(JOB_SYNC, NULL);
     if (j)
         (void)job_push(a, j);
-
-    r = start_http(a, cfg, err);
-    if (r < 0)
-        goto fail;
+    requeue_actions(a);
 
     cl_info(MOD, "host %s up: %s (%s), %" PRId64 " vCPUs, %" PRId64 " MB, %" PRId64
             " GB, %zu instances", a->host, agent_driver_uri(a->drv), a->info.hypervisor_type,
@@ -1052,6 +1597,7 @@ void agent_stop(agent *a)
 
     /* Events may still arrive until the driver is closed; report() drops them now. */
     agent_driver_free(a->drv);
+    agent_usage_stop(a->usage);
 
     for (job *j = a->qhead, *next; j; j = next) {
         next = j->next;

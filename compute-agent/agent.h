@@ -29,6 +29,9 @@ typedef struct agent_cfg {
     int64_t heartbeat_interval_ms;
     char *instances_dir;
     char *virt_type;            /* auto | kvm | qemu */
+    char *image_dir;            /* "" = <state_dir>/images */
+    char *network;              /* libvirt NAT network name; "" = user-mode NIC */
+    int64_t shutdown_timeout_s; /* ACPI grace before destroy */
     /* [bus] */
     char *scheduler_endpoint;
     int64_t resend_ms;
@@ -36,6 +39,9 @@ typedef struct agent_cfg {
     int64_t vcpus;
     int64_t ram_mb;
     int64_t disk_gb;
+    /* [billing] */
+    char *billing_endpoint;     /* "" = no usage samples */
+    int64_t sample_interval_s;
     /* [http] */
     char *http_listen;
     int64_t http_port;          /* 0 = disabled */

@@ -12,6 +12,7 @@
 #ifndef AGENT_DOMAIN_XML_H
 #define AGENT_DOMAIN_XML_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "errors.h"
@@ -59,6 +60,23 @@ void agent_domain_name(const char *uuid, char out[AGENT_DOMAIN_NAME_MAX]);
  * unknown hv) with err filled, or -ENOMEM. */
 int agent_domain_xml(const cl_msg_instance *inst, agent_hv_type hv, agent_virt_type virt,
                      const char *instances_dir, char **out_xml, cl_error *err);
+
+/* What the host adds to a QEMU domain beyond the instance spec (agent_domain_xml_ex).
+ * Every field is optional (NULL / 0); with all of them unset the document is exactly
+ * agent_domain_xml()'s. */
+typedef struct agent_boot {
+    const char *kernel;   /* direct kernel boot (AMI-style): <os><kernel> */
+    const char *ramdisk;  /* <os><initrd>, only with kernel */
+    const char *cmdline;  /* <os><cmdline>, only with kernel */
+    const char *network;  /* libvirt network name for a virtio NIC (<interface type='network'>) */
+    bool user_net;        /* no network: a user-mode (slirp) virtio NIC instead */
+    const char *mac;      /* the NIC's MAC ("52:54:00:..."), NULL = let libvirt choose */
+} agent_boot;
+
+/* agent_domain_xml with host extras (QEMU only; other hypervisors ignore boot). */
+int agent_domain_xml_ex(const cl_msg_instance *inst, agent_hv_type hv, agent_virt_type virt,
+                        const char *instances_dir, const agent_boot *boot, char **out_xml,
+                        cl_error *err);
 
 /* Build only the <nube:instance> metadata element (what virDomainGetMetadata returns for
  * NUBE_XMLNS, modulo libvirt's reformatting). Same ownership and errors as above. */

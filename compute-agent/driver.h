@@ -43,6 +43,11 @@ typedef struct agent_driver_opts {
     const char *instances_dir;  /* disks and console logs (domain_xml.h) */
     agent_driver_event_fn on_event; /* optional */
     void *ud;
+    /* QEMU hosts (ignored by the test driver): */
+    const char *image_dir;      /* local images: <image_dir>/<image_ref>/{kernel,ramdisk,
+                                 * disk.qcow2,cmdline}; NULL/"" = no images (blank disks) */
+    const char *network;        /* libvirt NAT network to create/use; "" = user-mode NIC */
+    int shutdown_timeout_s;     /* ACPI shutdown grace before destroy (stop, resize) */
 } agent_driver_opts;
 
 typedef struct agent_capacity {
@@ -109,5 +114,53 @@ int agent_driver_state(agent_driver *drv, const char *uuid, cl_power_state *out,
  * record of). Returns 0, -ENOENT (no domain, or no nube metadata), or -EINVAL/-EIO. */
 int agent_driver_metadata(agent_driver *drv, const char *uuid, cl_msg_instance *out,
                           cl_error *err);
+
+/* ---- issue 5: actions, observation, addresses ---- */
+
+/* The resolved QEMU acceleration (kvm or qemu after the probe; auto for other
+ * hypervisors). */
+agent_virt_type agent_driver_virt(const agent_driver *drv);
+
+/* Perform a server action on the instance's domain (see driver_libvirt.c for each):
+ * stop = ACPI shutdown, destroy after shutdown_timeout_s; start; soft reboot = ACPI
+ * shutdown then start (hard reboot when the guest does not shut down in time); hard reboot = destroy + redefine + start; pause /
+ * unpause = suspend / resume; suspend / resume = managed save / start; resize and
+ * revert_resize = stop if running, redefine with spec's flavor, start again if it ran.
+ * spec: the instance (required for resize/revert, used by hard reboot when given).
+ * Idempotent where the target state already holds. 0, -ENOENT (no domain), or negative
+ * errno + err. */
+int agent_driver_action(agent_driver *drv, const char *uuid, cl_action action,
+                        const cl_msg_instance *spec, cl_error *err);
+
+/* Power state plus whether a shut-off domain holds a managed save image (a suspended
+ * instance). 0, -ENOENT, or negative errno + err. */
+int agent_driver_observe(agent_driver *drv, const char *uuid, cl_power_state *power,
+                         bool *saved, cl_error *err);
+
+/* The guest's IPv4/IPv6 addresses from the network's DHCP leases (NAT network only;
+ * *out_n = 0 otherwise). 0 or negative errno. */
+int agent_driver_addresses(agent_driver *drv, const char *uuid,
+                           char (*out)[CL_MSG_ADDR_LEN], size_t cap, size_t *out_n);
+
+/* Bulk statistics of one nube domain (virConnectGetAllDomainStats), for usage samples.
+ * Counters are cumulative since the domain started; fields libvirt did not report are 0
+ * (mem_used_mb -1). */
+typedef struct agent_domain_stats {
+    char uuid[CL_UUID_LEN];
+    bool running;
+    int id;                     /* libvirt domain id (-1 when not running) */
+    int64_t cpu_ns;
+    int64_t net_rx_bytes, net_tx_bytes;
+    int64_t disk_rd_bytes, disk_wr_bytes;
+    int64_t mem_used_mb;
+} agent_domain_stats;
+
+/* Stats of every nube domain: *out malloc'd (caller frees), *out_n entries.
+ * 0 or negative errno + err. */
+int agent_driver_stats(agent_driver *drv, agent_domain_stats **out, size_t *out_n,
+                       cl_error *err);
+
+/* "network:<name>", "user" or "none": how guests are connected (for logs and tests). */
+const char *agent_driver_net_mode(const agent_driver *drv);
 
 #endif

@@ -11,12 +11,18 @@
  *   PUT  /v2/images/{id}/file       streamed upload: queued -> saving -> active | killed
  *   GET  /v2/images/{id}/file       streamed download, Content-MD5, single Range
  *   PUT|DELETE /v2/images/{id}/tags/{tag}
- *   GET  /healthz, /metrics
+ *   GET  /healthz, /metrics         (cl_http_server built-ins, with our callbacks)
+ *
+ * The routes are served by libcloud's cl_http_server: every route but the upload gets a
+ * buffered body (up to 1 MiB); the upload is a streaming route whose begin/chunk/end/
+ * abort callbacks are the pipeline below, and downloads are answered from the blob's
+ * file descriptor (sendfile). The server runs a thread per connection: uploads block on
+ * disk and must not stall other clients.
  *
  * The upload pipeline: each chunk is counted against the size limits, fed to the format
  * inspector, then written and hashed into a temp blob. The first refusal kills the image
  * at once with its reason (visible to `image show` as nube_status_reason) and drops the
- * temp file; the rest of the body is discarded by httpd.c. Only after the last byte,
+ * temp file; the rest of the body is discarded by cl_http_server. Only after the last byte,
  * the final inspection verdict and an fsync does the blob get its address and the image
  * turn active, in one step under the service lock. A connection lost mid-upload puts the
  * image back to queued (as Glance does) so the client can retry; nothing partial is kept.
@@ -26,12 +32,14 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "img.h"
@@ -46,7 +54,8 @@
 #define MAX_TAG_LEN 255
 #define MAX_PROP_VALUE 65535
 
-struct img_upload {
+typedef struct img_upload {
+    img_service *svc;
     char id[CL_UUID_LEN];
     img_blob_writer *w;
     img_inspector *insp;
@@ -55,7 +64,7 @@ struct img_upload {
     bool limit_is_quota;
     bool refused;
     cl_error err;            /* the answer once refused */
-};
+} img_upload;
 
 static const char *const disk_formats_known[] = {"ami", "ari", "aki", "vhd", "vhdx", "vmdk",
                                                  "raw", "qcow2", "vdi", "iso", "ploop"};
@@ -78,14 +87,107 @@ static bool in_list(const char *s, const char *const *list, size_t n)
     return false;
 }
 
-static bool seg_is(const img_req *req, size_t i, const char *s)
+/* ---------------------------------------------------------------- request glue */
+
+/**
+ * img_req_header - a request header (case-insensitive name) or NULL.
+ */
+const char *img_req_header(const img_req *req, const char *name)
 {
-    return req->nsegs > i && strcmp(req->segs[i], s) == 0;
+    return cl_http_req_header(req->http, name);
 }
 
-static bool method_is(const img_req *req, const char *m)
+/**
+ * img_req_query - a query argument (decoded) or NULL.
+ */
+const char *img_req_query(const img_req *req, const char *name)
 {
-    return strcmp(req->method, m) == 0;
+    return cl_http_req_query(req->http, name);
+}
+
+/**
+ * img_resp_json - answer with a JSON document (takes ownership of body).
+ */
+void img_resp_json(img_req *req, int status, json_object *body)
+{
+    cl_http_resp_json(req->resp, status, body);
+}
+
+/**
+ * img_resp_error - answer with the OpenStack error body of err.
+ */
+void img_resp_error(img_req *req, const cl_error *err)
+{
+    cl_http_resp_error(req->resp, err);
+}
+
+/**
+ * img_resp_errorf - format and answer an error of the catalogue.
+ */
+void img_resp_errorf(img_req *req, cl_errcode code, const char *fmt, ...)
+{
+    cl_error err = {.code = code};
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err.message, sizeof(err.message), fmt, ap);
+    va_end(ap);
+    cl_http_resp_error(req->resp, &err);
+}
+
+/**
+ * img_resp_empty - answer with no body (204, 201 ...).
+ */
+void img_resp_empty(img_req *req, int status)
+{
+    cl_http_resp_raw(req->resp, status, NULL, NULL, 0);
+}
+
+/**
+ * img_resp_fd - stream len bytes of fd from offset; takes fd.
+ */
+void img_resp_fd(img_req *req, int status, int fd, uint64_t offset, uint64_t len)
+{
+    cl_http_resp_fd(req->resp, status, fd, offset, len);
+}
+
+/**
+ * img_resp_text - answer with a text body (copied).
+ */
+void img_resp_text(img_req *req, int status, const char *ctype, const char *text)
+{
+    cl_http_resp_raw(req->resp, status, ctype, text, strlen(text));
+}
+
+/**
+ * img_resp_header - add a response header (before or after the answer).
+ */
+void img_resp_header(img_req *req, const char *name, const char *value)
+{
+    cl_http_resp_header(req->resp, name, value);
+}
+
+/**
+ * img_req_auth - authenticate; answers 401 itself on failure.
+ */
+int img_req_auth(img_service *svc, img_req *req)
+{
+    cl_error err = {0};
+    int rc = img_auth(svc, img_req_header(req, "X-Auth-Token"), &req->who, &err);
+
+    if (rc < 0)
+        img_resp_error(req, &err);
+    return rc;
+}
+
+static void req_init(img_req *req, const cl_http_req *hr, cl_http_resp *resp)
+{
+    memset(req, 0, sizeof(*req));
+    req->http = hr;
+    req->resp = resp;
+    req->method = hr->method;
+    req->body = hr->body;
+    req->body_len = hr->body_len;
 }
 
 /* ---------------------------------------------------------------- versions, schemas */
@@ -828,11 +930,17 @@ static void api_download(img_service *svc, img_req *req, const char *id)
     len = (uint64_t)st.st_size;
     rc = range ? parse_range(range, (uint64_t)st.st_size, &off, &len) : -EINVAL;
     if (rc == -ERANGE) {
+        /* No catalogue code is 416: the body keeps the OpenStack error shape. */
+        json_object *inner = json_object_new_object(), *doc = json_object_new_object();
         close(fd);
-        img_resp_errorf(req, CL_E_BAD_REQUEST, "Requested range not satisfiable");
-        req->status = 416;
+        json_object_object_add(inner, "code", json_object_new_int(416));
+        json_object_object_add(inner, "message",
+                               json_object_new_string("Requested range not satisfiable"));
+        json_object_object_add(doc, "requestedRangeNotSatisfiable", inner);
+        img_resp_json(req, 416, doc);
         snprintf(hdr, sizeof(hdr), "bytes */%jd", (intmax_t)st.st_size);
         img_resp_header(req, "Content-Range", hdr);
+        len = 0;
     } else if (rc == 0) {
         img_resp_fd(req, 206, fd, off, len);
         snprintf(hdr, sizeof(hdr), "bytes %" PRIu64 "-%" PRIu64 "/%jd", off, off + len - 1,
@@ -848,15 +956,6 @@ static void api_download(img_service *svc, img_req *req, const char *id)
 }
 
 /* ---------------------------------------------------------------- upload */
-
-/**
- * img_api_is_upload - PUT /v2/images/{id}/file is streamed by httpd.c.
- */
-bool img_api_is_upload(const img_req *req)
-{
-    return method_is(req, "PUT") && req->nsegs == 4 && seg_is(req, 0, "v2") &&
-           seg_is(req, 1, "images") && seg_is(req, 3, "file");
-}
 
 static void upload_free(img_upload *up)
 {
@@ -883,13 +982,11 @@ static int upload_refuse(img_service *svc, img_upload *up, cl_errcode code, cons
     return -EINVAL;
 }
 
-/**
- * img_api_upload_begin - authorise the upload and move the image to saving.
- */
-int img_api_upload_begin(img_service *svc, img_req *req, uint64_t content_length,
-                         bool has_length)
+/* Authorise the upload and move the image to saving; answers itself and returns < 0
+ * when the upload cannot start. */
+static int upload_begin(img_service *svc, img_req *req, const char *id,
+                        uint64_t content_length, bool has_length, img_upload **out)
 {
-    const char *id = req->segs[2];
     img_upload *up;
     img_record r = {0};
     img_format declared;
@@ -939,6 +1036,7 @@ int img_api_upload_begin(img_service *svc, img_req *req, uint64_t content_length
     quota_left = (uint64_t)(svc->cfg->quota_bytes_per_project - used);
     up = calloc(1, sizeof(*up));
     if (up) {
+        up->svc = svc;
         cl_strlcpy(up->id, id, sizeof(up->id));
         up->limit = (uint64_t)svc->cfg->max_image_bytes;
         if (quota_left < up->limit) {
@@ -957,21 +1055,19 @@ int img_api_upload_begin(img_service *svc, img_req *req, uint64_t content_length
                         strerror(up ? -rc : ENOMEM));
         return -EIO;
     }
-    req->upload = up;
+    *out = up;
     cl_info("image.upload", "upload to image %s started (%s)", id, r.disk_format);
     return 0;
 }
 
-/**
- * img_api_upload_chunk - limits, inspection, write+hash, in that order.
- */
-int img_api_upload_chunk(img_service *svc, img_req *req, const char *data, size_t len)
+/* One piece of the body: limits, inspection, write+hash, in that order. */
+static int upload_chunk(img_upload *up, const char *data, size_t len)
 {
-    img_upload *up = req->upload;
+    img_service *svc = up->svc;
     char msg[CL_ERROR_MSG_MAX];
     int rc;
 
-    if (!up || up->refused)
+    if (up->refused)
         return -EINVAL;
     up->received += len;
     atomic_fetch_add(&svc->bytes_in, len);
@@ -993,12 +1089,10 @@ int img_api_upload_chunk(img_service *svc, img_req *req, const char *data, size_
     return 0;
 }
 
-/**
- * img_api_upload_end - last byte in: final verdict, seal, address, activate, answer.
- */
-void img_api_upload_end(img_service *svc, img_req *req)
+/* Last byte in: final verdict, seal, address, activate, answer. Frees up. */
+static void upload_end(img_upload *up, img_req *req)
 {
-    img_upload *up = req->upload;
+    img_service *svc = up->svc;
     img_blob_info info;
     img_format fmt;
     uint64_t vsize = 0;
@@ -1006,8 +1100,6 @@ void img_api_upload_end(img_service *svc, img_req *req)
     char msg[CL_ERROR_MSG_MAX];
     int rc;
 
-    if (!up)
-        return;
     if (!up->refused && img_inspector_finish(up->insp, &fmt, &vsize) < 0)
         upload_refuse(svc, up, CL_E_BAD_REQUEST, img_inspector_reason(up->insp));
     if (!up->refused && (rc = img_blob_writer_seal(up->w, &info)) < 0) {
@@ -1057,19 +1149,14 @@ void img_api_upload_end(img_service *svc, img_req *req)
     }
 out:
     upload_free(up);
-    req->upload = NULL;
 }
 
-/**
- * img_api_upload_abort - the client went away mid-upload: back to queued (as Glance),
- * temp file removed.
- */
-void img_api_upload_abort(img_service *svc, img_req *req)
+/* The client went away mid-upload (or the service is stopping): back to queued (as
+ * Glance), temp file removed. Frees up. */
+static void upload_abort(img_upload *up)
 {
-    img_upload *up = req->upload;
+    img_service *svc = up->svc;
 
-    if (!up)
-        return;
     if (!up->refused) {
         char msg[160];
         snprintf(msg, sizeof(msg), "The upload was interrupted after %" PRIu64 " bytes; "
@@ -1081,13 +1168,54 @@ void img_api_upload_abort(img_service *svc, img_req *req)
         cl_info("image.upload", "image %s: %s", up->id, msg);
     }
     upload_free(up);
-    req->upload = NULL;
+}
+
+/* The streaming route's callbacks (http.h): headers in, body pieces, end, hang-up. */
+static void s_upload_begin(const cl_http_req *hr, cl_http_resp *resp, void *ud,
+                           void **stream)
+{
+    img_service *svc = ud;
+    const char *cl = cl_http_req_header(hr, "Content-Length");
+    img_upload *up = NULL;
+    int64_t len = -1;
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (cl && (cl_parse_int64(cl, &len) < 0 || len < 0)) {
+        img_resp_errorf(&req, CL_E_BAD_REQUEST, "Invalid Content-Length");
+        return;
+    }
+    if (upload_begin(svc, &req, cl_http_req_param(hr, "id"), len < 0 ? 0 : (uint64_t)len,
+                     len >= 0, &up) == 0)
+        *stream = up;
+}
+
+static int s_upload_chunk(void *stream, const char *data, size_t len)
+{
+    return upload_chunk(stream, data, len);
+}
+
+static void s_upload_end(void *stream, const cl_http_req *hr, cl_http_resp *resp)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    upload_end(stream, &req);
+}
+
+static void s_upload_abort(void *stream)
+{
+    upload_abort(stream);
 }
 
 /* ---------------------------------------------------------------- health, metrics */
 
-static void api_healthz(img_service *svc, img_req *req)
+/**
+ * img_api_health - /healthz: healthy while the image database answers.
+ */
+bool img_api_health(char *reason, size_t len, void *ud)
 {
+    img_service *svc = ud;
     int64_t c = 0, b = 0;
     int rc;
 
@@ -1095,22 +1223,18 @@ static void api_healthz(img_service *svc, img_req *req)
     rc = img_db_usage(svc->db, "", &c, &b);
     unlock(svc);
     if (rc < 0)
-        img_resp_text(req, 503, "text/plain", "image database unavailable\n");
-    else
-        img_resp_text(req, 200, "text/plain", "ok\n");
+        snprintf(reason, len, "image database unavailable");
+    return rc == 0;
 }
 
-static void api_metrics(img_service *svc, img_req *req)
+/**
+ * img_api_metrics - the image service's lines of /metrics (cl_http_server adds the
+ * request counters).
+ */
+void img_api_metrics(FILE *f, void *ud)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
+    img_service *svc = ud;
 
-    if (!f) {
-        img_resp_errorf(req, CL_E_INTERNAL, "Out of memory");
-        return;
-    }
-    img_httpd_metrics(svc->httpd, f);
     fprintf(f, "# TYPE nube_image_uploads_total counter\n"
                "nube_image_uploads_total{result=\"active\"} %" PRIuFAST64 "\n"
                "nube_image_uploads_total{result=\"refused\"} %" PRIuFAST64 "\n"
@@ -1124,71 +1248,129 @@ static void api_metrics(img_service *svc, img_req *req)
             (uint_fast64_t)atomic_load(&svc->uploads_aborted),
             (uint_fast64_t)atomic_load(&svc->bytes_in),
             (uint_fast64_t)atomic_load(&svc->bytes_out));
-    fclose(f);
-    img_resp_text(req, 200, "text/plain; version=0.0.4", buf);
-    free(buf);
 }
 
 /* ---------------------------------------------------------------- routing */
 
-static void not_allowed(img_req *req, const char *allow)
+/* The handlers of the route table: the img_req of the request, authenticated where the
+ * route needs it (401 answered by img_req_auth), then the api_* function. */
+
+static void r_root(const cl_http_req *hr, cl_http_resp *resp, void *ud)
 {
-    img_resp_errorf(req, CL_E_METHOD_NOT_ALLOWED, "Method %s is not allowed here",
-                    req->method);
-    img_resp_header(req, "Allow", allow);
+    img_req req;
+
+    req_init(&req, hr, resp);
+    api_versions(ud, &req, 300);
 }
 
-/**
- * img_api_dispatch - route a buffered request to its handler; always answers.
- */
-void img_api_dispatch(img_service *svc, img_req *req)
+static void r_versions(const cl_http_req *hr, cl_http_resp *resp, void *ud)
 {
-    size_t n = req->nsegs;
+    img_req req;
 
-    if (n == 0)
-        return method_is(req, "GET") ? api_versions(svc, req, 300) : not_allowed(req, "GET");
-    if (n == 1 && seg_is(req, 0, "versions"))
-        return api_versions(svc, req, 200);
-    if (n == 1 && seg_is(req, 0, "healthz"))
-        return api_healthz(svc, req);
-    if (n == 1 && seg_is(req, 0, "metrics"))
-        return api_metrics(svc, req);
-    if (!seg_is(req, 0, "v2") || n < 2) {
-        img_resp_errorf(req, CL_E_NOT_FOUND, "The resource could not be found.");
-        return;
-    }
-    if (img_req_auth(svc, req) < 0)
-        return;
-    if (n == 3 && seg_is(req, 1, "schemas") &&
-        (seg_is(req, 2, "image") || seg_is(req, 2, "images")))
-        return api_schema(req, seg_is(req, 2, "images"));
-    if (!seg_is(req, 1, "images") || n > 5) {
-        img_resp_errorf(req, CL_E_NOT_FOUND, "The resource could not be found.");
-        return;
-    }
-    if (n == 2) {
-        if (method_is(req, "GET"))
-            return api_list(svc, req);
-        if (method_is(req, "POST"))
-            return api_create(svc, req);
-        return not_allowed(req, "GET, POST");
-    }
-    if (n == 3) {
-        if (method_is(req, "GET"))
-            return api_show(svc, req, req->segs[2]);
-        if (method_is(req, "PATCH"))
-            return api_patch(svc, req, req->segs[2]);
-        if (method_is(req, "DELETE"))
-            return api_delete(svc, req, req->segs[2]);
-        return not_allowed(req, "GET, PATCH, DELETE");
-    }
-    if (n == 4 && seg_is(req, 3, "file"))
-        return method_is(req, "GET") ? api_download(svc, req, req->segs[2])
-                                     : not_allowed(req, "GET, PUT");
-    if (n == 5 && seg_is(req, 3, "tags")) {
-        if (method_is(req, "PUT") || method_is(req, "DELETE"))
-            return api_tag(svc, req, req->segs[2], req->segs[4], method_is(req, "PUT"));
-        return not_allowed(req, "PUT, DELETE");
-    }
-    img_resp_errorf(req, CL_E_NOT_FOUND, "The resource could not be found.");
+    req_init(&req, hr, resp);
+    api_versions(ud, &req, 200);
 }
+
+static void r_schema_image(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_schema(&req, false);
+}
+
+static void r_schema_images(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_schema(&req, true);
+}
+
+static void r_list(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_list(ud, &req);
+}
+
+static void r_create(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_create(ud, &req);
+}
+
+static void r_show(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_show(ud, &req, cl_http_req_param(hr, "id"));
+}
+
+static void r_patch(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_patch(ud, &req, cl_http_req_param(hr, "id"));
+}
+
+static void r_delete(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_delete(ud, &req, cl_http_req_param(hr, "id"));
+}
+
+static void r_download(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_download(ud, &req, cl_http_req_param(hr, "id"));
+}
+
+static void r_tag(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_tag(ud, &req, cl_http_req_param(hr, "id"), cl_http_req_param(hr, "tag"),
+                strcmp(hr->method, "PUT") == 0);
+}
+
+const cl_http_route img_api_routes[] = {
+    {"GET", "/", r_root},
+    {"GET", "/versions", r_versions},
+    {"GET", "/v2/schemas/image", r_schema_image},
+    {"GET", "/v2/schemas/images", r_schema_images},
+    {"GET", "/v2/images", r_list},
+    {"POST", "/v2/images", r_create},
+    {"GET", "/v2/images/{id}", r_show},
+    {"PATCH", "/v2/images/{id}", r_patch},
+    {"DELETE", "/v2/images/{id}", r_delete},
+    {"GET", "/v2/images/{id}/file", r_download},
+    {"PUT", "/v2/images/{id}/tags/{tag}", r_tag},
+    {"DELETE", "/v2/images/{id}/tags/{tag}", r_tag},
+};
+const size_t img_api_nroutes = CL_ARRAY_SIZE(img_api_routes);
+
+const cl_http_stream_route img_api_stream_routes[] = {
+    {"PUT", "/v2/images/{id}/file", s_upload_begin, s_upload_chunk, s_upload_end,
+     s_upload_abort},
+};
+const size_t img_api_nstream_routes = CL_ARRAY_SIZE(img_api_stream_routes);

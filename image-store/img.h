@@ -3,8 +3,9 @@
  *
  *   blob.c     content-addressed blob store (streamed writes, hashing, dedup, recovery)
  *   image.c    image records in SQLite, visibility rules, Glance JSON rendering
- *   api.c      the Image v2 routes (metadata, upload, download)
- *   httpd.c    the HTTP front over libmicrohttpd with streaming bodies
+ *   api.c      the Image v2 routes (metadata, streamed upload, download), served by
+ *              libcloud's cl_http_server (upload as a streaming route, download from
+ *              the blob's file descriptor)
  *   service.c  the config table and the service context: start, recover, stop
  *
  * Tests link all of it through img_lib and drive it over real HTTP on loopback.
@@ -22,6 +23,7 @@
 #include "daemon.h"
 #include "db.h"
 #include "errors.h"
+#include "http.h"
 #include "inspect.h"
 #include "util.h"
 
@@ -189,27 +191,18 @@ int img_db_list(cl_db *db, const img_identity *who, const img_list_query *q,
 /* The Glance document of an image (new reference). */
 json_object *img_record_to_json(const img_record *r);
 
-/* ---------------- HTTP requests (httpd.c) as the routes see them ---------------- */
-
-#define IMG_MAX_SEGS 8
+/* ---------------- HTTP requests as the routes see them (api.c) ---------------- */
 
 typedef struct img_service img_service;
-typedef struct img_upload img_upload;
-typedef struct img_httpd img_httpd;
 
+/* One request being answered: libcloud's request and response, plus the caller. */
 typedef struct img_req {
-    void *conn;                    /* struct MHD_Connection * */
+    const cl_http_req *http;
+    cl_http_resp *resp;
     const char *method;
-    char *segs[IMG_MAX_SEGS];      /* percent-decoded path segments */
-    size_t nsegs;
-    char request_id[64];
     img_identity who;              /* valid once img_req_auth() succeeded */
-    char *body;                    /* buffered body of non-streaming routes, NUL-ended */
+    const char *body;              /* buffered body of non-streaming routes, NUL-ended */
     size_t body_len;
-    /* the response being built */
-    int status;
-    void *resp;                    /* struct MHD_Response * */
-    img_upload *upload;            /* streaming upload in progress (api.c) */
 } img_req;
 
 /* Request header or query argument, NULL when absent. */
@@ -219,7 +212,8 @@ const char *img_req_query(const img_req *req, const char *name);
 /* Authenticate the request (X-Auth-Token); on failure answers 401 and returns <0. */
 int img_req_auth(img_service *svc, img_req *req);
 
-/* Build the response (once; a second call replaces the first). */
+/* Answer (once: a later answer is ignored, as with cl_http_resp). Headers may be added
+ * before or after the answer. */
 void img_resp_json(img_req *req, int status, json_object *body /* owned */);
 void img_resp_error(img_req *req, const cl_error *err);
 void img_resp_errorf(img_req *req, cl_errcode code, const char *fmt, ...)
@@ -228,27 +222,17 @@ void img_resp_empty(img_req *req, int status);
 /* Stream len bytes of fd from offset (takes fd). */
 void img_resp_fd(img_req *req, int status, int fd, uint64_t offset, uint64_t len);
 void img_resp_text(img_req *req, int status, const char *ctype, const char *text);
-/* Add a header to the response already built. */
 void img_resp_header(img_req *req, const char *name, const char *value);
 
-/* Routes (api.c). img_api_dispatch answers every buffered request. */
-void img_api_dispatch(img_service *svc, img_req *req);
-/* True when the request is a streamed upload (PUT /v2/images/{id}/file). */
-bool img_api_is_upload(const img_req *req);
-/* Upload steps: begin (headers in; may answer at once and return <0), chunk (0, or <0
- * once refused: the rest is discarded), end (all bytes in: answers), abort (the
- * connection died first). */
-int img_api_upload_begin(img_service *svc, img_req *req, uint64_t content_length,
-                         bool has_length);
-int img_api_upload_chunk(img_service *svc, img_req *req, const char *data, size_t len);
-void img_api_upload_end(img_service *svc, img_req *req);
-void img_api_upload_abort(img_service *svc, img_req *req);
-
-/* The HTTP front (httpd.c). */
-int img_httpd_start(img_service *svc, img_httpd **out, cl_error *err);
-uint16_t img_httpd_port(const img_httpd *h);
-void img_httpd_stop(img_httpd *h);
-void img_httpd_metrics(const img_httpd *h, FILE *out);
+/* The routes of the Image API for cl_http_server (ud: the img_service). The upload
+ * (PUT /v2/images/{id}/file) is the one streaming route. */
+extern const cl_http_route img_api_routes[];
+extern const size_t img_api_nroutes;
+extern const cl_http_stream_route img_api_stream_routes[];
+extern const size_t img_api_nstream_routes;
+/* /healthz and /metrics callbacks (ud: the img_service). */
+bool img_api_health(char *reason, size_t len, void *ud);
+void img_api_metrics(FILE *out, void *ud);
 
 /* ---------------- the service ---------------- */
 
@@ -257,7 +241,7 @@ struct img_service {
     cl_db *db;
     pthread_mutex_t lock; /* the db connection and blob commit/delete */
     img_blob_store blobs;
-    img_httpd *httpd;
+    cl_http_server *http;
     uint64_t max_virtual_size;
     /* metrics */
     atomic_uint_fast64_t uploads_ok, uploads_refused, uploads_aborted;

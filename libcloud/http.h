@@ -15,7 +15,14 @@
  *    (Prometheus text: requests by method/status, latency sums, plus the service's own
  *    lines from metrics_fn);
  *  - keeps connections alive (HTTP/1.1) and logs one access line per request.
- * Handlers run on libmicrohttpd's worker threads (thread pool), several at a time.
+ * Handlers run on libmicrohttpd's worker threads (thread pool), several at a time, or on
+ * one thread per connection (opts.thread_per_connection) for services whose handlers
+ * block on disk.
+ *
+ * Streaming routes (opts.stream_routes) are for bodies too large to buffer (disk
+ * images): the service sees the body piece by piece as it is read, never all at once,
+ * and max_body does not apply to them. Downloads are answered from a file descriptor
+ * with cl_http_resp_fd() (sendfile).
  */
 #ifndef CL_HTTP_H
 #define CL_HTTP_H
@@ -69,6 +76,10 @@ void cl_http_resp_errorf(cl_http_resp *resp, cl_errcode code, const char *fmt, .
     __attribute__((format(printf, 3, 4)));
 /* Add a header (both copied). Up to 16 per response. */
 void cl_http_resp_header(cl_http_resp *resp, const char *name, const char *value);
+/* Respond with len bytes of fd from offset (sent with sendfile); takes ownership of fd,
+ * also when the response is refused. Content-Type is application/octet-stream unless
+ * set with cl_http_resp_header(); headers may be added before or after this call. */
+void cl_http_resp_fd(cl_http_resp *resp, int status, int fd, uint64_t offset, uint64_t len);
 
 typedef void (*cl_http_handler_fn)(const cl_http_req *req, cl_http_resp *resp, void *ud);
 
@@ -77,6 +88,41 @@ typedef struct cl_http_route {
     const char *pattern; /* "/v2.1/servers/{id}" */
     cl_http_handler_fn fn;
 } cl_http_route;
+
+/*
+ * A streaming route. For every request it matches (same pattern rules; on a tie with a
+ * buffered route of the same method and path, the streaming route wins):
+ *  - begin() runs once the headers are in (req->body is "", Content-Length is a
+ *    header). It either answers at once through resp (401, 404, 413 from the announced
+ *    Content-Length ...; the body is then never read) or leaves resp alone and may set
+ *    *stream to its own state.
+ *  - chunk() gets each piece of the body in order, as read from the socket (at most
+ *    about half of opts.conn_buffer; nothing is gathered). Returning < 0 refuses: chunk() is
+ *    not called again, the rest of the body is read and dropped (up to 64 MiB, beyond
+ *    which the connection is closed and abort() runs instead) and end() answers with the
+ *    error the stream recorded.
+ *  - end() runs after the last byte and must answer (else 500).
+ *  - abort() (optional) runs instead of end() when the request does not complete: the
+ *    client disconnected mid-body, the server stopped, or begin() answered early after
+ *    setting *stream.
+ * Exactly one of end() and abort() is called for every begin() that did not answer, so
+ * either can free the stream. All four run on the connection's thread, with the request
+ * id set as the thread's log request id.
+ */
+typedef void (*cl_http_stream_begin_fn)(const cl_http_req *req, cl_http_resp *resp, void *ud,
+                                        void **stream);
+typedef int (*cl_http_stream_chunk_fn)(void *stream, const char *data, size_t len);
+typedef void (*cl_http_stream_end_fn)(void *stream, const cl_http_req *req, cl_http_resp *resp);
+typedef void (*cl_http_stream_abort_fn)(void *stream);
+
+typedef struct cl_http_stream_route {
+    const char *method;
+    const char *pattern;
+    cl_http_stream_begin_fn begin;   /* required */
+    cl_http_stream_chunk_fn chunk;   /* required */
+    cl_http_stream_end_fn end;       /* required */
+    cl_http_stream_abort_fn abort;   /* optional */
+} cl_http_stream_route;
 
 typedef struct cl_http_opts {
     const char *service;      /* "compute": used in logs and metric names */
@@ -92,6 +138,17 @@ typedef struct cl_http_opts {
     void (*metrics_fn)(FILE *out, void *ud);
     /* Optional: health check; return true when healthy, write a short reason. */
     bool (*health_fn)(char *reason, size_t len, void *ud);
+    /* Optional: streaming routes (see cl_http_stream_route); ud is passed to begin(). */
+    const cl_http_stream_route *stream_routes;
+    size_t nstream_routes;
+    /* One thread per connection instead of the pool of `threads` (for handlers that
+     * block on disk); connections are then capped at max_connections (default 256). */
+    bool thread_per_connection;
+    unsigned max_connections; /* 0 = default (libmicrohttpd's, or 256 per connection) */
+    /* Per-connection buffer in bytes (default 64 KiB, minimum 16 KiB). It holds the
+     * request headers and bounds each chunk() piece: streaming services gain from 256 KiB
+     * (fewer, larger pieces cost less CPU per byte). */
+    size_t conn_buffer;
 } cl_http_opts;
 
 int cl_http_server_start(const cl_http_opts *opts, cl_http_server **out, cl_error *err);

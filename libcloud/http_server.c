@@ -19,6 +19,20 @@
  * x-openstack-request-id header on every response, 404 / 405 (with Allow) for unrouted
  * requests, 413 for bodies over the cap and 500 computeFault when a handler forgets to
  * answer. /healthz and /metrics (Prometheus text format 0.0.4) are built in.
+ *
+ * Streaming routes (http.h) are routed at the first call instead of the last: when the
+ * best route for the request is a streaming one, its begin() runs with the headers, each
+ * body chunk goes straight to chunk() from MHD's read buffer, and end() answers at the
+ * last call. Nothing of the body is kept here, so memory stays at MHD's per-connection
+ * pool whatever the size of the upload. on_completed() calls abort() for a stream that
+ * never got its end() (client gone, server stopping). A refused stream (chunk() < 0) is
+ * answered only after the rest of the body was read and dropped: a response sent while
+ * the client is still writing is often lost to a TCP reset, and the client would see
+ * "connection reset" instead of the reason. Past STREAM_DISCARD_MAX we stop being polite
+ * and close the connection.
+ *
+ * Responses from a file descriptor (cl_http_resp_fd) become MHD fd responses, which MHD
+ * sends with sendfile(2).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -53,6 +67,9 @@
 #define STOP_GRACE_MS 5000    /* how long stop waits for requests in flight */
 #define REQUEST_ID_LEN 40     /* "req-" + 36-character UUID */
 #define CONN_MEMORY_LIMIT (64 * 1024) /* per-connection MHD pool: headers (tokens) fit */
+#define MIN_CONN_MEMORY (16 * 1024)   /* below this, ordinary headers no longer fit */
+#define DEFAULT_CONN_LIMIT_PER_THREAD 256 /* thread-per-connection: threads are the cost */
+#define STREAM_DISCARD_MAX (64ULL * 1024 * 1024) /* body dropped after a refusal, at most */
 
 /* Methods with their own metrics series; anything else is counted as "OTHER". */
 static const char *const metric_methods[] = {"GET",    "HEAD",    "POST", "PUT",
@@ -71,6 +88,7 @@ typedef enum { BUILTIN_NONE, BUILTIN_HEALTHZ, BUILTIN_METRICS } builtin_kind;
 typedef struct route {
     const char *method;
     cl_http_handler_fn fn;
+    const cl_http_stream_route *stream; /* non-NULL for a streaming route (fn unused) */
     builtin_kind builtin;
     char *buf;                    /* owned copy of the pattern, cut into segs */
     char *segs[MAX_SEGMENTS];
@@ -86,6 +104,7 @@ struct cl_http_server {
     size_t max_body;
     route *routes;
     size_t nroutes;
+    size_t nstream;               /* streaming routes (first in routes[]) */
     void *ud;
     void (*metrics_fn)(FILE *out, void *ud);
     bool (*health_fn)(char *reason, size_t len, void *ud);
@@ -113,7 +132,18 @@ struct cl_http_resp {
     char *hdr_names[MAX_RESP_HEADERS];
     char *hdr_values[MAX_RESP_HEADERS];
     size_t nheaders;
+    bool has_fd;                  /* answer from fd (owned until handed to MHD) */
+    int fd;
+    uint64_t fd_offset, fd_len;
 };
+
+/* Decoded path segments of one request. */
+typedef struct path_segs {
+    char *raw;                /* owned copy of the raw path, cut at '/' */
+    char *dec[MAX_SEGMENTS];  /* owned decoded segments */
+    size_t dec_len[MAX_SEGMENTS];
+    size_t n;
+} path_segs;
 
 /* Per-request state, from the first on_access() call to on_completed(). The public
  * cl_http_req is embedded so accessors can find the decoded query arguments. */
@@ -129,6 +159,15 @@ typedef struct req_ctx {
     char *qnames[MAX_QUERY_ARGS];
     char *qvalues[MAX_QUERY_ARGS];
     size_t nquery;
+    /* Streaming requests only: routed at the first call, so the path captures and the
+     * decoded path must live as long as the request. */
+    const route *stream_route;
+    void *stream;                 /* begin()'s state */
+    bool stream_closed;           /* end() ran, or begin() answered without a stream */
+    bool stream_refused;          /* chunk() < 0: the rest of the body is dropped */
+    uint64_t discarded;
+    char *path;
+    path_segs ps;
 } req_ctx;
 
 static req_ctx *ctx_of(const cl_http_req *req)
@@ -214,6 +253,10 @@ static void resp_reset(cl_http_resp *resp)
 {
     free(resp->body);
     resp->body = NULL;
+    if (resp->has_fd) {
+        close(resp->fd);
+        resp->has_fd = false;
+    }
     for (size_t i = 0; i < resp->nheaders; i++) {
         free(resp->hdr_names[i]);
         free(resp->hdr_values[i]);
@@ -267,6 +310,42 @@ void cl_http_resp_raw(cl_http_resp *resp, int status, const char *content_type,
         else
             resp->content_type[0] = '\0';
     }
+}
+
+/**
+ * cl_http_resp_fd - answer with len bytes of fd starting at offset; MHD sends them with
+ * sendfile(2) when it can.
+ * @resp: the response handed to the handler
+ * @status: HTTP status (200, 206 ...)
+ * @fd: an open, readable file; owned from now on (closed after the response, or at once
+ *      when the handler already answered or fd is invalid)
+ * @offset, @len: the slice to send; the file must hold it (MHD closes the connection
+ *      early otherwise)
+ * Content-Type defaults to application/octet-stream; headers added with
+ * cl_http_resp_header() before or after this call go out with it (Content-Range ...).
+ */
+void cl_http_resp_fd(cl_http_resp *resp, int status, int fd, uint64_t offset, uint64_t len)
+{
+    if (!resp_claim(resp)) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    if (fd < 0 || offset > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - offset) {
+        if (fd >= 0)
+            close(fd);
+        cl_debug("http", "cl_http_resp_fd: invalid descriptor or range");
+        resp->status = 500;
+        resp->content_type[0] = '\0';
+        return;
+    }
+    resp->status = status;
+    resp->has_fd = true;
+    resp->fd = fd;
+    resp->fd_offset = offset;
+    resp->fd_len = len;
+    if (!resp->content_type_set)
+        cl_strlcpy(resp->content_type, "application/octet-stream", sizeof(resp->content_type));
 }
 
 static void resp_json_typed(cl_http_resp *resp, int status, json_object *body,
@@ -562,18 +641,21 @@ static int split_path(char *path, char **segs)
 }
 
 static int route_compile(route *r, const char *method, const char *pattern,
-                         cl_http_handler_fn fn, builtin_kind builtin, cl_error *err)
+                         cl_http_handler_fn fn, const cl_http_stream_route *stream,
+                         builtin_kind builtin, cl_error *err)
 {
     size_t ncaptures = 0;
     int n;
 
-    if (!method || !pattern || pattern[0] != '/' || !fn) {
+    if (!method || !pattern || pattern[0] != '/' ||
+        (stream ? !stream->begin || !stream->chunk || !stream->end : !fn)) {
         cl_error_set(err, CL_E_INTERNAL, "Invalid HTTP route '%s %s'", method ? method : "?",
                      pattern ? pattern : "?");
         return -EINVAL;
     }
     r->method = method;
     r->fn = fn;
+    r->stream = stream;
     r->builtin = builtin;
     r->buf = strdup(pattern);
     if (!r->buf)
@@ -610,14 +692,6 @@ static bool method_matches(const char *route_method, const char *method)
     /* HEAD is GET without the body (RFC 9110 9.3.2); MHD drops the body for us. */
     return strcmp(method, "HEAD") == 0 && strcmp(route_method, "GET") == 0;
 }
-
-/* Decoded path segments of one request. */
-typedef struct path_segs {
-    char *raw;                /* owned copy of the raw path, cut at '/' */
-    char *dec[MAX_SEGMENTS];  /* owned decoded segments */
-    size_t dec_len[MAX_SEGMENTS];
-    size_t n;
-} path_segs;
 
 static void path_segs_free(path_segs *ps)
 {
@@ -713,12 +787,21 @@ static enum MHD_Result queue(cl_http_server *srv, req_ctx *ctx, struct MHD_Conne
 
     if (status < MIN_STATUS || status >= MIN_STATUS + N_STATUS)
         status = 500;
-    r = MHD_create_response_from_buffer(resp->body_len, resp->body, MHD_RESPMEM_MUST_FREE);
+    if (resp->has_fd) {
+        r = MHD_create_response_from_fd_at_offset64(resp->fd_len, resp->fd,
+                                                    resp->fd_offset);
+        if (r)
+            resp->has_fd = false; /* MHD closes the fd when it destroys the response */
+    } else {
+        r = MHD_create_response_from_buffer(resp->body_len, resp->body,
+                                            MHD_RESPMEM_MUST_FREE);
+        if (r)
+            resp->body = NULL; /* MHD owns it now */
+    }
     if (!r) {
         resp_reset(resp);
         return MHD_NO; /* MHD closes the connection */
     }
-    resp->body = NULL; /* MHD owns it now */
     MHD_add_response_header(r, "x-openstack-request-id", ctx->request_id);
     if (resp->content_type[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
@@ -787,6 +870,8 @@ static void ctx_free(req_ctx *ctx)
     if (!ctx)
         return;
     free(ctx->body);
+    free(ctx->path);
+    path_segs_free(&ctx->ps);
     for (size_t i = 0; i < ctx->nquery; i++) {
         free(ctx->qnames[i]);
         free(ctx->qvalues[i]);
@@ -853,6 +938,27 @@ static void body_append(cl_http_server *srv, req_ctx *ctx, const char *data, siz
     ctx->body[ctx->body_len] = '\0';
 }
 
+/* Fill the captures of route r from the decoded segments of ps (which must outlive the
+ * request's use of req). -EINVAL with msg when a capture would smuggle extra path. */
+static int bind_params(cl_http_req *req, const route *r, const path_segs *ps, char *msg,
+                       size_t msglen)
+{
+    req->nparams = 0;
+    for (size_t s = 0; s < ps->n; s++) {
+        if (!r->capture[s])
+            continue;
+        /* A decoded '/' (from %2F) or NUL would let a capture smuggle extra path. */
+        if (memchr(ps->dec[s], '/', ps->dec_len[s]) || strlen(ps->dec[s]) != ps->dec_len[s]) {
+            snprintf(msg, msglen, "Invalid value for '%s' in the URL path", r->segs[s]);
+            return -EINVAL;
+        }
+        req->param_names[req->nparams] = r->segs[s];
+        req->param_values[req->nparams] = ps->dec[s];
+        req->nparams++;
+    }
+    return 0;
+}
+
 static enum MHD_Result dispatch(cl_http_server *srv, req_ctx *ctx,
                                 struct MHD_Connection *conn, const char *url,
                                 const char *method)
@@ -865,10 +971,10 @@ static enum MHD_Result dispatch(cl_http_server *srv, req_ctx *ctx,
     cl_http_req *req = &ctx->req;
     cl_http_resp resp = {0};
     _cleanup_free_ char *path = NULL;
+    char msg[160];
     int rc;
 
     if (ctx->too_large) {
-        char msg[128];
         snprintf(msg, sizeof(msg), "Request body is larger than the limit of %zu bytes",
                  srv->max_body);
         return queue_error(srv, ctx, conn, method, url, CL_E_TOO_LARGE, msg);
@@ -882,21 +988,12 @@ static enum MHD_Result dispatch(cl_http_server *srv, req_ctx *ctx,
             return queue_not_allowed(srv, ctx, conn, method, url, allow, nallow);
         return queue_error(srv, ctx, conn, method, url, CL_E_NOT_FOUND, msg_not_found);
     }
-
-    req->nparams = 0;
-    for (size_t s = 0; s < ps.n; s++) {
-        if (!r->capture[s])
-            continue;
-        /* A decoded '/' (from %2F) or NUL would let a capture smuggle extra path. */
-        if (memchr(ps.dec[s], '/', ps.dec_len[s]) || strlen(ps.dec[s]) != ps.dec_len[s]) {
-            char msg[160];
-            snprintf(msg, sizeof(msg), "Invalid value for '%s' in the URL path", r->segs[s]);
-            return queue_error(srv, ctx, conn, method, url, CL_E_BAD_REQUEST, msg);
-        }
-        req->param_names[req->nparams] = r->segs[s];
-        req->param_values[req->nparams] = ps.dec[s];
-        req->nparams++;
+    if (r->stream) {
+        /* Streaming routes are taken at the first call; reaching one here is a bug. */
+        return queue_error(srv, ctx, conn, method, url, CL_E_INTERNAL, msg_fault);
     }
+    if (bind_params(req, r, &ps, msg, sizeof(msg)) < 0)
+        return queue_error(srv, ctx, conn, method, url, CL_E_BAD_REQUEST, msg);
     path = pct_decode(url, strlen(url), NULL);
     if (!path)
         return MHD_NO;
@@ -918,6 +1015,94 @@ static enum MHD_Result dispatch(cl_http_server *srv, req_ctx *ctx,
     return queue(srv, ctx, conn, method, url, &resp);
 }
 
+/* The streaming route for this request, or NULL when the request is to be buffered
+ * (no streaming route is the best match, or the path cannot be parsed: dispatch()
+ * answers those as usual). On success the decoded segments stay in ctx->ps. */
+static const route *stream_route_find(cl_http_server *srv, req_ctx *ctx, const char *url,
+                                      const char *method)
+{
+    const char *allow[MAX_ALLOW_METHODS];
+    size_t nallow = 0;
+    bool path_known = false;
+    const route *r = NULL;
+
+    if (path_segs_parse(url, &ctx->ps) == 0)
+        r = route_find(srv, method, &ctx->ps, &path_known, allow, &nallow);
+    if (r && r->stream)
+        return r;
+    path_segs_free(&ctx->ps);
+    memset(&ctx->ps, 0, sizeof(ctx->ps));
+    return NULL;
+}
+
+/* Headers in, streaming route found: bind the request and call begin(). */
+static enum MHD_Result stream_begin(cl_http_server *srv, req_ctx *ctx,
+                                    struct MHD_Connection *conn, const char *url,
+                                    const char *method, const route *r)
+{
+    cl_http_req *req = &ctx->req;
+    cl_http_resp resp = {0};
+    char msg[160];
+
+    ctx->stream_route = r;
+    if (bind_params(req, r, &ctx->ps, msg, sizeof(msg)) < 0) {
+        ctx->stream_closed = true;
+        return queue_error(srv, ctx, conn, method, url, CL_E_BAD_REQUEST, msg);
+    }
+    ctx->path = pct_decode(url, strlen(url), NULL);
+    if (!ctx->path) {
+        ctx->stream_closed = true;
+        return MHD_NO;
+    }
+    req->method = method;
+    req->path = ctx->path;
+    req->body = "";
+    req->body_len = 0;
+    req->request_id = ctx->request_id;
+    req->conn = conn;
+
+    r->stream->begin(req, &resp, srv->ud, &ctx->stream);
+    if (!resp.done)
+        return MHD_YES; /* MHD sends "100 Continue" if asked, and reads the body */
+    /* Answered from the headers: the body is never read (MHD closes the connection
+     * after the response when some is left). A stream begin() set anyway gets abort(). */
+    if (!ctx->stream)
+        ctx->stream_closed = true;
+    return queue(srv, ctx, conn, method, url, &resp);
+}
+
+/* Every later call of a streaming request: a body chunk, or the end of the body. */
+static enum MHD_Result stream_access(cl_http_server *srv, req_ctx *ctx,
+                                     struct MHD_Connection *conn, const char *url,
+                                     const char *method, const char *data, size_t *size)
+{
+    const cl_http_stream_route *sr = ctx->stream_route->stream;
+    cl_http_resp resp = {0};
+
+    if (*size) {
+        size_t n = *size;
+        *size = 0;
+        if (ctx->stream_refused) {
+            ctx->discarded += n;
+            /* MHD_NO closes the connection; on_completed() then calls abort(). */
+            return ctx->discarded > STREAM_DISCARD_MAX ? MHD_NO : MHD_YES;
+        }
+        if (sr->chunk(ctx->stream, data, n) < 0)
+            ctx->stream_refused = true;
+        return MHD_YES;
+    }
+    ctx->stream_closed = true;
+    sr->end(ctx->stream, &ctx->req, &resp);
+    ctx->stream = NULL; /* end() owned it last */
+    if (!resp.done) {
+        cl_debug("http", "stream end for %s %s sent no response", method, url);
+        resp_reset(&resp);
+        memset(&resp, 0, sizeof(resp));
+        cl_http_resp_errorf(&resp, CL_E_INTERNAL, "%s", msg_fault);
+    }
+    return queue(srv, ctx, conn, method, url, &resp);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_data_size,
@@ -931,11 +1116,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (!ctx) {
         const char *cl;
         int64_t announced;
+        const route *sr;
 
         ctx = ctx_new(srv, conn);
         if (!ctx)
             return MHD_NO;
         *req_cls = ctx;
+        if (srv->nstream && (sr = stream_route_find(srv, ctx, url, method))) {
+            cl_log_set_request_id(ctx->request_id);
+            ret = stream_begin(srv, ctx, conn, url, method, sr);
+            cl_log_set_request_id(NULL);
+            return ret;
+        }
         cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && cl_parse_int64(cl, &announced) == 0 && announced >= 0 &&
             (uint64_t)announced > srv->max_body) {
@@ -953,6 +1145,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         /* Already answered early: swallow whatever body still arrives. */
         *upload_data_size = 0;
         return MHD_YES;
+    }
+    if (ctx->stream_route) {
+        cl_log_set_request_id(ctx->request_id);
+        ret = stream_access(srv, ctx, conn, url, method, upload_data, upload_data_size);
+        cl_log_set_request_id(NULL);
+        return ret;
     }
     if (*upload_data_size) {
         body_append(srv, ctx, upload_data, *upload_data_size);
@@ -974,11 +1172,19 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     (void)conn;
     if (!ctx)
         return;
-    if (!ctx->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
-        cl_log_set_request_id(ctx->request_id);
+    cl_log_set_request_id(ctx->request_id);
+    if (!ctx->answered || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         cl_debug("http", "request ended before its response was sent (reason %d)", (int)toe);
-        cl_log_set_request_id(NULL);
+    if (ctx->stream_route && !ctx->stream_closed) {
+        /* begin() ran and end() never will: the client left, the server is stopping,
+         * the discard cap was hit, or begin() answered early but kept a stream. */
+        const cl_http_stream_route *sr = ctx->stream_route->stream;
+        ctx->stream_closed = true;
+        if (sr->abort)
+            sr->abort(ctx->stream);
+        ctx->stream = NULL;
     }
+    cl_log_set_request_id(NULL);
     *req_cls = NULL;
     ctx_free(ctx);
     pthread_mutex_lock(&srv->lock);
@@ -1023,28 +1229,37 @@ static void server_free(cl_http_server *srv)
 
 static int routes_build(cl_http_server *srv, const cl_http_opts *opts, cl_error *err)
 {
-    size_t n = opts->nroutes + 2;
+    size_t n = opts->nstream_routes + opts->nroutes + 2;
 
-    if (opts->nroutes && !opts->routes) {
+    if ((opts->nroutes && !opts->routes) || (opts->nstream_routes && !opts->stream_routes)) {
         cl_error_set(err, CL_E_INTERNAL, "HTTP routes missing");
         return -EINVAL;
     }
     srv->routes = calloc(n, sizeof(*srv->routes));
     if (!srv->routes)
         return -ENOMEM;
+    /* Streaming routes first: route_find() keeps the first of equally specific routes. */
+    for (size_t i = 0; i < opts->nstream_routes; i++) {
+        const cl_http_stream_route *sr = &opts->stream_routes[i];
+        int rc = route_compile(&srv->routes[srv->nroutes++], sr->method, sr->pattern, NULL,
+                               sr, BUILTIN_NONE, err);
+        if (rc < 0)
+            return rc;
+        srv->nstream++;
+    }
     for (size_t i = 0; i < opts->nroutes; i++) {
         const cl_http_route *ro = &opts->routes[i];
         int rc = route_compile(&srv->routes[srv->nroutes++], ro->method, ro->pattern, ro->fn,
-                               BUILTIN_NONE, err);
+                               NULL, BUILTIN_NONE, err);
         if (rc < 0)
             return rc;
     }
     /* Built-ins go last: with equal specificity the service's own routes win. */
     int rc = route_compile(&srv->routes[srv->nroutes++], "GET", "/healthz", builtin_healthz,
-                           BUILTIN_HEALTHZ, err);
+                           NULL, BUILTIN_HEALTHZ, err);
     if (rc == 0)
         rc = route_compile(&srv->routes[srv->nroutes++], "GET", "/metrics", builtin_metrics,
-                           BUILTIN_METRICS, err);
+                           NULL, BUILTIN_METRICS, err);
     return rc;
 }
 
@@ -1062,7 +1277,8 @@ int cl_http_server_start(const cl_http_opts *opts, cl_http_server **out, cl_erro
     struct sockaddr_storage ss = {0};
     const char *bind_addr;
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC;
-    unsigned threads, timeout;
+    unsigned threads, timeout, conn_limit;
+    size_t conn_memory;
     const union MHD_DaemonInfo *info;
     pthread_condattr_t ca;
     int rc;
@@ -1112,6 +1328,20 @@ int cl_http_server_start(const cl_http_opts *opts, cl_http_server **out, cl_erro
 
     threads = opts->threads ? opts->threads : DEFAULT_THREADS;
     timeout = opts->conn_timeout_s ? opts->conn_timeout_s : DEFAULT_CONN_TIMEOUT_S;
+    conn_limit = opts->max_connections;
+    conn_memory = opts->conn_buffer ? opts->conn_buffer : CONN_MEMORY_LIMIT;
+    if (conn_memory < MIN_CONN_MEMORY)
+        conn_memory = MIN_CONN_MEMORY;
+    if (opts->thread_per_connection) {
+        /* Each connection gets its own thread (plus MHD's listening thread), so a handler
+         * blocked on disk delays nobody else; a pool does not combine with it. */
+        /* With MHD_USE_AUTO (in flags) MHD then polls with poll(), not select(), so
+         * descriptors above FD_SETSIZE work. */
+        flags |= MHD_USE_THREAD_PER_CONNECTION;
+        threads = 1;
+        if (!conn_limit)
+            conn_limit = DEFAULT_CONN_LIMIT_PER_THREAD;
+    }
     /* MHD only logs when asked to; its messages are library-internal, so they go to our
      * debug level and are requested only when that level is on. */
     if (cl_log_enabled(CL_LOG_DEBUG))
@@ -1119,11 +1349,16 @@ int cl_http_server_start(const cl_http_opts *opts, cl_http_server **out, cl_erro
     struct MHD_OptionItem pool[] = {
         {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
         {MHD_OPTION_END, 0, NULL},
+        {MHD_OPTION_END, 0, NULL},
     };
+    /* MHD_OPTION_END ends the array, so the connection cap goes first when pool is off. */
+    if (conn_limit)
+        pool[threads > 1 ? 1 : 0] =
+            (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, conn_limit, NULL};
     srv->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, srv,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_TIMEOUT, timeout,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY_LIMIT,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, conn_memory,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK,
         on_unescape, srv, MHD_OPTION_ARRAY, pool, MHD_OPTION_END);
     if (!srv->daemon) {
@@ -1133,8 +1368,9 @@ int cl_http_server_start(const cl_http_opts *opts, cl_http_server **out, cl_erro
     }
     info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : opts->port;
-    cl_debug("http", "%s listening on %s:%u (%u threads)", srv->service, bind_addr,
-             (unsigned)srv->port, threads);
+    cl_debug("http", "%s listening on %s:%u (%s)", srv->service, bind_addr,
+             (unsigned)srv->port,
+             opts->thread_per_connection ? "thread per connection" : "thread pool");
     *out = srv;
     return 0;
 }

@@ -432,3 +432,163 @@ int cl_msg_host_decode(json_object *body, cl_msg_host *out,
     }
     return 0;
 }
+
+/* ---- appended by issue 5: instance.action, addresses, agent_url ---- */
+
+static const char *const action_names[CL_ACTION_MAX] = {
+    [CL_ACTION_START] = "start",         [CL_ACTION_STOP] = "stop",
+    [CL_ACTION_REBOOT_SOFT] = "reboot_soft", [CL_ACTION_REBOOT_HARD] = "reboot_hard",
+    [CL_ACTION_PAUSE] = "pause",         [CL_ACTION_UNPAUSE] = "unpause",
+    [CL_ACTION_SUSPEND] = "suspend",     [CL_ACTION_RESUME] = "resume",
+    [CL_ACTION_RESIZE] = "resize",       [CL_ACTION_REVERT_RESIZE] = "revert_resize",
+};
+
+/* The wire name of an action ("unknown" for values outside the enum). */
+const char *cl_action_name(cl_action a)
+{
+    return (unsigned)a < CL_ACTION_MAX ? action_names[a] : "unknown";
+}
+
+/* Parse a wire name; 0 or -EINVAL. */
+int cl_action_parse(const char *s, cl_action *out)
+{
+    if (!s)
+        return -EINVAL;
+    for (int i = 0; i < CL_ACTION_MAX; i++) {
+        if (strcmp(s, action_names[i]) == 0) {
+            *out = (cl_action)i;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int parse_action(const char *s, int *out)
+{
+    cl_action a;
+    int r = cl_action_parse(s, &a);
+    if (r == 0)
+        *out = (int)a;
+    return r;
+}
+
+/* Build {"instance_uuid", "action", "instance"?}. New object (caller owns) or NULL. */
+json_object *cl_msg_action_encode(const char *instance_uuid, cl_action action,
+                                  const cl_msg_instance *inst)
+{
+    if (!instance_uuid || (unsigned)action >= CL_ACTION_MAX)
+        return NULL;
+    _cleanup_json_ json_object *o = inst ? cl_msg_spawn_encode(inst) : json_object_new_object();
+    if (!o || !add_str(o, "instance_uuid", instance_uuid) ||
+        !add_str(o, "action", cl_action_name(action)))
+        return NULL;
+    return TAKE_PTR(o);
+}
+
+/* Decode an instance.action body (outputs written only on success). */
+int cl_msg_action_decode(json_object *body, cl_msg_action *out, cl_error *err)
+{
+    cl_msg_action m;
+    int act = 0, r;
+
+    memset(&m, 0, sizeof m);
+    if (!json_object_is_type(body, json_type_object))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "message body must be an object");
+    if ((r = get_uuid(body, "instance_uuid", m.instance_uuid, err)) < 0 ||
+        (r = get_enum(body, "action", parse_action, &act, err)) < 0)
+        return r;
+    m.action = (cl_action)act;
+    if (json_object_object_get_ex(body, "instance", NULL)) {
+        if ((r = cl_msg_spawn_decode(body, &m.instance, err)) < 0)
+            return r;
+        if (strcmp(m.instance.uuid, m.instance_uuid) != 0)
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid input for field "
+                                "'instance.uuid': differs from instance_uuid");
+        m.has_instance = true;
+    }
+    if ((m.action == CL_ACTION_RESIZE || m.action == CL_ACTION_REVERT_RESIZE) &&
+        !m.has_instance)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Missing required field 'instance' "
+                            "(the flavor to apply)");
+    *out = m;
+    return 0;
+}
+
+/* Printable ASCII only: addresses and URLs end up in JSON answers and log lines. */
+static bool printable(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x21 || (unsigned char)*s > 0x7e)
+            return false;
+    return true;
+}
+
+/* Add "addresses": [..] to an instance.state body. 0, -EINVAL, -ENOMEM. */
+int cl_msg_state_set_addresses(json_object *body, const char (*addrs)[CL_MSG_ADDR_LEN],
+                               size_t n)
+{
+    if (!body || n > CL_MSG_MAX_ADDRESSES || (n > 0 && !addrs))
+        return -EINVAL;
+    json_object *arr = json_object_new_array();
+    if (!add_ok(body, "addresses", arr))
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        json_object *s = json_object_new_string(addrs[i]);
+        if (!s || json_object_array_add(arr, s) < 0) {
+            json_object_put(s);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* Read the optional "addresses" of an instance.state body. */
+int cl_msg_state_get_addresses(json_object *body, char (*out)[CL_MSG_ADDR_LEN], size_t *out_n,
+                               bool *out_present, cl_error *err)
+{
+    json_object *arr = NULL;
+    int r = cl_json_get_array(body, "addresses", false, &arr, err);
+    if (r < 0)
+        return r;
+    *out_present = arr != NULL;
+    *out_n = 0;
+    if (!arr)
+        return 0;
+    size_t n = json_object_array_length(arr);
+    if (n > CL_MSG_MAX_ADDRESSES)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid input for field 'addresses': "
+                            "more than %d entries", CL_MSG_MAX_ADDRESSES);
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(arr, i);
+        const char *s = json_object_is_type(e, json_type_string) ? json_object_get_string(e)
+                                                                 : NULL;
+        if (!s || !*s || strlen(s) >= CL_MSG_ADDR_LEN || !printable(s))
+            return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid input for field "
+                                "'addresses[%zu]': expected an address", i);
+        cl_strlcpy(out[i], s, CL_MSG_ADDR_LEN);
+    }
+    *out_n = n;
+    return 0;
+}
+
+/* Add "agent_url" to a host.register body. 0, -EINVAL, -ENOMEM. */
+int cl_msg_host_set_agent_url(json_object *body, const char *url)
+{
+    if (!body || !url)
+        return -EINVAL;
+    return add_str(body, "agent_url", url) ? 0 : -ENOMEM;
+}
+
+/* Read the optional "agent_url" ("" when absent). */
+int cl_msg_host_get_agent_url(json_object *body, char *out, size_t outlen, cl_error *err)
+{
+    char url[512] = "";
+    int r = get_str(body, "agent_url", false, 0, url, sizeof url, err);
+    if (r < 0)
+        return r;
+    if (url[0] && (strncmp(url, "http://", 7) != 0 || !printable(url) || strlen(url) >= outlen))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid input for field 'agent_url': "
+                            "expected an http:// URL");
+    cl_strlcpy(out, url, outlen);
+    return 0;
+}

@@ -84,4 +84,55 @@ json_object *cl_msg_host_encode(const cl_msg_host *h, const cl_msg_host_instance
 int cl_msg_host_decode(json_object *body, cl_msg_host *out,
                        cl_msg_host_instance **out_instances, size_t *out_n, cl_error *err);
 
+/* ---- appended by issue 5 (server actions, console, addresses) ----
+ *
+ *  instance.action   api -> sched -> agent
+ *                    {"instance_uuid","action","instance":{cl_msg_instance}?}
+ *                    "instance" is required for resize/revert_resize (the flavor to apply)
+ *                    and optional otherwise.
+ *  instance.state    + "addresses":["10.0.0.5", ...]? (the guest's fixed IPs, optional)
+ *  host.register     + "agent_url":"http://127.0.0.1:8776"? (the agent's HTTP endpoint, for
+ *                    synchronous reads such as the console log; optional)
+ */
+#define CL_MSG_INSTANCE_ACTION "instance.action"
+
+typedef enum {
+    CL_ACTION_START, CL_ACTION_STOP, CL_ACTION_REBOOT_SOFT, CL_ACTION_REBOOT_HARD,
+    CL_ACTION_PAUSE, CL_ACTION_UNPAUSE, CL_ACTION_SUSPEND, CL_ACTION_RESUME,
+    CL_ACTION_RESIZE, CL_ACTION_REVERT_RESIZE, CL_ACTION_MAX
+} cl_action;
+
+/* "start", "stop", "reboot_soft", "reboot_hard", "pause", "unpause", "suspend",
+ * "resume", "resize", "revert_resize". Parse returns 0 or -EINVAL. */
+const char *cl_action_name(cl_action a);
+int cl_action_parse(const char *s, cl_action *out);
+
+typedef struct cl_msg_action {
+    char instance_uuid[CL_UUID_LEN];
+    cl_action action;
+    bool has_instance;
+    cl_msg_instance instance; /* valid when has_instance */
+} cl_msg_action;
+/* inst may be NULL (not for resize/revert_resize). New object or NULL. */
+json_object *cl_msg_action_encode(const char *instance_uuid, cl_action action,
+                                  const cl_msg_instance *inst);
+/* -EINVAL when resize/revert_resize lack "instance" or its uuid differs. */
+int cl_msg_action_decode(json_object *body, cl_msg_action *out, cl_error *err);
+
+#define CL_MSG_MAX_ADDRESSES 8
+#define CL_MSG_ADDR_LEN 64
+/* Add "addresses" (n strings) to an instance.state body. 0 or -ENOMEM/-EINVAL. */
+int cl_msg_state_set_addresses(json_object *body, const char (*addrs)[CL_MSG_ADDR_LEN],
+                               size_t n);
+/* Read "addresses": *out_present false (and *out_n 0) when the field is absent (the
+ * sender said nothing about addresses); an empty array means "no address". At most
+ * CL_MSG_MAX_ADDRESSES entries of printable text < CL_MSG_ADDR_LEN. 0 or -EINVAL. */
+int cl_msg_state_get_addresses(json_object *body, char (*out)[CL_MSG_ADDR_LEN], size_t *out_n,
+                               bool *out_present, cl_error *err);
+
+/* Add / read "agent_url" of a host.register body. get: "" when absent; -EINVAL when it is
+ * not an http:// URL that fits outlen. */
+int cl_msg_host_set_agent_url(json_object *body, const char *url);
+int cl_msg_host_get_agent_url(json_object *body, char *out, size_t outlen, cl_error *err);
+
 #endif

@@ -780,13 +780,19 @@ int cl_store_instance_count(cl_store *st, const char *project_id, int64_t *out)
 /* ---------------------------------------------------------------------------------- */
 /* hosts                                                                               */
 
+/* The source half of moves in flight (store_placement.c) counts against its host too. */
+#define MIG_SUM(col)                                                                       \
+    "(SELECT COALESCE(SUM(m." col "), 0) FROM migration_allocations m WHERE m.host = h.name)"
+
 /* Hosts with their usage summed from allocations in one pass. The LEFT JOIN keeps hosts
  * without allocations (COUNT of the NULL side is 0). */
 #define HOST_SELECT                                                                        \
     "SELECT h.id, h.name, h.hypervisor_type, h.libvirt_uri, h.vcpus, h.ram_mb, h.disk_gb," \
     " h.cpu_ratio, h.ram_ratio, h.disk_ratio, h.reserved_vcpus, h.reserved_ram_mb,"        \
     " h.reserved_disk_gb, h.up, h.enabled, h.last_seen_ms, h.created_ms,"                  \
-    " COALESCE(SUM(a.vcpus), 0), COALESCE(SUM(a.ram_mb), 0), COALESCE(SUM(a.disk_gb), 0),"  \
+    " COALESCE(SUM(a.vcpus), 0) + " MIG_SUM("vcpus") ","                                   \
+    " COALESCE(SUM(a.ram_mb), 0) + " MIG_SUM("ram_mb") ","                                 \
+    " COALESCE(SUM(a.disk_gb), 0) + " MIG_SUM("disk_gb") ","                               \
     " COUNT(a.instance_uuid)"                                                              \
     " FROM hosts h LEFT JOIN allocations a ON a.host = h.name"
 
@@ -1010,15 +1016,125 @@ static int instance_set_host(cl_db *db, const char *uuid, const char *host, int 
 
 static bool host_fits(const cl_host *h, const cl_flavor *f)
 {
-    return h->up && h->enabled && cl_host_free_vcpus(h) >= f->vcpus &&
-           cl_host_free_ram_mb(h) >= f->ram_mb && cl_host_free_disk_gb(h) >= flavor_disk_gb(f);
+    return cl_host_free_vcpus(h) >= f->vcpus && cl_host_free_ram_mb(h) >= f->ram_mb &&
+           cl_host_free_disk_gb(h) >= flavor_disk_gb(f);
 }
 
-/* The claim body, run under the write lock. 0 with out_host, or -ENOSPC etc. */
-static int claim_locked(cl_db *db, const char *uuid, const char *const *candidates,
-                        size_t ncandidates, char out_host[CL_HOST_MAX])
+/* The instance's hard group policy, read once per claim. */
+typedef struct claim_group {
+    char uuid[CL_UUID_LEN];
+    char policy[32];
+    int64_t max_per_host;
+} claim_group;
+
+/* 1 with *g filled when the instance is in a server group, 0 when not, <0 errno. */
+static int claim_group_get(cl_db *db, const char *uuid, claim_group *g)
 {
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_prepare(db,
+                          "SELECT g.uuid, g.policy, g.max_server_per_host FROM"
+                          " instance_group_members m JOIN instance_groups g"
+                          " ON g.uuid = m.group_uuid WHERE m.instance_uuid = ?",
+                          &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, uuid);
+    r = step_row(s);
+    if (r == 1) {
+        cl_db_column_text(s, 0, g->uuid, sizeof(g->uuid));
+        cl_db_column_text(s, 1, g->policy, sizeof(g->policy));
+        g->max_per_host = sqlite3_column_int64(s, 2);
+    }
+    return r;
+}
+
+/* Whether the hard group policy allows host: 1 yes, 0 no, <0 errno. Members count while
+ * they hold an allocation, so the check sees every claim committed before this one. */
+static int claim_group_allows(cl_db *db, const claim_group *g, const char *uuid,
+                              const char *host)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r;
+
+    if (strcmp(g->policy, "affinity") == 0) {
+        r = cl_db_prepare(db,
+                          "SELECT 1 FROM allocations a JOIN instance_group_members m"
+                          " ON m.instance_uuid = a.instance_uuid WHERE m.group_uuid = ?"
+                          " AND a.instance_uuid <> ? AND a.host <> ? LIMIT 1",
+                          &s);
+        if (r < 0)
+            return r;
+        cl_db_bind_text(s, 1, g->uuid);
+        cl_db_bind_text(s, 2, uuid);
+        cl_db_bind_text(s, 3, host);
+        r = step_row(s);
+        return r < 0 ? r : !r;
+    }
+    if (strcmp(g->policy, "anti-affinity") == 0) {
+        int64_t max = g->max_per_host > 0 ? g->max_per_host : 1;
+
+        r = cl_db_prepare(db,
+                          "SELECT count(*) FROM allocations a JOIN instance_group_members m"
+                          " ON m.instance_uuid = a.instance_uuid WHERE m.group_uuid = ?"
+                          " AND a.instance_uuid <> ? AND a.host = ?",
+                          &s);
+        if (r < 0)
+            return r;
+        cl_db_bind_text(s, 1, g->uuid);
+        cl_db_bind_text(s, 2, uuid);
+        cl_db_bind_text(s, 3, host);
+        r = step_row(s);
+        if (r <= 0)
+            return r == 0 ? -EIO : r;
+        return sqlite3_column_int64(s, 0) < max;
+    }
+    return 1; /* soft policies are preferences: the weighers handle them */
+}
+
+/* Generation, maintenance flag and instance cap of a host, under the lock. */
+static int host_gen_get(cl_db *db, const char *name, int64_t *gen, bool *maint, int64_t *max)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_prepare(db,
+                          "SELECT generation, maintenance, max_instances FROM hosts"
+                          " WHERE name = ?",
+                          &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, name);
+    r = step_row(s);
+    if (r <= 0)
+        return r == 0 ? -ENOENT : r;
+    *gen = sqlite3_column_int64(s, 0);
+    *maint = sqlite3_column_int(s, 1) != 0;
+    *max = sqlite3_column_int64(s, 2);
+    return 0;
+}
+
+/* Compare-and-swap of the host generation: -EAGAIN when another writer moved it. */
+static int host_gen_cas(cl_db *db, const char *name, int64_t expect)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_prepare(db,
+                          "UPDATE hosts SET generation = generation + 1 WHERE name = ?"
+                          " AND generation = ?",
+                          &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, name);
+    cl_db_bind_int64(s, 2, expect);
+    r = cl_db_step_done(s);
+    if (r < 0)
+        return r;
+    return cl_db_changes(db) == 1 ? 0 : -EAGAIN;
+}
+
+/* The claim body, run under the write lock. 0 with res->host, or -ENOSPC etc. */
+static int claim_locked(cl_db *db, const cl_claim_req *req, cl_claim_result *res)
+{
+    const char *uuid = req->instance_uuid;
     live_row cur;
+    claim_group grp;
     int r = live_get(db, uuid, &cur);
     if (r < 0)
         return r;
@@ -1032,7 +1148,7 @@ static int claim_locked(cl_db *db, const char *uuid, const char *const *candidat
     if (r < 0)
         return r;
     if (r == 1) {
-        cl_strlcpy(out_host, have, CL_HOST_MAX);
+        cl_strlcpy(res->host, have, CL_HOST_MAX);
         return 0;
     }
     /* Only a server being built is placed. A resent schedule request for one that has
@@ -1040,32 +1156,89 @@ static int claim_locked(cl_db *db, const char *uuid, const char *const *candidat
     if (cur.vm != CL_VM_BUILDING)
         return -ENOENT;
 
+    int has_group = claim_group_get(db, uuid, &grp);
+    if (has_group < 0)
+        return has_group;
+    if (has_group)
+        cl_strlcpy(res->group_policy, grp.policy, sizeof(res->group_policy));
+
     int64_t now = cl_now_ms();
-    for (size_t i = 0; i < ncandidates; i++) {
-        if (!candidates[i])
-            continue;
+    for (size_t i = 0; i < req->ncandidates; i++) {
+        const char *name = req->candidates[i];
+        int64_t gen, max;
+        bool maint;
         cl_host h;
-        r = host_get_db(db, candidates[i], &h);
+
+        if (!name)
+            continue;
+        r = host_get_db(db, name, &h);
+        if (r == 0)
+            r = host_gen_get(db, name, &gen, &maint, &max);
         if (r == -ENOENT)
             continue; /* vanished since the scheduler's snapshot */
         if (r < 0)
             return r;
-        if (!host_fits(&h, &cur.flavor)) {
-            cl_debug(ST_LOG, "claim %s: %s has no room (free %" PRId64 " vcpus, %" PRId64
-                             " MB, %" PRId64 " GB; up %d enabled %d)",
-                     uuid, h.name, cl_host_free_vcpus(&h), cl_host_free_ram_mb(&h),
-                     cl_host_free_disk_gb(&h), h.up, h.enabled);
+        if (req->generations && req->generations[i] != gen)
+            res->generation_conflicts++; /* the snapshot is stale: the checks below decide */
+        if (!h.up || !h.enabled || maint) {
+            res->rejected_down++;
             continue;
         }
-        r = alloc_insert(db, uuid, h.name, &cur.flavor, now);
+        if (!host_fits(&h, &cur.flavor)) {
+            cl_debug(ST_LOG, "claim %s: %s has no room (free %" PRId64 " vcpus, %" PRId64
+                             " MB, %" PRId64 " GB)",
+                     uuid, h.name, cl_host_free_vcpus(&h), cl_host_free_ram_mb(&h),
+                     cl_host_free_disk_gb(&h));
+            res->rejected_capacity++;
+            continue;
+        }
+        if (max <= 0)
+            max = req->max_instances_per_host;
+        if (max > 0 && h.running_vms >= max) {
+            res->rejected_max_instances++;
+            continue;
+        }
+        if (has_group) {
+            r = claim_group_allows(db, &grp, uuid, h.name);
+            if (r < 0)
+                return r;
+            if (r == 0) {
+                res->rejected_group++;
+                continue;
+            }
+        }
+        r = host_gen_cas(db, h.name, gen);
+        if (r == 0)
+            r = alloc_insert(db, uuid, h.name, &cur.flavor, now);
         if (r == 0)
             r = instance_set_host(db, uuid, h.name, CL_TASK_SPAWNING, now);
         if (r < 0)
             return r;
-        cl_strlcpy(out_host, h.name, CL_HOST_MAX);
+        cl_strlcpy(res->host, h.name, CL_HOST_MAX);
+        res->index = i;
+        res->generation = gen + 2; /* the swap above, and the allocation trigger */
         return 0;
     }
     return -ENOSPC;
+}
+
+int cl_store_claim_ex(cl_store *st, const cl_claim_req *req, cl_claim_result *res)
+{
+    if (!req || !res || !req->instance_uuid || (req->ncandidates && !req->candidates))
+        return -EINVAL;
+    memset(res, 0, sizeof(*res));
+    int r = cl_db_begin_immediate(st->db);
+    if (r < 0)
+        return r;
+    cl_claim_result tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    r = claim_locked(st->db, req, &tmp);
+    r = finish_tx(st->db, r);
+    *res = tmp;
+    if (r < 0)
+        res->host[0] = '\0';
+    cl_debug(ST_LOG, "claim %s: %s", req->instance_uuid, r == 0 ? res->host : strerror(-r));
+    return r;
 }
 
 int cl_store_claim(cl_store *st, const char *instance_uuid, const char *const *candidates,
@@ -1073,15 +1246,12 @@ int cl_store_claim(cl_store *st, const char *instance_uuid, const char *const *c
 {
     if (!instance_uuid || !out_host || (ncandidates && !candidates))
         return -EINVAL;
-    int r = cl_db_begin_immediate(st->db);
-    if (r < 0)
-        return r;
-    char chosen[CL_HOST_MAX];
-    r = claim_locked(st->db, instance_uuid, candidates, ncandidates, chosen);
-    r = finish_tx(st->db, r);
+    cl_claim_req req = {.instance_uuid = instance_uuid, .candidates = candidates,
+                        .ncandidates = ncandidates};
+    cl_claim_result res;
+    int r = cl_store_claim_ex(st, &req, &res);
     if (r == 0)
-        cl_strlcpy(out_host, chosen, CL_HOST_MAX);
-    cl_debug(ST_LOG, "claim %s: %s", instance_uuid, r == 0 ? out_host : strerror(-r));
+        cl_strlcpy(out_host, res.host, CL_HOST_MAX);
     return r;
 }
 

@@ -110,6 +110,34 @@ int cl_store_host_get(cl_store *st, const char *name, cl_host *out);
 int cl_store_claim(cl_store *st, const char *instance_uuid, const char *const *candidates,
                    size_t ncandidates, char out_host[CL_HOST_MAX]);
 
+/* The claim with everything the scheduler enforces under the write lock. For each
+ * candidate in order the host row is re-read; it must be up, enabled, not in
+ * maintenance, have room, hold fewer instances than its cap (its own max_instances, else
+ * max_instances_per_host; 0 = none), and satisfy the instance's hard server-group
+ * policy (affinity: every placed member is on it; anti-affinity: fewer than
+ * max_server_per_host (default 1) members on it). The first such host gets the
+ * allocation; the host's generation is compared-and-swapped (a generation the caller
+ * saw that moved meanwhile only forces the re-check, counted in generation_conflicts).
+ * Same return values as cl_store_claim; on -ENOSPC res says why candidates failed. */
+typedef struct cl_claim_req {
+    const char *instance_uuid;
+    const char *const *candidates;
+    size_t ncandidates;
+    const int64_t *generations;      /* NULL, or the generation seen per candidate */
+    int64_t max_instances_per_host;  /* 0 = no cap */
+} cl_claim_req;
+
+typedef struct cl_claim_result {
+    char host[CL_HOST_MAX];
+    size_t index;                    /* of host in candidates */
+    int64_t generation;              /* of host after the claim */
+    size_t rejected_down, rejected_capacity, rejected_max_instances, rejected_group;
+    size_t generation_conflicts;
+    char group_policy[32];           /* "" when the instance is in no group */
+} cl_claim_result;
+
+int cl_store_claim_ex(cl_store *st, const cl_claim_req *req, cl_claim_result *res);
+
 /* Release the allocation of an instance (no-op when none). */
 int cl_store_allocation_release(cl_store *st, const char *instance_uuid);
 

@@ -18,10 +18,20 @@
  * claimed instance re-sends the spawn (the agent deduplicates by instance uuid) instead
  * of claiming twice; a second delete finds the instance deleted and does nothing.
  *
- * Claims: the in-memory host list is a snapshot used to filter and order candidates
- * (placement.c); cl_store_claim() re-checks capacity under the database write lock, so
- * a snapshot that went stale costs nothing worse than a "no valid host" for a request
- * that raced another one to the last free slot.
+ * Claims: the in-memory host snapshot (hosts + cl_host_ext: generation, AZ, aggregate
+ * metadata, failures) is filtered and weighed by filters.c; cl_store_claim_ex()
+ * re-checks capacity, the hard server-group policy and the instance cap under the
+ * database write lock with a generation compare-and-swap, so a stale snapshot costs at
+ * most one re-read (a second round on a fresh snapshot) and never an overcommit. The
+ * snapshot is re-read when we changed hosts ourselves (register, liveness, deletes,
+ * failures), when an operator changed aggregates or host settings (placement_version),
+ * or after snapshot_max_age_ms; each claim updates it in place.
+ *
+ * Retries: an instance.state ERROR for a build still spawning releases the claim
+ * (cl_store_placement_release_for_retry, which logs host and fault) and schedules again
+ * with the hosts tried so far excluded (RetryFilter), up to max_attempts; then ERROR
+ * with every attempt's reason. "No valid host" faults name the filter stages that
+ * removed the hosts ("0 of 120 hosts passed: 80 removed by RAM (need 8192 MB), ...").
  */
 #include "sched.h"
 
@@ -32,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bus.h"
 #include "cleanup.h"
@@ -40,6 +51,8 @@
 #include "messages.h"
 #include "model.h"
 #include "placement.h"
+#include "store_placement.h"
+#include "scheduler/actions.h"
 #include "store.h"
 #include "util.h"
 
@@ -76,6 +89,37 @@ const cl_cfg_key sched_cfg_keys[] = {
             reserved_host_memory_mb, "MB of RAM of each new host kept for the host itself."),
     CFG_KEY("scheduler", "reserved_host_disk_gb", CL_CFG_INT, "0", 0, 1073741824,
             reserved_host_disk_gb, "GB of disk of each new host kept for the host itself."),
+    CFG_KEY("scheduler", "enabled_filters", CL_CFG_STR,
+            "ComputeFilter, RetryFilter, AvailabilityZoneFilter, ImagePropertiesFilter,"
+            " AggregateInstanceExtraSpecsFilter, SameHostFilter, DifferentHostFilter,"
+            " ServerGroupFilter, NumInstancesFilter, VCPUFilter, RamFilter, DiskFilter", 0, -1,
+            enabled_filters, "Filters run on every request, in this order (cheap first)."),
+    CFG_KEY("scheduler", "ram_weight_multiplier", CL_CFG_DOUBLE, "1.0", -1000, 1000,
+            ram_weight_multiplier, "Free-RAM weigher: positive spreads, negative packs."),
+    CFG_KEY("scheduler", "cpu_weight_multiplier", CL_CFG_DOUBLE, "1.0", -1000, 1000,
+            cpu_weight_multiplier, "Free-vCPU weigher: positive spreads, negative packs."),
+    CFG_KEY("scheduler", "disk_weight_multiplier", CL_CFG_DOUBLE, "1.0", -1000, 1000,
+            disk_weight_multiplier, "Free-disk weigher: positive spreads, negative packs."),
+    CFG_KEY("scheduler", "num_instances_weight_multiplier", CL_CFG_DOUBLE, "0.0", -1000,
+            1000, num_instances_weight_multiplier,
+            "Instance-count weigher: negative prefers hosts with fewer instances."),
+    CFG_KEY("scheduler", "build_failure_weight_multiplier", CL_CFG_DOUBLE, "-1000.0",
+            -1000000, 0, build_failure_weight_multiplier,
+            "Recent build failures weigher (negative: avoid hosts that failed spawns)."),
+    CFG_KEY("scheduler", "soft_affinity_weight_multiplier", CL_CFG_DOUBLE, "1.0", 0, 1000,
+            soft_affinity_weight_multiplier, "soft-affinity groups: prefer members' hosts."),
+    CFG_KEY("scheduler", "soft_anti_affinity_weight_multiplier", CL_CFG_DOUBLE, "1.0", 0,
+            1000, soft_anti_affinity_weight_multiplier,
+            "soft-anti-affinity groups: prefer hosts with fewer members."),
+    CFG_KEY("scheduler", "host_subset_size", CL_CFG_INT, "1", 1, 1000, host_subset_size,
+            "Pick at random among the best N hosts (spreads concurrent schedulers)."),
+    CFG_KEY("scheduler", "max_attempts", CL_CFG_INT, "3", 1, 100, max_attempts,
+            "Spawn attempts (first host plus alternates) before a build goes to ERROR."),
+    CFG_KEY("scheduler", "max_instances_per_host", CL_CFG_INT, "50", 0, 1000000,
+            max_instances_per_host, "Instances per host at most (0: no cap)."),
+    CFG_KEY("scheduler", "snapshot_max_age_ms", CL_CFG_INT, "1000", 0, 600000,
+            snapshot_max_age_ms,
+            "Re-read the hosts at least this often (claims re-check under the lock)."),
     CFG_KEY("http", "listen", CL_CFG_STR, "127.0.0.1", 0, -1, http_listen,
             "Address of the /healthz and /metrics HTTP server."),
     CFG_KEY("http", "port", CL_CFG_INT, "8775", 0, 65535, http_port,
@@ -92,6 +136,21 @@ struct sched {
     /* Written by the loop, read by HTTP workers for /metrics and /healthz. */
     _Atomic uint64_t claims_ok;
     _Atomic uint64_t claims_no_valid_host;
+    _Atomic uint64_t retries;
+    _Atomic uint64_t generation_conflicts;
+    _Atomic uint64_t decisions;
+    _Atomic uint64_t decision_us_total;
+
+    /* Placement (bus thread only): policy, the host snapshot and what changed it. */
+    sched_policy policy;
+    cl_host *snap_hosts;
+    cl_host_ext *snap_ext;
+    size_t snap_n;
+    int64_t snap_ms;
+    int64_t snap_version;           /* placement_version the snapshot was read at */
+    bool snap_dirty;
+    unsigned rng;
+
     _Atomic int64_t hosts_up;
     _Atomic int64_t hosts_down;
     _Atomic bool store_ok;
@@ -102,6 +161,14 @@ static void free_instancesp(cl_instance **p) { free(*p); }
 static void free_host_instancesp(cl_msg_host_instance **p) { free(*p); }
 
 /* ---- small helpers ---- */
+
+static int64_t cl_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 /* Remember whether the last store call worked, for /healthz. Only real database
  * failures count; "not found" and "no room" are answers, not faults. */
@@ -267,6 +334,30 @@ static void check_unreported(sched *s, const char *host, const cl_msg_host_insta
     }
 }
 
+/* Optional capabilities in a host.register body ("cpu_arch", "cpu_model",
+ * "hypervisor_version"), read when an agent sends them: the ImagePropertiesFilter
+ * matches architecture against cpu_arch (hosts that report none are not excluded). */
+static void register_caps(sched *s, const char *host, json_object *body)
+{
+    json_object *v;
+    const char *arch = NULL, *model = NULL;
+    int64_t version = 0;
+
+    if (json_object_object_get_ex(body, "cpu_arch", &v) &&
+        json_object_is_type(v, json_type_string))
+        arch = json_object_get_string(v);
+    if (json_object_object_get_ex(body, "cpu_model", &v) &&
+        json_object_is_type(v, json_type_string))
+        model = json_object_get_string(v);
+    if (json_object_object_get_ex(body, "hypervisor_version", &v) &&
+        json_object_is_type(v, json_type_int))
+        version = json_object_get_int64(v);
+    if (!arch && !model && !version)
+        return;
+    if (store_result(s, cl_store_host_set_caps(s->store, host, NULL, version, arch, model)) < 0)
+        cl_warn(LOG_MOD, "cannot record the capabilities of %s", host);
+}
+
 static void on_host_register(sched *s, const cl_bus_msg *msg)
 {
     _cleanup_(free_host_instancesp) cl_msg_host_instance *ri = NULL;
@@ -310,6 +401,9 @@ static void on_host_register(sched *s, const cl_bus_msg *msg)
             " GB disk, %zu instances reported)", h.name, h.hypervisor_type, h.vcpus, h.ram_mb,
             h.disk_gb, nri);
 
+    register_caps(s, h.name, msg->body);
+    s->snap_dirty = true;
+    sched_actions_on_register(s->store, h.name, msg);
     for (size_t i = 0; i < nri; i++)
         adopt_reported(s, h.name, &ri[i]);
     check_unreported(s, h.name, ri, nri);
@@ -341,71 +435,297 @@ static void on_host_heartbeat(sched *s, const cl_bus_msg *msg)
 
 /* ---- instance.schedule ---- */
 
-static void fail_no_valid_host(sched *s, const cl_instance *inst)
+/* ---- the host snapshot ----
+ *
+ * Filtering reads an in-memory copy of the hosts, refreshed when something we know of
+ * changed them (register, liveness, delete, failure) or when it is older than
+ * snapshot_max_age_ms; each claim updates the copy in place. The claim re-checks the
+ * real rows under the write lock, so staleness can only cost a re-try, never a wrong
+ * placement. */
+
+static void snapshot_drop(sched *s)
 {
-    _cleanup_(free_hostsp) cl_host *hosts = NULL;
-    char fault[CL_FAULT_MAX];
+    free(s->snap_hosts);
+    free(s->snap_ext);
+    s->snap_hosts = NULL;
+    s->snap_ext = NULL;
+    s->snap_n = 0;
+}
+
+static int snapshot_fresh(sched *s, bool force)
+{
+    int64_t now = cl_now_ms(), version = -1;
+    cl_host *h = NULL;
+    cl_host_ext *x = NULL;
     size_t n = 0;
     int r;
 
-    /* Explain from a fresh list: the claim may have lost a race the snapshot did not
-     * show, and the user should see the capacity as it is now. */
-    if (store_result(s, cl_store_host_list(s->store, &hosts, &n)) < 0)
-        n = 0;
-    sched_placement_explain(hosts, n, &inst->flavor, fault, sizeof(fault));
-    atomic_fetch_add(&s->claims_no_valid_host, 1);
+    /* One cheap read tells whether an operator changed aggregates or hosts. */
+    if (cl_store_placement_version(s->store, &version) < 0)
+        version = -1;
+    if (!force && !s->snap_dirty && s->snap_hosts && version == s->snap_version &&
+        now - s->snap_ms <= s->cfg->snapshot_max_age_ms)
+        return 0;
+    r = store_result(s, cl_store_host_snapshot(s->store, &h, &x, &n));
+    if (r < 0)
+        return r;
+    snapshot_drop(s);
+    s->snap_hosts = h;
+    s->snap_ext = x;
+    s->snap_n = n;
+    s->snap_ms = now;
+    s->snap_version = version;
+    s->snap_dirty = false;
+    return 0;
+}
+
+/* A claim landed on host: keep the snapshot in step without a re-read. */
+static void snapshot_apply_claim(sched *s, const char *host, const cl_flavor *f, int64_t gen)
+{
+    sched_need need = sched_need_of(f);
+
+    for (size_t i = 0; i < s->snap_n; i++) {
+        if (strcmp(s->snap_hosts[i].name, host) != 0)
+            continue;
+        s->snap_hosts[i].used_vcpus += need.vcpus;
+        s->snap_hosts[i].used_ram_mb += need.ram_mb;
+        s->snap_hosts[i].used_disk_gb += need.disk_gb;
+        s->snap_hosts[i].running_vms++;
+        s->snap_ext[i].generation = gen;
+        return;
+    }
+}
+
+/* ---- the request of one instance ---- */
+
+typedef struct req_buf {
+    sched_request rq;
+    cl_sched_hints hints;
+    cl_server_group group;
+    char (*group_hosts)[CL_HOST_MAX];
+    char (*spec_keys)[256];
+    char (*spec_values)[256];
+    char (*same)[CL_HOST_MAX];
+    char (*different)[CL_HOST_MAX];
+} req_buf;
+
+static void req_buf_free(req_buf *b)
+{
+    free(b->group_hosts);
+    free(b->spec_keys);
+    free(b->spec_values);
+    free(b->same);
+    free(b->different);
+}
+
+/* Hosts of the instances named in a comma separated uuid list (unknown or unplaced ones
+ * are skipped: Nova's same_host/different_host ignore them too). */
+static int hosts_of(sched *s, const char *csv, char (**out)[CL_HOST_MAX], size_t *n_out)
+{
+    size_t cap = 1, n = 0;
+
+    for (const char *c = csv; *c; c++)
+        cap += *c == ',';
+    *out = calloc(cap, sizeof(**out));
+    if (!*out)
+        return -ENOMEM;
+    for (const char *c = csv; *c;) {
+        char uuid[CL_UUID_LEN];
+        size_t len = strcspn(c, ",");
+        cl_instance other;
+
+        if (len < sizeof(uuid)) {
+            memcpy(uuid, c, len);
+            uuid[len] = '\0';
+            if (cl_store_instance_get(s->store, uuid, &other) == 0 && other.host[0] &&
+                other.vm_state != CL_VM_DELETED)
+                cl_strlcpy((*out)[n++], other.host, CL_HOST_MAX);
+        }
+        c += len;
+        if (*c == ',')
+            c++;
+    }
+    *n_out = n;
+    return 0;
+}
+
+static int build_request(sched *s, const cl_instance *inst, req_buf *b)
+{
+    sched_request *rq = &b->rq;
+    int r;
+
+    memset(b, 0, sizeof(*b));
+    rq->flavor = &inst->flavor;
+    rq->max_instances_per_host = s->cfg->max_instances_per_host;
+    r = cl_store_placement_hints_get(s->store, inst->uuid, &b->hints);
+    if (r < 0 && r != -ENOENT)
+        return r;
+    rq->az = b->hints.az;
+    rq->hypervisor_type = b->hints.hypervisor_type;
+    rq->architecture = b->hints.architecture;
+    rq->vm_mode = b->hints.vm_mode;
+    rq->tried_hosts = b->hints.tried_hosts;
+
+    r = cl_store_group_of(s->store, inst->uuid, &b->group);
+    if (r == 0) {
+        rq->has_group = true;
+        rq->group_policy = (int)b->group.policy;
+        rq->group_max_per_host = b->group.max_server_per_host;
+        rq->group_name = b->group.name[0] ? b->group.name : b->group.uuid;
+        r = cl_store_group_member_hosts(s->store, b->group.uuid, inst->uuid, &b->group_hosts,
+                                        &rq->ngroup_hosts);
+        rq->group_hosts = (const char(*)[CL_HOST_MAX])b->group_hosts;
+    }
+    if (r < 0 && r != -ENOENT)
+        return r;
+    r = cl_store_placement_flavor_specs(s->store, inst->flavor.id,
+                                        "aggregate_instance_extra_specs:", &b->spec_keys,
+                                        &b->spec_values, &rq->nspecs);
+    if (r < 0)
+        return r;
+    rq->spec_keys = (const char(*)[256])b->spec_keys;
+    rq->spec_values = (const char(*)[256])b->spec_values;
+    if (b->hints.same_host[0]) {
+        r = hosts_of(s, b->hints.same_host, &b->same, &rq->nsame);
+        if (r < 0)
+            return r;
+        rq->same_hosts = (const char(*)[CL_HOST_MAX])b->same;
+    }
+    if (b->hints.different_host[0]) {
+        r = hosts_of(s, b->hints.different_host, &b->different, &rq->ndifferent);
+        if (r < 0)
+            return r;
+        rq->different_hosts = (const char(*)[CL_HOST_MAX])b->different;
+    }
+    return 0;
+}
+
+/* ---- failing a build ---- */
+
+static void fail_instance(sched *s, const cl_instance *inst, const char *fault, int code)
+{
+    int r = store_result(s, cl_store_instance_fail(s->store, inst->uuid, fault, code));
+
     cl_warn(LOG_MOD, "instance %s: %s", inst->uuid, fault);
-    r = store_result(s, cl_store_instance_fail(s->store, inst->uuid, fault,
-                                                FAULT_CODE_NO_VALID_HOST));
     if (r < 0 && r != -ENOENT)
         cl_err(LOG_MOD, "cannot record the failure of %s: %s", inst->uuid, strerror(-r));
 }
 
+/* "No valid host was found. <stages>. <capacity summary>[ Previous attempts: ...]" */
+static void fail_no_valid_host(sched *s, const cl_instance *inst, const req_buf *b,
+                               const sched_outcome *oc, const cl_claim_result *cres)
+{
+    char stages[512] = "", summary[CL_FAULT_MAX], fault[CL_FAULT_MAX];
+    const char *prefix = "No valid host was found. ";
+    const char *rest;
+
+    if (oc)
+        sched_outcome_explain(oc, &b->rq, stages, sizeof(stages));
+    if (cres && oc && oc->npassed > 0) {
+        /* Every candidate lost in the claim: say why (a race, or a group policy). */
+        size_t len = strlen(stages);
+
+        snprintf(stages + len, sizeof(stages) - len,
+                 "; at claim time %zu had no room left, %zu were down, %zu were full by "
+                 "instance count, %zu would break the %s policy of the server group",
+                 cres->rejected_capacity, cres->rejected_down, cres->rejected_max_instances,
+                 cres->rejected_group, cres->group_policy[0] ? cres->group_policy : "(none)");
+    }
+    /* Explain from a fresh list: the claim may have lost a race the snapshot did not
+     * show, and the user should see the capacity as it is now. */
+    snapshot_fresh(s, true);
+    sched_placement_explain(s->snap_hosts, s->snap_n, &inst->flavor, summary, sizeof(summary));
+    rest = strncmp(summary, prefix, strlen(prefix)) == 0 ? summary + strlen(prefix) : summary;
+    if (snprintf(fault, sizeof(fault), "%s%s%s%s%s%s", prefix, stages, stages[0] ? ". " : "",
+                 rest, b && b->hints.attempt_faults[0] ? ". Previous attempts: " : "",
+                 b ? b->hints.attempt_faults : "") >= (int)sizeof(fault))
+        cl_debug(LOG_MOD, "fault of %s truncated", inst->uuid);
+    atomic_fetch_add(&s->claims_no_valid_host, 1);
+    fail_instance(s, inst, fault, FAULT_CODE_NO_VALID_HOST);
+}
+
+/* Candidates handed to one claim: enough alternates for races, bounded so one claim
+ * never holds the write lock for a walk over thousands of full hosts. */
+#define CLAIM_CANDIDATES_MAX 64
+
 static void schedule_instance(sched *s, cl_instance *inst, const cl_bus_msg *msg)
 {
-    _cleanup_(free_hostsp) cl_host *hosts = NULL;
-    _cleanup_free_ const cl_host **cands = NULL;
-    _cleanup_free_ const char **names = NULL;
-    size_t nhosts = 0, ncands;
+    _cleanup_free_ size_t *idx = NULL;
+    _cleanup_free_ double *scratch = NULL;
+    const char *names[CLAIM_CANDIDATES_MAX];
+    int64_t gens[CLAIM_CANDIDATES_MAX];
+    cl_claim_result cres;
+    sched_outcome oc;
+    req_buf b;
+    size_t npass = 0, ncand;
+    int64_t t0 = cl_now_us();
     int r;
 
-    r = store_result(s, cl_store_host_list(s->store, &hosts, &nhosts));
+    r = build_request(s, inst, &b);
     if (r < 0) {
-        cl_err(LOG_MOD, "cannot list hosts to place %s: %s", inst->uuid, strerror(-r));
+        cl_err(LOG_MOD, "cannot read the request of %s: %s", inst->uuid, strerror(-r));
+        req_buf_free(&b);
         return;
     }
-    if (nhosts > 0) {
-        cands = calloc(nhosts, sizeof(*cands));
-        names = calloc(nhosts, sizeof(*names));
-        if (!cands || !names) {
-            cl_err(LOG_MOD, "out of memory placing %s", inst->uuid);
-            return;
+    /* Two rounds: a claim that loses every candidate to a stale snapshot re-reads the
+     * hosts once and tries again before the user hears "no valid host". */
+    for (int round = 0; round < 2; round++) {
+        r = snapshot_fresh(s, round > 0);
+        if (r < 0) {
+            cl_err(LOG_MOD, "cannot list hosts to place %s: %s", inst->uuid, strerror(-r));
+            goto out;
         }
-    }
-    ncands = sched_placement_candidates(hosts, nhosts, &inst->flavor, cands);
-    if (ncands == 0) {
-        fail_no_valid_host(s, inst);
-        return;
-    }
-    for (size_t i = 0; i < ncands; i++)
-        names[i] = cands[i]->name;
+        free(idx);
+        free(scratch);
+        idx = calloc(s->snap_n ? s->snap_n : 1, sizeof(*idx));
+        scratch = calloc(s->snap_n ? s->snap_n * 8 : 1, sizeof(*scratch));
+        if (!idx || !scratch) {
+            cl_err(LOG_MOD, "out of memory placing %s", inst->uuid);
+            goto out;
+        }
+        npass = sched_select(&s->policy, &b.rq, s->snap_hosts, s->snap_ext, s->snap_n, idx,
+                             scratch, &s->rng, &oc);
+        if (npass == 0 && round == 0)
+            continue; /* confirm on a fresh snapshot before telling the user */
+        if (npass == 0) {
+            fail_no_valid_host(s, inst, &b, &oc, NULL);
+            goto out;
+        }
+        ncand = npass < CLAIM_CANDIDATES_MAX ? npass : CLAIM_CANDIDATES_MAX;
+        for (size_t i = 0; i < ncand; i++) {
+            names[i] = s->snap_hosts[idx[i]].name;
+            gens[i] = s->snap_ext[idx[i]].generation;
+        }
+        cl_claim_req creq = {.instance_uuid = inst->uuid, .candidates = names,
+                             .ncandidates = ncand, .generations = gens,
+                             .max_instances_per_host = s->cfg->max_instances_per_host};
 
-    r = store_result(s, cl_store_claim(s->store, inst->uuid, names, ncands, inst->host));
+        r = store_result(s, cl_store_claim_ex(s->store, &creq, &cres));
+        if (cres.generation_conflicts)
+            atomic_fetch_add(&s->generation_conflicts, cres.generation_conflicts);
+        if (r != -ENOSPC)
+            break;
+        s->snap_dirty = true;
+    }
+    atomic_fetch_add(&s->decisions, 1);
+    atomic_fetch_add(&s->decision_us_total, (uint64_t)(cl_now_us() - t0));
     if (r == -ENOSPC) {
-        fail_no_valid_host(s, inst);
-        return;
+        fail_no_valid_host(s, inst, &b, &oc, &cres);
+        goto out;
     }
     if (r == -EBUSY || r == -ENOENT) {
         cl_info(LOG_MOD, "instance %s is being deleted; not scheduled", inst->uuid);
-        return;
+        goto out;
     }
     if (r < 0) {
         cl_err(LOG_MOD, "claim for %s failed: %s", inst->uuid, strerror(-r));
-        return;
+        goto out;
     }
+    cl_strlcpy(inst->host, cres.host, sizeof(inst->host));
+    snapshot_apply_claim(s, cres.host, &inst->flavor, cres.generation);
     atomic_fetch_add(&s->claims_ok, 1);
-    cl_info(LOG_MOD, "instance %s placed on %s (%zu candidates)", inst->uuid, inst->host,
-            ncands);
+    cl_info(LOG_MOD, "instance %s placed on %s (%zu of %zu hosts passed, attempt %lld)",
+            inst->uuid, inst->host, npass, s->snap_n, (long long)b.hints.attempts + 1);
 
     r = send_spawn(s, inst, req_of(msg));
     if (r < 0) {
@@ -415,10 +735,57 @@ static void schedule_instance(sched *s, cl_instance *inst, const cl_bus_msg *msg
 
         snprintf(fault, sizeof(fault), "The scheduler could not send the spawn request to "
                  "host %s (%s); try again later", inst->host, strerror(-r));
-        cl_err(LOG_MOD, "instance %s: %s", inst->uuid, fault);
-        store_result(s, cl_store_instance_fail(s->store, inst->uuid, fault,
-                                               FAULT_CODE_HOST_ERROR));
+        fail_instance(s, inst, fault, FAULT_CODE_HOST_ERROR);
+        s->snap_dirty = true;
     }
+out:
+    req_buf_free(&b);
+}
+
+/* A spawn failed on host: move to the next alternate while attempts remain, else ERROR
+ * with the reasons of every attempt. Returns true when it handled the report. */
+static bool retry_or_fail(sched *s, const cl_instance *inst, const char *host,
+                          const char *fault, const cl_bus_msg *msg)
+{
+    int64_t attempts = 0;
+    int r;
+
+    if (inst->vm_state != CL_VM_BUILDING || inst->task_state != CL_TASK_SPAWNING)
+        return false;
+    r = store_result(s, cl_store_placement_release_for_retry(s->store, inst->uuid, host,
+                                                             fault, &attempts));
+    if (r < 0) {
+        if (r != -ENOENT)
+            cl_err(LOG_MOD, "cannot release %s for a retry: %s", inst->uuid, strerror(-r));
+        return false;
+    }
+    s->snap_dirty = true;
+    /* The failed host keeps a record of the instance and would retry it on every sync:
+     * tell it to forget. Its "deleted" report is ignored (the instance is elsewhere,
+     * or in ERROR without a host: see on_instance_state). */
+    if (send_destroy(s, host, inst->uuid, req_of(msg)) < 0)
+        cl_warn(LOG_MOD, "cannot queue instance.destroy of %s on %s", inst->uuid, host);
+    if (attempts >= s->cfg->max_attempts) {
+        cl_sched_hints h;
+        char msgbuf[CL_FAULT_MAX];
+
+        if (cl_store_placement_hints_get(s->store, inst->uuid, &h) < 0)
+            h.attempt_faults[0] = '\0';
+        if (snprintf(msgbuf, sizeof(msgbuf), "Exceeded maximum number of retries (%lld "
+                     "attempts): %s", (long long)attempts, h.attempt_faults) >=
+            (int)sizeof(msgbuf))
+            cl_debug(LOG_MOD, "fault of %s truncated", inst->uuid);
+        fail_instance(s, inst, msgbuf, FAULT_CODE_HOST_ERROR);
+        return true;
+    }
+    atomic_fetch_add(&s->retries, 1);
+    cl_warn(LOG_MOD, "instance %s failed to spawn on %s (%s); rescheduling, attempt %lld "
+            "of %lld", inst->uuid, host, fault, (long long)attempts + 1,
+            (long long)s->cfg->max_attempts);
+    cl_instance fresh;
+    if (store_result(s, cl_store_instance_get(s->store, inst->uuid, &fresh)) == 0)
+        schedule_instance(s, &fresh, msg);
+    return true;
 }
 
 static void on_instance_schedule(sched *s, const cl_bus_msg *msg)
@@ -504,6 +871,9 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
 
     switch (st.vm_state) {
     case CL_VM_ERROR:
+        /* A failed spawn moves to an alternate host (placement retries). */
+        if (retry_or_fail(s, &inst, st.host[0] ? st.host : inst.host, st.fault, msg))
+            return;
         r = cl_store_instance_fail(s->store, inst.uuid,
                                    st.fault[0] ? st.fault : "The instance failed on its host",
                                    FAULT_CODE_HOST_ERROR);
@@ -511,10 +881,21 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
                 st.fault[0] ? st.fault : "(no fault given)");
         break;
     case CL_VM_DELETED:
+        if (inst.vm_state == CL_VM_ERROR && !inst.host[0] &&
+            inst.task_state != CL_TASK_DELETING) {
+            /* The clean-up destroy after a failed build (retry_or_fail), not a user's
+             * delete: the ERROR server stays for the user to see. */
+            cl_debug(LOG_MOD, "instance %s: clean-up on %s done", inst.uuid, st.host);
+            return;
+        }
+        s->snap_dirty = true;
         r = cl_store_instance_mark_deleted(s->store, inst.uuid);
         cl_info(LOG_MOD, "instance %s deleted on %s", inst.uuid, st.host);
         break;
     default:
+        if (st.vm_state == CL_VM_ACTIVE && inst.task_state == CL_TASK_SPAWNING &&
+            inst.host[0])
+            cl_store_host_record_build(s->store, inst.host, true);
         /* A periodic report must not clear a delete request that is in flight. */
         task = inst.task_state == CL_TASK_DELETING ? -1 : (int)st.task_state;
         r = cl_store_instance_set_state(s->store, inst.uuid, (int)st.vm_state, task,
@@ -526,6 +907,8 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
     r = store_result(s, r);
     if (r < 0 && r != -ENOENT)
         cl_err(LOG_MOD, "cannot record state of %s: %s", inst.uuid, strerror(-r));
+    if (r == 0 && st.vm_state != CL_VM_DELETED)
+        sched_actions_on_state(s->store, inst.uuid, msg);
 }
 
 /* ---- instance.delete ---- */
@@ -555,6 +938,7 @@ static void on_instance_delete(sched *s, const cl_bus_msg *msg)
         cl_debug(LOG_MOD, "instance %s is already deleted", uuid);
         return;
     }
+    s->snap_dirty = true; /* its allocation goes away now or with the destroy report */
 
     if (!inst.host[0]) {
         /* Never placed (or its claim was released by a failure): nothing runs anywhere. */
@@ -594,6 +978,13 @@ static void on_instance_delete(sched *s, const cl_bus_msg *msg)
                strerror(-r));
 }
 
+/* ---- instance.action (scheduler/actions.c) ---- */
+
+static void on_instance_action(sched *s, const cl_bus_msg *msg)
+{
+    sched_actions_on_action(s->store, s->bus, msg);
+}
+
 /* ---- the loop ---- */
 
 typedef void (*handler_fn)(sched *s, const cl_bus_msg *msg);
@@ -607,6 +998,7 @@ static const struct {
     {CL_MSG_INSTANCE_SCHEDULE, on_instance_schedule},
     {CL_MSG_INSTANCE_STATE, on_instance_state},
     {CL_MSG_INSTANCE_DELETE, on_instance_delete},
+    {CL_MSG_INSTANCE_ACTION, on_instance_action},
 };
 
 static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
@@ -632,6 +1024,8 @@ static void on_tick(cl_bus *bus, void *ud)
     if (r < 0)
         cl_err(LOG_MOD, "cannot check host liveness: %s", strerror(-r));
     else if (n > 0)
+        s->snap_dirty = true;
+    if (n > 0)
         cl_warn(LOG_MOD, "%d %s marked down: no heartbeat for %" PRId64 " s", n,
                 n == 1 ? "host" : "hosts", s->cfg->host_down_after_s);
     refresh_host_counts(s);
@@ -657,6 +1051,20 @@ static void metrics(FILE *out, void *ud)
             "nube_scheduler_claims_total{result=\"ok\"} %" PRIu64 "\n"
             "nube_scheduler_claims_total{result=\"no_valid_host\"} %" PRIu64 "\n",
             atomic_load(&s->claims_ok), atomic_load(&s->claims_no_valid_host));
+    fprintf(out,
+            "# HELP nube_scheduler_retries_total Builds moved to an alternate host.\n"
+            "# TYPE nube_scheduler_retries_total counter\n"
+            "nube_scheduler_retries_total %" PRIu64 "\n"
+            "# HELP nube_scheduler_generation_conflicts_total Claims that found a host "
+            "generation newer than the snapshot.\n"
+            "# TYPE nube_scheduler_generation_conflicts_total counter\n"
+            "nube_scheduler_generation_conflicts_total %" PRIu64 "\n"
+            "# HELP nube_scheduler_decisions_total Placement decisions (filter, weigh, claim).\n"
+            "# TYPE nube_scheduler_decisions_total counter\n"
+            "nube_scheduler_decisions_total %" PRIu64 "\n"
+            "nube_scheduler_decision_seconds_total %.6f\n",
+            atomic_load(&s->retries), atomic_load(&s->generation_conflicts),
+            atomic_load(&s->decisions), (double)atomic_load(&s->decision_us_total) / 1e6);
     fprintf(out,
             "# HELP nube_scheduler_bus_messages_total Bus traffic of the scheduler's ROUTER.\n"
             "# TYPE nube_scheduler_bus_messages_total counter\n"
@@ -730,6 +1138,21 @@ int sched_start(const sched_cfg *cfg, sched **out, cl_error *err)
         return cl_error_set(err, CL_E_INTERNAL, "out of memory");
     s->cfg = cfg;
     atomic_init(&s->store_ok, true);
+    sched_policy_default(&s->policy);
+    r = sched_policy_set_filters(&s->policy, cfg->enabled_filters, err);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
+    s->policy.ram_weight = cfg->ram_weight_multiplier;
+    s->policy.cpu_weight = cfg->cpu_weight_multiplier;
+    s->policy.disk_weight = cfg->disk_weight_multiplier;
+    s->policy.instances_weight = cfg->num_instances_weight_multiplier;
+    s->policy.failure_weight = cfg->build_failure_weight_multiplier;
+    s->policy.soft_affinity_weight = cfg->soft_affinity_weight_multiplier;
+    s->policy.soft_anti_affinity_weight = cfg->soft_anti_affinity_weight_multiplier;
+    s->policy.host_subset_size = (size_t)cfg->host_subset_size;
+    s->rng = (unsigned)cl_now_us();
 
     r = cl_store_open(cfg->db_connection, &s->store, err);
     if (r < 0)
@@ -764,6 +1187,7 @@ void sched_stop(sched *s)
     cl_bus_free(s->bus);
     if (s->store)
         cl_store_free(s->store);
+    snapshot_drop(s);
     free(s);
 }
 

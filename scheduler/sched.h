@@ -31,6 +31,18 @@ typedef struct sched_cfg {
     int64_t reserved_host_vcpus;    /* [scheduler] reserved_host_vcpus */
     int64_t reserved_host_memory_mb;/* [scheduler] reserved_host_memory_mb */
     int64_t reserved_host_disk_gb;  /* [scheduler] reserved_host_disk_gb */
+    char *enabled_filters;          /* [scheduler] enabled_filters */
+    double ram_weight_multiplier;   /* [scheduler] *_weight_multiplier */
+    double cpu_weight_multiplier;
+    double disk_weight_multiplier;
+    double num_instances_weight_multiplier;
+    double build_failure_weight_multiplier;
+    double soft_affinity_weight_multiplier;
+    double soft_anti_affinity_weight_multiplier;
+    int64_t host_subset_size;       /* [scheduler] host_subset_size */
+    int64_t max_attempts;           /* [scheduler] max_attempts */
+    int64_t max_instances_per_host; /* [scheduler] max_instances_per_host */
+    int64_t snapshot_max_age_ms;    /* [scheduler] snapshot_max_age_ms */
     char *http_listen;              /* [http] listen */
     int64_t http_port;              /* [http] port, 0 = no HTTP server */
 } sched_cfg;

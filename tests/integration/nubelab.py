@@ -137,7 +137,8 @@ class Daemon:
 
 
 class Lab:
-    def __init__(self, build_dir, host_ram_mb=7680, host_vcpus=4, host_disk_gb=100):
+    def __init__(self, build_dir, host_ram_mb=7680, host_vcpus=4, host_disk_gb=100,
+                 api_extra="", sched_extra=""):
         self.build = os.path.abspath(build_dir)
         self.dir = tempfile.mkdtemp(prefix="nube-it-")
         self.db = os.path.join(self.dir, "controller.db")
@@ -151,6 +152,9 @@ class Lab:
         self.daemons = {}
         self.agent_ports = {}
         self.failures = []
+        # Extra INI text appended to nube-api.conf / nube-scheduler.conf (new sections).
+        self.api_extra = api_extra
+        self.sched_extra = sched_extra
 
     # ---- paths and config ----
     def binary(self, sub, name):
@@ -181,7 +185,7 @@ check_interval_ms = 200
 [http]
 listen = 127.0.0.1
 port = {self.sched_http_port}
-""")
+{self.sched_extra}""")
         return self._start("scheduler", self.binary("scheduler", "nube-scheduler"), conf,
                            f"http://127.0.0.1:{self.sched_http_port}/healthz")
 
@@ -201,9 +205,17 @@ identity_port = {self.identity_port}
 [auth]
 admin_token = {ADMIN_TOKEN}
 admin_password = {ADMIN_PASSWORD}
-""")
+{self.api_extra}
+{self._quota_section()}""")
         return self._start("api", self.binary("api-server", "nube-api"), conf,
                            f"http://127.0.0.1:{self.compute_port}/healthz")
+
+    def _quota_section(self):
+        # Tests create more servers in one project than Nova's default quotas allow;
+        # unlimited unless the test configures [quota] itself (quota tests do).
+        if "[quota]" in self.api_extra:
+            return ""
+        return "[quota]\ninstances = -1\ncores = -1\nram = -1\n"
 
     def start_agent(self, host):
         port = self.agent_ports.setdefault(host, free_port())
@@ -234,6 +246,43 @@ port = {port}
 """)
         return self._start(f"agent-{host}", self.binary("compute-agent", "nube-agent"), conf,
                            f"http://127.0.0.1:{port}/healthz")
+
+    def start_sim_agents(self, name, n, vcpus=4, ram_mb=8192, disk_gb=100, fail_spawns=False,
+                         first=0, timeout=60):
+        """One nube-agent process simulating n hosts named <name>-NNNN (simulate.c);
+        returns when the scheduler lists all of them as up."""
+        conf = self.write(f"nube-agent-{name}.conf", f"""[DEFAULT]
+log_level = info
+state_dir = {self.dir}
+[agent]
+host = {name}
+libvirt_uri = test:///default
+heartbeat_interval_ms = 1000
+instances_dir = {self.dir}/instances-{name}
+simulate_hosts = {n}
+simulate_vcpus = {vcpus}
+simulate_ram_mb = {ram_mb}
+simulate_disk_gb = {disk_gb}
+simulate_first = {first}
+fail_spawns = {"true" if fail_spawns else "false"}
+[bus]
+scheduler_endpoint = tcp://127.0.0.1:{self.bus_port}
+resend_ms = 300
+[http]
+port = 0
+""")
+        d = Daemon(f"agent-{name}", [self.binary("compute-agent", "nube-agent"), "--config", conf],
+                   os.path.join(self.dir, f"agent-{name}.log"))
+        self.daemons[d.name] = d.start()
+        names = {f"{name}-{i:04d}" for i in range(first, first + n)}
+
+        def registered():
+            if not d.alive():
+                raise AssertionError(f"{d.name} exited with {d.proc.returncode}:\n{d.tail()}")
+            hv = self.hypervisors()
+            return all(h in hv and hv[h].get("state") == "up" for h in names)
+        wait_for(registered, timeout, f"{n} simulated hosts {name}-* up", interval=0.2)
+        return d
 
     def _start(self, name, binary, conf, health_url):
         d = Daemon(name, [binary, "--config", conf], os.path.join(self.dir, f"{name}.log"))
