@@ -34,6 +34,7 @@
  * host_agents table. This keeps the bus one-way and costs one loopback/LAN round trip.
  */
 #include "actions.h"
+#include "migrate_actions.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -138,6 +139,7 @@ static bool send_action(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp
         return false;
     }
     cl_info(LOG_MOD, "server %s: %s requested", inst->uuid, cl_action_name(action));
+    api_instance_action_record(st, inst->uuid, cl_action_name(action));
     return true;
 }
 
@@ -249,6 +251,7 @@ static void do_confirm(cl_http_resp *resp, cl_store *st, const cl_instance *cur)
         return;
     }
     cl_info(LOG_MOD, "server %s: resize confirmed", cur->uuid);
+    api_instance_action_record(st, cur->uuid, "confirmResize");
     cl_http_resp_json(resp, 204, NULL);
 }
 
@@ -402,6 +405,8 @@ void api_servers_action(const cl_http_req *req, cl_http_resp *resp, void *ud)
         do_revert(ctx, req, resp, st, &inst);
     else if (strcmp(key, "os-getConsoleOutput") == 0)
         do_console(resp, st, &inst, arg);
+    else if (strcmp(key, "os-migrateLive") == 0)
+        api_migrate_live(ctx, req, resp, st, &inst, arg); /* migrate_actions.c */
     else
         cl_http_resp_errorf(resp, CL_E_NOT_FOUND, "There is no such action: %.64s", key);
 }

@@ -24,7 +24,9 @@
 #include <strings.h>
 
 #include "actions.h"
+#include "migrate_actions.h"
 #include "api_int.h"
+#include "bus_auth.h"
 #include "cleanup.h"
 #include "json.h"
 #include "log.h"
@@ -43,6 +45,13 @@ const cl_cfg_key api_cfg_keys[] = {
      offsetof(api_cfg, scheduler_endpoint), "ZeroMQ endpoint of nube-scheduler's ROUTER."},
     {"bus", "resend_ms", CL_CFG_INT, "2000", 100, 60000, offsetof(api_cfg, resend_ms),
      "Resend an unacknowledged bus message after this many milliseconds."},
+    {"bus", "curve_secret_key_file", CL_CFG_STR, "", 0, -1,
+     offsetof(api_cfg, curve_secret_key_file),
+     "File (mode 0600) with nube-api's CURVE secret key (nube-keys gen); empty = plain TCP. "
+     "Its public key must be in the scheduler's allowed_keys_dir as 'nube-api'."},
+    {"bus", "curve_server_key_file", CL_CFG_STR, "", 0, -1,
+     offsetof(api_cfg, curve_server_key_file),
+     "The scheduler's public key file ('<key> <name>'), required with a secret key."},
     {"api", "listen", CL_CFG_STR, "127.0.0.1", 0, -1, offsetof(api_cfg, listen),
      "Address both HTTP listeners bind to."},
     {"api", "compute_port", CL_CFG_INT, "8774", 0, 65535, offsetof(api_cfg, compute_port),
@@ -502,6 +511,11 @@ static const cl_http_route compute_routes[] = {
     {"GET", "/v2.1/os-simple-tenant-usage", api_usage_list},
     {"GET", "/v2.1/os-simple-tenant-usage/{id}", api_usage_show},
     {"GET", "/v2.1/os-migrations", api_migrations_list},
+    /* live migration (migrate_actions.c) */
+    {"GET", "/v2.1/servers/{id}/migrations", api_server_migrations_list},
+    {"GET", "/v2.1/servers/{id}/migrations/{mid}", api_server_migration_show},
+    {"DELETE", "/v2.1/servers/{id}/migrations/{mid}", api_server_migration_delete},
+    {"POST", "/v2.1/servers/{id}/migrations/{mid}/action", api_server_migration_action},
     {"GET", "/image", api_images_versions},
     {"GET", "/image/v2/images", api_images_list},
     {"GET", "/image/v2/images/{id}", api_images_show},
@@ -673,7 +687,12 @@ int api_start(const api_cfg *cfg, api_ctx **out, cl_error *err)
             .on_msg = on_bus_msg,
             .ud = ctx,
         };
-        rc = cl_bus_new(&bo, &ctx->bus, err);
+        cl_bus_keys keys;
+        rc = cl_bus_keys_apply(&keys, cfg->curve_secret_key_file, cfg->curve_server_key_file,
+                               true, &bo, err);
+        if (rc == 0)
+            rc = cl_bus_new(&bo, &ctx->bus, err);
+        explicit_bzero(&keys, sizeof keys);
         if (rc < 0)
             goto fail;
     }

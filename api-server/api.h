@@ -29,6 +29,8 @@ typedef struct api_cfg {
     char *db_path;             /* [database] connection */
     char *scheduler_endpoint;  /* [bus] scheduler_endpoint */
     int64_t resend_ms;         /* [bus] resend_ms */
+    char *curve_secret_key_file; /* [bus] curve_secret_key_file ("" = plain TCP) */
+    char *curve_server_key_file; /* [bus] curve_server_key_file (the scheduler's) */
     char *listen;              /* [api] listen */
     int64_t compute_port;      /* [api] compute_port (0 = pick a free one) */
     int64_t identity_port;     /* [api] identity_port (0 = pick a free one) */

@@ -210,6 +210,10 @@ void api_server_metadata_put(const cl_http_req *req, cl_http_resp *resp, void *u
 void api_server_metadata_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_instance_actions_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_instance_actions_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+/* Audit a server action the API accepted (os-instance-actions): one open row named as
+ * Nova names it ("stop", "reboot", "confirmResize", ...) under the request's id.
+ * Best effort: a failed write is logged, the action goes on. */
+void api_instance_action_record(cl_store *st, const char *uuid, const char *nova_name);
 
 void api_flavors_create(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_flavors_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);

@@ -17,7 +17,10 @@
 
 #include "api_int.h"
 #include "cleanup.h"
+#include "db.h"
 #include "json.h"
+#include "log.h"
+#include "util.h"
 
 /* The server of {id}, deleted ones included (their history stays readable). */
 static bool load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store **out_st,
@@ -42,6 +45,33 @@ static bool load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_st
     }
     *out_st = st;
     return true;
+}
+
+void api_instance_action_record(cl_store *st, const char *uuid, const char *nova_name)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    const char *rid = cl_log_request_id();
+    /* Bus wire names (cl_action_name) are accepted too and mapped to Nova's. */
+    if (strncmp(nova_name, "reboot", 6) == 0)
+        nova_name = "reboot";
+    else if (strcmp(nova_name, "revert_resize") == 0)
+        nova_name = "revertResize";
+    /* finish_ms 0 and no result: the event reads "in progress" as in Nova until the
+     * store closes open actions (delete does). */
+    int rc = cl_db_prepare(cl_store_db(st),
+                           "INSERT INTO instance_actions (instance_uuid, action, request_id,"
+                           " start_ms, finish_ms, result) VALUES (?, ?, ?, ?, 0, '')",
+                           &s);
+    if (rc == 0) {
+        cl_db_bind_text(s, 1, uuid);
+        cl_db_bind_text(s, 2, nova_name);
+        cl_db_bind_text(s, 3, rid ? rid : "");
+        cl_db_bind_int64(s, 4, cl_now_ms());
+        rc = cl_db_step_done(s);
+    }
+    if (rc < 0)
+        cl_debug("api.actions", "server %s: cannot record action %s (%s)", uuid, nova_name,
+                 strerror(-rc));
 }
 
 static json_object *action_json(const cl_instance *inst, const cl_instance_action *act)

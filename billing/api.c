@@ -15,17 +15,17 @@
  * Times are unix milliseconds or ISO 8601 UTC ("2026-01-01", "2026-01-01T10:00:00Z").
  * Amounts are integers of micro-units; "*_decimal" fields repeat totals as decimals.
  *
- * Authorisation lives in one function, authorize(): for now every call needs the static
- * [auth] admin_token in X-Auth-Token. When signed tokens arrive (identity issue) that
- * function will let a project's members read their own project only.
+ * Authorisation lives in one function, authorize(): the static [auth] admin_token or a
+ * sealed nube token (verified locally with the token key shared with nube-api); a
+ * project's reader/member reads its own project only, admins everything.
  *
  * Reads open their own connection to the database (WAL readers do not wait for the
  * ingest writer); admin writes take the daemon's writer connection under its lock.
  *
- * Export: cl_http buffers a whole response (there is no streaming callback in http.h),
- * so the export is built in memory up to [billing] export_max_mb and refused beyond with
- * 413 and a hint to narrow the range. A streamed variant needs cl_http_resp_stream() in
- * libcloud (MHD_create_response_from_callback), described in the report to the lead.
+ * Export: streamed (cl_http_resp_stream): rows are pulled from a cursor on the reader's
+ * own connection and formatted one at a time as the socket drains, so a million-row
+ * export holds one row in memory. The cursor reads one WAL snapshot: the export is
+ * consistent even while samples are ingested and hours re-rated.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -39,6 +39,7 @@
 #include "log.h"
 
 #define LOG_MOD "bill.api"
+#define EXPORT_ROW_MAX (64 * 1024) /* one formatted row (ids are bounded far below) */
 
 /* Constant-time comparison, so the token cannot be guessed byte by byte from timing. */
 static bool token_equal(const char *a, const char *b)
@@ -50,22 +51,47 @@ static bool token_equal(const char *a, const char *b)
     return diff == 0;
 }
 
-/* The one place that decides who may do what. admin: the call changes prices or rates;
- * project: the project whose data is read (NULL = all projects). */
-static int authorize(const bill *b, const cl_http_req *req, bool admin, const char *project,
-                     cl_error *err)
+/* The one place that decides who may do what, with the policy of libcloud/auth.h:
+ *  - the static [auth] admin_token, or a sealed nube token (cl_token_verify with the
+ *    token key) that carries the admin role: everything, every project;
+ *  - any other valid token (reader, member) reads its own project only: *project NULL
+ *    (no project_id given) becomes the caller's project, another project answers 404
+ *    as if it did not exist (as nube-api's os-simple-tenant-usage does);
+ *  - admin calls (prices, re-rate) need the admin role: 403 otherwise.
+ * own receives the caller's project id when *project is pointed at it. */
+static int authorize(const bill *b, const cl_http_req *req, bool admin, const char **project,
+                     char own[CL_ID_MAX], cl_error *err)
 {
     const char *tok = cl_http_req_header(req, "X-Auth-Token");
     const char *want = b->cfg->admin_token ? b->cfg->admin_token : "";
+    cl_auth a;
 
-    (void)admin;
-    (void)project; /* every caller is the admin until project-scoped tokens exist */
-    if (!want[0])
-        return cl_error_set(err, CL_E_UNAUTHORIZED,
-                            "The billing API has no [auth] admin_token configured.");
-    if (!tok || !token_equal(tok, want))
+    if (!tok || !tok[0])
         return cl_error_set(err, CL_E_UNAUTHORIZED,
                             "The request you have made requires authentication.");
+    if (want[0] && token_equal(tok, want))
+        return 0;
+    memset(&a, 0, sizeof a);
+    if (!b->have_token_key || strncmp(tok, CL_TOKEN_PREFIX, strlen(CL_TOKEN_PREFIX)) != 0 ||
+        cl_token_verify(&b->token_key, tok, cl_now_ms(), &a, NULL) < 0)
+        return cl_error_set(err, CL_E_UNAUTHORIZED,
+                            "The request you have made requires authentication.");
+    if (cl_auth_is_admin(&a))
+        return 0;
+    if (admin)
+        return cl_error_set(err, CL_E_FORBIDDEN,
+                            "Policy doesn't allow this operation to be performed "
+                            "(admin only).");
+    if (!project || !a.project_id[0] || a.roles == 0)
+        return cl_error_set(err, CL_E_FORBIDDEN,
+                            "A project-scoped token is required to read billing data.");
+    if (!*project) {
+        cl_strlcpy(own, a.project_id, CL_ID_MAX);
+        *project = own;
+        return 0;
+    }
+    if (!cl_auth_can_read(&a, *project))
+        return cl_error_set(err, CL_E_NOT_FOUND, "Project %s could not be found.", *project);
     return 0;
 }
 
@@ -116,11 +142,12 @@ static void windowed_report(const cl_http_req *req, cl_http_resp *resp, bill *b,
     _cleanup_store_ bill_store *st = NULL;
     json_object *out = NULL;
     const char *project = NULL;
+    char own[CL_ID_MAX];
     int64_t start = 0, end = 0;
     cl_error err = {0};
 
     if (window_args(req, &project, &start, &end, &err) < 0 ||
-        authorize(b, req, false, project, &err) < 0 || open_reader(b, &st, &err) < 0 ||
+        authorize(b, req, false, &project, own, &err) < 0 || open_reader(b, &st, &err) < 0 ||
         fn(st, project, start, end, &out, &err) < 0) {
         if (err.code == CL_E_OK)
             cl_error_set(&err, CL_E_INTERNAL, "out of memory");
@@ -146,6 +173,7 @@ static void h_invoices(const cl_http_req *req, cl_http_resp *resp, void *ud)
     _cleanup_store_ bill_store *st = NULL;
     const char *project = cl_http_req_query(req, "project_id");
     const char *month = cl_http_req_query(req, "month");
+    char own[CL_ID_MAX];
     json_object *out = NULL;
     int64_t y = 0, m = 0;
     cl_error err = {0};
@@ -165,7 +193,7 @@ static void h_invoices(const cl_http_req *req, cl_http_resp *resp, void *ud)
                             CL_ID_MAX - 1);
         return;
     }
-    if (authorize(b, req, false, project, &err) < 0 || open_reader(b, &st, &err) < 0 ||
+    if (authorize(b, req, false, &project, own, &err) < 0 || open_reader(b, &st, &err) < 0 ||
         bill_invoices_json(st, project, (int)y, (int)m, &out, &err) < 0) {
         if (err.code == CL_E_OK)
             cl_error_set(&err, CL_E_INTERNAL, "out of memory");
@@ -187,7 +215,7 @@ static void h_prices_get(const cl_http_req *req, cl_http_resp *resp, void *ud)
         cl_http_resp_errorf(resp, CL_E_INTERNAL, "out of memory");
         return;
     }
-    if (authorize(b, req, true, NULL, &err) < 0 || open_reader(b, &st, &err) < 0 ||
+    if (authorize(b, req, true, NULL, NULL, &err) < 0 || open_reader(b, &st, &err) < 0 ||
         bill_prices_get(st, p, &err) < 0) {
         cl_http_resp_error(resp, &err);
         return;
@@ -211,7 +239,8 @@ static void h_prices_put(const cl_http_req *req, cl_http_resp *resp, void *ud)
         cl_http_resp_errorf(resp, CL_E_INTERNAL, "out of memory");
         return;
     }
-    if (authorize(b, req, true, NULL, &err) < 0 || cl_http_req_json(req, &body, &err) < 0 ||
+    if (authorize(b, req, true, NULL, NULL, &err) < 0 ||
+        cl_http_req_json(req, &body, &err) < 0 ||
         cl_json_get_object(body, "prices", true, &plan, &err) < 0 ||
         bill_prices_from_json(plan, p, &err) < 0) {
         cl_http_resp_error(resp, &err);
@@ -261,7 +290,8 @@ static void h_rate(const cl_http_req *req, cl_http_resp *resp, void *ud)
     json_object *out, *r_obj;
     int r;
 
-    if (authorize(b, req, true, NULL, &err) < 0 || cl_http_req_json(req, &body, &err) < 0 ||
+    if (authorize(b, req, true, NULL, NULL, &err) < 0 ||
+        cl_http_req_json(req, &body, &err) < 0 ||
         body_time(body, "start", &start, &err) < 0 || body_time(body, "end", &end, &err) < 0) {
         cl_http_resp_error(resp, &err);
         return;
@@ -393,46 +423,110 @@ static int export_row(const bill_row *row, void *ud)
     return 0;
 }
 
+/* A streamed export: its own read connection and cursor, and the bytes of the row being
+ * sent. Memory is one formatted row whatever the size of the export. */
+typedef struct export_stream {
+    bill_store *st;
+    bill_cursor *cur;
+    outbuf ob;  /* formatted bytes not yet handed to the socket: ob.data[off..len) */
+    size_t off;
+    bool finished; /* the cursor is exhausted and the trailer is in ob */
+} export_stream;
+
+static void export_free(void *ud)
+{
+    export_stream *es = ud;
+    bill_export_close(es->cur);
+    bill_store_close(es->st);
+    free(es->ob.data);
+    free(es);
+}
+
+/* cl_http_read_fn: fill buf with the next rows (0 = the end, < 0 = abort). */
+static ssize_t export_read(void *ud, char *buf, size_t max)
+{
+    export_stream *es = ud;
+    cl_error err = {0};
+    size_t n = 0;
+
+    for (;;) {
+        if (es->off < es->ob.len) {
+            size_t k = es->ob.len - es->off;
+            if (k > max - n)
+                k = max - n;
+            memcpy(buf + n, es->ob.data + es->off, k);
+            n += k;
+            es->off += k;
+            if (n == max)
+                return (ssize_t)n;
+            continue;
+        }
+        es->ob.len = 0;
+        es->off = 0;
+        if (es->finished)
+            return (ssize_t)n;
+        bill_row row;
+        int r = bill_export_next(es->cur, &row, &err);
+        if (r < 0) {
+            /* Headers are gone: all we can do is cut the body short, which the client
+             * sees as an incomplete chunked response, not as a complete export. */
+            cl_err(LOG_MOD, "export aborted: %s", err.message);
+            return -1;
+        }
+        if (r == 0) {
+            es->finished = true;
+            if (es->ob.json && ob_append(&es->ob, "\n]}\n", 4) < 0)
+                return -1;
+            continue;
+        }
+        if (export_row(&row, &es->ob) < 0)
+            return -1;
+    }
+}
+
 static void h_export(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     bill *b = ud;
-    _cleanup_store_ bill_store *st = NULL;
     const char *fmt = cl_http_req_query(req, "format");
     const char *project = NULL;
+    char own[CL_ID_MAX];
     int64_t start = 0, end = 0;
     cl_error err = {0};
-    outbuf ob = {.max = (size_t)b->cfg->export_max_mb * 1024 * 1024, .first = true};
     int r;
 
     if (fmt && strcmp(fmt, "csv") != 0 && strcmp(fmt, "json") != 0) {
         cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "format must be csv or json");
         return;
     }
-    ob.json = fmt && strcmp(fmt, "json") == 0;
+    export_stream *es = calloc(1, sizeof *es);
+    if (!es) {
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "out of memory");
+        return;
+    }
+    es->ob = (outbuf){.max = EXPORT_ROW_MAX, .first = true,
+                      .json = fmt && strcmp(fmt, "json") == 0};
     if (window_args(req, &project, &start, &end, &err) < 0 ||
-        authorize(b, req, false, project, &err) < 0 || open_reader(b, &st, &err) < 0) {
+        authorize(b, req, false, &project, own, &err) < 0 ||
+        open_reader(b, &es->st, &err) < 0 ||
+        /* One pass in order: a small page cache keeps the export's memory flat. */
+        cl_db_exec(es->st->db, "PRAGMA cache_size = -2048") < 0 ||
+        bill_export_open(es->st, project, start, end, &es->cur, &err) < 0) {
+        export_free(es);
+        if (err.code == CL_E_OK)
+            cl_error_set(&err, CL_E_INTERNAL, "export failed");
         cl_http_resp_error(resp, &err);
         return;
     }
-    r = ob.json ? ob_append(&ob, "{\"rows\":[", 9)
-                : ob_printf(&ob, "period,project,resource,meter,quantity,unit,price,cost,"
-                                 "price_unit,currency\n");
-    if (r == 0)
-        r = bill_export(st, project, start, end, export_row, &ob, &err);
-    if (r == 0 && ob.json)
-        r = ob_append(&ob, "\n]}\n", 4);
-    if (r == -E2BIG)
-        cl_http_resp_errorf(resp, CL_E_TOO_LARGE,
-                            "The export is larger than %" PRId64 " MB; narrow start/end or "
-                            "give a project_id.", b->cfg->export_max_mb);
-    else if (r < 0 && err.code != CL_E_OK)
-        cl_http_resp_error(resp, &err);
-    else if (r < 0)
-        cl_http_resp_errorf(resp, CL_E_INTERNAL, "export failed");
-    else
-        cl_http_resp_raw(resp, 200, ob.json ? "application/json" : "text/csv; charset=utf-8",
-                         ob.data ? ob.data : "", ob.len);
-    free(ob.data);
+    r = es->ob.json ? ob_append(&es->ob, "{\"rows\":[", 9)
+                    : ob_printf(&es->ob, "period,project,resource,meter,quantity,unit,price,"
+                                         "cost,price_unit,currency\n");
+    if (r < 0) {
+        export_free(es);
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "out of memory");
+        return;
+    }
+    cl_http_resp_stream(resp, 200, es->ob.json ? "application/json" : "text/csv; charset=utf-8",
+                        export_read, es, export_free);
 }
 
 const cl_http_route bill_api_routes[] = {
@@ -465,6 +559,9 @@ void bill_api_metrics(FILE *out, void *ud)
     fprintf(out, "nube_billing_batches_total %" PRIu64 "\n", atomic_load(&b->batches));
     fprintf(out, "nube_billing_ingest_errors_total %" PRIu64 "\n",
             atomic_load(&b->ingest_errors));
+    fprintf(out, "nube_billing_group_commits_total %" PRIu64 "\n", atomic_load(&b->groups));
+    fprintf(out, "nube_billing_batches_deferred_total %" PRIu64 "\n",
+            atomic_load(&b->deferred));
     fprintf(out, "nube_billing_rate_runs_total %" PRIu64 "\n", atomic_load(&b->rate_runs));
     fprintf(out, "nube_billing_rate_errors_total %" PRIu64 "\n", atomic_load(&b->rate_errors));
     fprintf(out, "nube_billing_rated_rows_total %" PRIu64 "\n", atomic_load(&b->rated_rows));

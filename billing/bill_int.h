@@ -14,6 +14,7 @@
 #include "bus.h"
 #include "db.h"
 #include "http.h"
+#include "token.h"
 
 /* samples.kind values are cl_usage_kind; samples.event values are cl_usage_event;
  * samples.inst is instances.n (an integer key keeps the sample index small and local). */
@@ -52,6 +53,15 @@ struct bill_store {
 /* Read an integer state row; *found tells whether it exists. 0 or -errno. */
 int bill_state_get(bill_store *st, const char *key, int64_t *out, bool *found);
 
+/* One usage.samples message waiting for its group commit (billing.c). */
+typedef struct bill_batch {
+    struct bill_batch *next;
+    char peer[CL_BUS_NAME_MAX];
+    char id[CL_UUID_LEN];
+    cl_usage_sample *samples;
+    size_t n;
+} bill_batch;
+
 /* The running daemon (billing.c starts it, api.c serves its HTTP API). */
 struct bill {
     const bill_cfg *cfg;
@@ -61,9 +71,25 @@ struct bill {
     cl_http_server *http;
     int64_t last_rate_mono, last_prune_mono; /* bus thread only */
 
+    /* Token verification (api.c): the key nube-api seals tokens with, when readable. */
+    cl_token_key token_key;
+    bool have_token_key;
+
+    /* Group commit (billing.c): the bus thread decodes and queues, the ingest thread
+     * stores everything queued in one transaction and only then acks each message. */
+    pthread_t ingest_thread;
+    bool ingest_started;
+    pthread_mutex_t qlock;
+    pthread_cond_t qcond;
+    bill_batch *qhead, *qtail; /* guarded by qlock */
+    size_t qsamples;           /* samples queued, capped by BILL_QUEUE_MAX_SAMPLES */
+    bool qstop;
+    bool qcond_init;
+
     /* Counters for /metrics; written by the bus thread and HTTP workers. */
     _Atomic uint64_t batches, accepted, duplicates, rejected, late, too_old;
     _Atomic uint64_t ingest_errors, rate_runs, rate_errors, rated_rows;
+    _Atomic uint64_t groups, deferred; /* group commits; batches left unacked (queue full) */
     _Atomic int64_t last_rate_ms;
     _Atomic bool store_failing; /* the last ingest or rating failed */
 };

@@ -44,12 +44,15 @@ typedef struct bill_cfg {
     char *listen;                  /* [billing] listen */
     int64_t port;                  /* [billing] port (0 = pick a free one) */
     char *bus_listen;              /* [billing] bus_listen */
+    char *curve_secret_key_file;   /* [billing] curve_secret_key_file ("" = plain TCP) */
+    char *allowed_keys_dir;        /* [billing] allowed_keys_dir (agents' public keys) */
     int64_t min_charge_s;          /* [billing] min_charge_s */
     int64_t sample_retention_days; /* [billing] sample_retention_days (0 = keep) */
     int64_t rate_interval_s;       /* [billing] rate_interval_s */
     int64_t export_max_mb;         /* [billing] export_max_mb */
     char *db_connection;           /* [database] connection */
     char *admin_token;             /* [auth] admin_token */
+    char *token_key_file;          /* [auth] token_key_file ("" = <state_dir>/token.key) */
     char *currency;                /* [prices] currency */
     char *flavor_hour;             /* [prices] flavor_hour "id=micro, id=micro" */
     int64_t vcpu_hour, ram_gb_hour, disk_gb_hour, cpu_core_hour, net_gb_in, net_gb_out;
@@ -123,6 +126,11 @@ typedef struct bill_ingest_stats {
 int bill_ingest(bill_store *st, const cl_usage_sample *samples, size_t n, int64_t min_ts,
                 bill_ingest_stats *stats, cl_error *err);
 
+/* bill_ingest() for several batches in one transaction (the daemon's group commit: one
+ * commit, and fewer index pages written, for many messages). All or nothing. */
+int bill_ingest_many(bill_store *st, const cl_usage_sample *const *batches, const size_t *ns,
+                     size_t nbatches, int64_t min_ts, bill_ingest_stats *stats, cl_error *err);
+
 typedef struct bill_rate_opts {
     int64_t now_ms;       /* running intervals still open are charged up to here */
     int64_t min_charge_s; /* minimum charge per running interval, in seconds */
@@ -180,6 +188,16 @@ typedef struct bill_row {
  * meter; a negative return from fn stops the walk and is returned. */
 int bill_export(bill_store *st, const char *project, int64_t start_ms, int64_t end_ms,
                 int (*fn)(const bill_row *row, void *ud), void *ud, cl_error *err);
+
+/* The same walk as a cursor, for a consumer that pulls rows (a streamed HTTP export):
+ * open, then next() gives 1 and a row (strings valid until the next call), 0 at the end,
+ * or -errno. The cursor reads one snapshot of the database (WAL) until it is closed. */
+typedef struct bill_cursor bill_cursor;
+int bill_export_open(bill_store *st, const char *project, int64_t start_ms, int64_t end_ms,
+                     bill_cursor **out, cl_error *err);
+int bill_export_next(bill_cursor *c, bill_row *row, cl_error *err);
+/* Close; accepts NULL. */
+void bill_export_close(bill_cursor *c);
 
 /* Format micro-units as a decimal string ("-1.500000"). */
 void bill_format_micro(int64_t micro, char *out, size_t outlen);

@@ -393,31 +393,47 @@ static int ingest_one(bill_store *st, const cl_usage_sample *s, bill_ingest_stat
 int bill_ingest(bill_store *st, const cl_usage_sample *samples, size_t n, int64_t min_ts,
                 bill_ingest_stats *stats, cl_error *err)
 {
-    bill_ingest_stats local = {0};
-    int64_t earliest = INT64_MAX;
-    int r;
-
     if (!st || (!samples && n))
         return -EINVAL;
-    if (n == 0)
+    return bill_ingest_many(st, &samples, &n, 1, min_ts, stats, err);
+}
+
+/* Several batches in one transaction (see billing.h): the group commit. */
+int bill_ingest_many(bill_store *st, const cl_usage_sample *const *batches, const size_t *ns,
+                     size_t nbatches, int64_t min_ts, bill_ingest_stats *stats, cl_error *err)
+{
+    bill_ingest_stats local = {0};
+    int64_t earliest = INT64_MAX;
+    size_t total = 0;
+    int r;
+
+    if (!st || (!batches && nbatches))
+        return -EINVAL;
+    for (size_t b = 0; b < nbatches; b++) {
+        if (!batches[b] && ns[b])
+            return -EINVAL;
+        total += ns[b];
+    }
+    if (total == 0)
         return 0;
     if ((r = cl_db_begin_immediate(st->db)) < 0) {
         cl_error_set(err, CL_E_UNAVAILABLE, "billing database busy: %s",
                      cl_db_errmsg(st->db));
         return r;
     }
-    for (size_t i = 0; i < n; i++) {
-        const cl_usage_sample *s = &samples[i];
-        size_t before = local.accepted;
-        if (min_ts > 0 && s->ts < min_ts) {
-            local.too_old++;
-            continue;
+    for (size_t b = 0; b < nbatches; b++)
+        for (size_t i = 0; i < ns[b]; i++) {
+            const cl_usage_sample *s = &batches[b][i];
+            size_t before = local.accepted;
+            if (min_ts > 0 && s->ts < min_ts) {
+                local.too_old++;
+                continue;
+            }
+            if ((r = ingest_one(st, s, &local)) < 0)
+                goto fail;
+            if (local.accepted > before && s->ts < earliest)
+                earliest = s->ts;
         }
-        if ((r = ingest_one(st, s, &local)) < 0)
-            goto fail;
-        if (local.accepted > before && s->ts < earliest)
-            earliest = s->ts;
-    }
     if (earliest != INT64_MAX) {
         sqlite3_reset(st->st_dirty);
         cl_db_bind_int64(st->st_dirty, 1, earliest);

@@ -1056,33 +1056,80 @@ int bill_invoices_json(bill_store *st, const char *project, int year, int month,
     return 0;
 }
 
+struct bill_cursor {
+    bill_store *st;
+    sqlite3_stmt *q;
+};
+
+/* Open a cursor over the rated rows of an export (see billing.h). */
+int bill_export_open(bill_store *st, const char *project, int64_t start_ms, int64_t end_ms,
+                     bill_cursor **out, cl_error *err)
+{
+    bill_cursor *c = calloc(1, sizeof *c);
+    int r;
+
+    if (!c)
+        return -ENOMEM;
+    r = prepare_rated(st,
+                      "SELECT period, project_id, resource, meter, quantity, unit, price,"
+                      " price_unit, cost, currency FROM rated" RATED_FILTER
+                      " ORDER BY period, project_id, resource, meter",
+                      project, start_ms, end_ms, &c->q, err);
+    if (r < 0) {
+        free(c);
+        return r;
+    }
+    c->st = st;
+    *out = c;
+    return 0;
+}
+
+/* The next row: 1 and *row (strings valid until the next call), 0 at the end, or
+ * -errno with err. */
+int bill_export_next(bill_cursor *c, bill_row *row, cl_error *err)
+{
+    sqlite3_stmt *q = c->q;
+    int r = sqlite3_step(q);
+
+    if (r != SQLITE_ROW)
+        return step_err(c->st, r, err);
+    *row = (bill_row){
+        .period_ms = sqlite3_column_int64(q, 0),
+        .project_id = (const char *)sqlite3_column_text(q, 1),
+        .resource = (const char *)sqlite3_column_text(q, 2),
+        .meter = (const char *)sqlite3_column_text(q, 3),
+        .quantity = sqlite3_column_int64(q, 4),
+        .unit = (const char *)sqlite3_column_text(q, 5),
+        .price = sqlite3_column_int64(q, 6),
+        .price_unit = (const char *)sqlite3_column_text(q, 7),
+        .cost = sqlite3_column_int64(q, 8),
+        .currency = (const char *)sqlite3_column_text(q, 9),
+    };
+    return 1;
+}
+
+void bill_export_close(bill_cursor *c)
+{
+    if (!c)
+        return;
+    sqlite3_finalize(c->q);
+    free(c);
+}
+
 int bill_export(bill_store *st, const char *project, int64_t start_ms, int64_t end_ms,
                 int (*fn)(const bill_row *row, void *ud), void *ud, cl_error *err)
 {
-    _cleanup_stmt_ sqlite3_stmt *q = NULL;
-    int r = prepare_rated(st,
-                          "SELECT period, project_id, resource, meter, quantity, unit, price,"
-                          " price_unit, cost, currency FROM rated" RATED_FILTER
-                          " ORDER BY period, project_id, resource, meter",
-                          project, start_ms, end_ms, &q, err);
-    if (r < 0)
-        return r;
-    while ((r = sqlite3_step(q)) == SQLITE_ROW) {
-        bill_row row = {
-            .period_ms = sqlite3_column_int64(q, 0),
-            .project_id = (const char *)sqlite3_column_text(q, 1),
-            .resource = (const char *)sqlite3_column_text(q, 2),
-            .meter = (const char *)sqlite3_column_text(q, 3),
-            .quantity = sqlite3_column_int64(q, 4),
-            .unit = (const char *)sqlite3_column_text(q, 5),
-            .price = sqlite3_column_int64(q, 6),
-            .price_unit = (const char *)sqlite3_column_text(q, 7),
-            .cost = sqlite3_column_int64(q, 8),
-            .currency = (const char *)sqlite3_column_text(q, 9),
-        };
+    bill_cursor *c = NULL;
+    bill_row row;
+    int r = bill_export_open(st, project, start_ms, end_ms, &c, err);
+
+    while (r >= 0 && (r = bill_export_next(c, &row, err)) == 1) {
         int fr = fn(&row, ud);
-        if (fr < 0)
-            return fr;
+        if (fr < 0) {
+            r = fr;
+            break;
+        }
     }
-    return step_err(st, r, err);
+    bill_export_close(c);
+    return r < 0 ? r : 0;
 }

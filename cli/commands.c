@@ -36,8 +36,10 @@ void cli_session_clear(cli_session *s)
         return;
     free(s->token);
     free(s->compute_url);
+    free(s->billing_url);
     s->token = NULL;
     s->compute_url = NULL;
+    s->billing_url = NULL;
 }
 
 int cli_exit_code(int neg_errno)
@@ -257,6 +259,11 @@ int cli_authenticate(const cli_cloud *cloud, long timeout_ms, cli_session *out,
     out->compute_url = strdup(compute);
     if (!out->compute_url)
         return cl_error_set(err, CL_E_INTERNAL, "out of memory");
+    /* Optional: only the billing commands need it, and they say so when it is missing. */
+    if (cli_catalog_endpoint(resp, "billing",
+                             cloud->interface[0] ? cloud->interface : "public",
+                             cloud->region_name, compute, sizeof(compute), NULL) == 0)
+        out->billing_url = strdup(compute);
     out->token = TAKE_PTR(token);
     out->timeout_ms = timeout_ms;
     return 0;

@@ -38,6 +38,7 @@ enum {
 typedef struct cli_session {
     char *token;       /* X-Subject-Token */
     char *compute_url; /* compute endpoint from the catalog, no trailing slash */
+    char *billing_url; /* "billing" endpoint (nube-billing), NULL when not in the catalog */
     long timeout_ms;   /* per request; 0 = CLI_HTTP_TIMEOUT_MS */
 } cli_session;
 

@@ -28,6 +28,8 @@
  * and the bus pointer, so a report never races with the bus being freed at stop.
  */
 #include "agent.h"
+#include "image_cache.h"
+#include "migrate.h"
 #include "simulate.h"
 
 #include <errno.h>
@@ -42,6 +44,7 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "bus_auth.h"
 #include "cleanup.h"
 #include "db.h"
 #include "driver.h"
@@ -81,6 +84,20 @@ const cl_cfg_key agent_cfg_keys[] = {
     {"agent", "image_dir", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, image_dir),
      "Local images until nube-image is used: <image_dir>/<image_ref>/{kernel,ramdisk,"
      "disk.qcow2,cmdline} (empty: <state_dir>/images)."},
+    {"image", "endpoint", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, image_endpoint),
+     "nube-image URL (http://127.0.0.1:9292): image_refs it knows are downloaded, verified "
+     "and cached in <state_dir>/image-cache (empty: [agent] image_dir only)."},
+    {"image", "token_key_file", CL_CFG_STR, "", 0, -1,
+     offsetof(agent_cfg, image_token_key_file),
+     "The shared token key (nube-api's [auth] token_key_file): the agent mints a 5-minute "
+     "reader token for the instance's project per request, so an instance only boots "
+     "images its project may see. Preferred over token."},
+    {"image", "token", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, image_token),
+     "Static token for nube-image (its [auth] admin_token), used when token_key_file is "
+     "empty."},
+    {"image", "cache_max_idle_s", CL_CFG_INT, "86400", 0, 31536000,
+     offsetof(agent_cfg, image_cache_max_idle_s),
+     "Seconds a cached image no instance uses is kept before it is removed."},
     {"agent", "network", CL_CFG_STR, "nube", 0, -1, offsetof(agent_cfg, network),
      "libvirt NAT network for guests, created when missing (10.231.0.0/24); empty, or "
      "unusable (no dnsmasq/iptables): a user-mode NIC."},
@@ -88,10 +105,37 @@ const cl_cfg_key agent_cfg_keys[] = {
      offsetof(agent_cfg, shutdown_timeout_s),
      "Seconds a guest gets to shut down on ACPI power-off (stop, resize) before it is "
      "destroyed."},
+    {"agent", "live_resize", CL_CFG_BOOL, "false", 0, 0, offsetof(agent_cfg, live_resize),
+     "Define domains with vCPU/memory headroom, and resize to a flavor with the same disk "
+     "without stopping the guest (falls back to a cold resize beyond the headroom)."},
+    {"agent", "migration_uri", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, migration_uri),
+     "libvirt URI other hosts' libvirtd use to reach this one for live migration "
+     "(empty: qemu+tcp://<migration_address>/system)."},
+    {"agent", "migration_address", CL_CFG_STR, "", 0, -1,
+     offsetof(agent_cfg, migration_address),
+     "Address QEMU's live-migration stream connects to on this host (empty: libvirt's "
+     "default, the host name)."},
+    {"agent", "migration_max_downtime_ms", CL_CFG_INT, "500", 10, 60000,
+     offsetof(agent_cfg, migration_max_downtime_ms),
+     "Largest guest pause allowed at the switch-over; reached in steps."},
+    {"agent", "migration_timeout_s", CL_CFG_INT, "300", 0, 86400,
+     offsetof(agent_cfg, migration_timeout_s),
+     "A live migration still running after this long is aborted or force-completed "
+     "(0: never)."},
+    {"agent", "migration_timeout_action", CL_CFG_STR, "abort", 0, -1,
+     offsetof(agent_cfg, migration_timeout_action),
+     "abort (the guest stays on the source) or force_complete (pause it to finish)."},
     {"bus", "scheduler_endpoint", CL_CFG_STR, "tcp://127.0.0.1:5570", 0, -1,
      offsetof(agent_cfg, scheduler_endpoint), "ZeroMQ endpoint of the scheduler's bus."},
     {"bus", "resend_ms", CL_CFG_INT, "2000", 100, 60000, offsetof(agent_cfg, resend_ms),
      "Milliseconds before an unacknowledged message is sent again."},
+    {"bus", "curve_secret_key_file", CL_CFG_STR, "", 0, -1,
+     offsetof(agent_cfg, curve_secret_key_file),
+     "File (mode 0600) with this host's CURVE secret key (nube-keys gen); empty = plain "
+     "TCP. Its public key must be in the scheduler's allowed_keys_dir under this host."},
+    {"bus", "curve_server_key_file", CL_CFG_STR, "", 0, -1,
+     offsetof(agent_cfg, curve_server_key_file),
+     "The scheduler's public key file ('<key> <name>'), required with a secret key."},
     {"resources", "vcpus", CL_CFG_INT, "0", 0, 1048576, offsetof(agent_cfg, vcpus),
      "vCPUs to report (0: detect from libvirt node info)."},
     {"resources", "ram_mb", CL_CFG_INT, "0", 0, 1073741824, offsetof(agent_cfg, ram_mb),
@@ -138,8 +182,12 @@ struct agent {
     char image_dir[4096];
     char url[320];              /* http://listen:port of the HTTP endpoint, "" when off */
     cl_msg_host info;           /* capacity etc., fixed after start */
+    agent_host_caps caps;       /* hypervisor version, CPU arch/model, fixed after start */
+    bool live_resize;
+    atomic_llong orphans;       /* domains that look like nube's but are not managed */
 
     agent_driver *drv;
+    agent_image_cache *images;  /* NULL: [image] endpoint empty */
 
     pthread_mutex_t db_lock;
     cl_db *db;
@@ -164,6 +212,7 @@ struct agent {
     cl_http_server *http;
 
     agent_usage *usage;         /* NULL: [billing] endpoint empty */
+    agent_mig *mig;             /* live migration (migrate.h) */
     int64_t sample_every_ms;
     int64_t next_sample_ms;     /* bus thread only */
     bool usage_queued;          /* qlock */
@@ -663,13 +712,25 @@ static void do_action(agent *a, const cl_msg_action *act)
         return;
     }
     set_busy(a, uuid);
-    if (act->has_instance &&
-        (act->action == CL_ACTION_RESIZE || act->action == CL_ACTION_REVERT_RESIZE) &&
-        (r = rec_put(a, &act->instance)) < 0)
+    bool resize = act->has_instance &&
+                  (act->action == CL_ACTION_RESIZE || act->action == CL_ACTION_REVERT_RESIZE);
+    cl_msg_instance old;
+    bool live = resize && a->live_resize && rec_get(a, uuid, &old) == 0 &&
+                old.flavor.disk_gb == act->instance.flavor.disk_gb &&
+                old.flavor.ephemeral_gb == act->instance.flavor.ephemeral_gb &&
+                old.flavor.swap_mb == act->instance.flavor.swap_mb;
+    if (resize && (r = rec_put(a, &act->instance)) < 0)
         cl_warn(MOD, "instance %s: cannot record the new flavor: %s", uuid, strerror(-r));
     int64_t t0 = cl_now_ms();
-    r = agent_driver_action(a->drv, uuid, act->action, act->has_instance ? &act->instance
-                                                                         : NULL, &err);
+    /* Same disks: change vCPUs/memory in place when the domain has the headroom, else
+     * (or when the hypervisor refuses) the cold path below. */
+    r = -1;
+    if (live && (r = agent_driver_live_resize(a->drv, &act->instance, &err)) < 0)
+        cl_info(MOD, "instance %s: live resize not possible (%s); resizing cold", uuid,
+                err.message);
+    if (r < 0)
+        r = agent_driver_action(a->drv, uuid, act->action, act->has_instance ? &act->instance
+                                                                             : NULL, &err);
     if (r < 0)
         cl_warn(MOD, "instance %s: %s failed: %s", uuid, cl_action_name(act->action),
                 err.message);
@@ -752,6 +813,39 @@ static void do_destroy(agent *a, const char *uuid)
     rep_forget(a, uuid);
 }
 
+/* Orphans: domains named like nube's ("instance-<uuid>") without nube metadata, and nube
+ * domains this agent keeps no record of (defined behind its back after it started; at
+ * start they are adopted instead). They are counted for /metrics and logged when the
+ * count changes, and never touched: an operator decides. (Nube domains the controller
+ * does not know are logged by the scheduler when the host registers.) */
+static void check_orphans(agent *a)
+{
+    agent_domain_info *v = NULL;
+    size_t n = 0;
+    cl_error err = {0};
+    cl_msg_instance spec;
+    long long count = 0;
+
+    if (agent_driver_list(a->drv, false, &v, &n, &err) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        bool named = strncmp(v[i].name, "instance-", 9) == 0 && cl_uuid_valid(v[i].name + 9);
+        const char *why = NULL;
+        if (!v[i].nube && named)
+            why = "is named like a nube instance but has no nube metadata";
+        else if (v[i].nube && rec_get(a, v[i].uuid, &spec) == -ENOENT &&
+                 !agent_mig_owns(a->mig, v[i].uuid))
+            why = "carries nube metadata but this agent has no record of it";
+        if (!why)
+            continue;
+        count++;
+        if (count > atomic_load(&a->orphans))
+            cl_warn(MOD, "orphan domain %s (%s) %s; left alone", v[i].name, v[i].uuid, why);
+    }
+    atomic_store(&a->orphans, count);
+    free(v);
+}
+
 /* Periodic sync: finish pending destroys, and report power states that changed without
  * an event (events can be lost while the libvirt connection is down). */
 static void do_sync(agent *a)
@@ -775,11 +869,12 @@ static void do_sync(agent *a)
             do_destroy(a, uuid);
             continue;
         }
-        /* Not reported yet means its spawn is still queued: nothing to compare. */
+        /* Not reported yet means its spawn is still queued: nothing to compare. A
+         * migrating instance is migrate.c's to report. */
         pthread_mutex_lock(&a->state_lock);
         bool known = rep_find_locked(a, uuid) != NULL;
         pthread_mutex_unlock(&a->state_lock);
-        if (!known)
+        if (!known || agent_mig_owns(a->mig, uuid))
             continue;
         const agent_domain_info *d = NULL;
         for (size_t k = 0; k < ndoms && !d; k++)
@@ -806,6 +901,7 @@ static void do_sync(agent *a)
     }
     free(doms);
     free(recs);
+    check_orphans(a);
 }
 
 static void *worker_main(void *arg)
@@ -848,6 +944,43 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ---- live migration hooks (migrate.h) ---- */
+
+static int mig_send(void *ud, const char *type, json_object *body, bool reliable)
+{
+    agent *a = ud;
+    pthread_mutex_lock(&a->state_lock);
+    int r = a->bus ? cl_bus_send(a->bus, NULL, type, NULL, body, reliable, NULL) : -ESHUTDOWN;
+    pthread_mutex_unlock(&a->state_lock);
+    if (r < 0 && r == -ESHUTDOWN)
+        json_object_put(body);
+    return r;
+}
+
+/* The instance arrived here: keep its record and report it (its first report on this
+ * host, like an adoption at start). */
+static void mig_adopt(void *ud, const cl_msg_instance *spec)
+{
+    agent *a = ud;
+    int r = rec_put(a, spec);
+    if (r < 0)
+        cl_warn(MOD, "instance %s: cannot record the migrated instance: %s", spec->uuid,
+                strerror(-r));
+    report(a, spec->uuid, CL_VM_ACTIVE, CL_POWER_RUNNING, NULL, false);
+    refresh_running(a);
+}
+
+/* The instance left: its domain is on another host, only the record goes. */
+static void mig_forget(void *ud, const char *uuid)
+{
+    agent *a = ud;
+    int r = rec_delete(a, uuid);
+    if (r < 0)
+        cl_warn(MOD, "instance %s: cannot drop local record: %s", uuid, strerror(-r));
+    rep_forget(a, uuid);
+    refresh_running(a);
+}
+
 /* ---- bus handlers (bus thread) ---- */
 
 static void on_spawn(agent *a, const cl_bus_msg *msg)
@@ -865,6 +998,14 @@ static void on_spawn(agent *a, const cl_bus_msg *msg)
         cl_warn(MOD, "bad instance.spawn from %s: %s", msg->from, err.message);
         return;
     }
+    /* Image properties (Xen PV/HVM, LXC init) travel next to the spec; the driver keeps
+     * them with the instance's files. */
+    cl_msg_image_props props;
+    bool has_props = false;
+    if (cl_msg_spawn_get_image_props(msg->body, &props, &has_props, &err) < 0)
+        cl_warn(MOD, "instance %s: ignoring image properties: %s", spec.uuid, err.message);
+    else if (has_props && agent_driver_set_image_props(a->drv, spec.uuid, &props, &err) < 0)
+        cl_warn(MOD, "instance %s: cannot keep image properties: %s", spec.uuid, err.message);
     int r = rec_put(a, &spec);
     if (r < 0) {
         char fault[256];
@@ -939,6 +1080,8 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
         on_destroy(a, msg);
     else if (strcmp(msg->type, CL_MSG_INSTANCE_ACTION) == 0)
         on_action(a, msg);
+    else if (agent_mig_on_msg(a->mig, msg))
+        ;
     else
         cl_debug(MOD, "ignoring %s from %s", msg->type, msg->from);
 }
@@ -952,8 +1095,11 @@ static void on_tick(cl_bus *bus, void *ud)
     if (body)
         cl_bus_send(bus, NULL, CL_MSG_HOST_HEARTBEAT, "", body, false, NULL);
 
-    /* While a guest waits for its DHCP lease, look every tick. */
     int64_t now = cl_now_ms();
+    /* Cached images no instance used for [image] cache_max_idle_s go (a directory scan). */
+    if (a->images)
+        agent_image_cache_sweep(a->images, now);
+    /* While a guest waits for its DHCP lease, look every tick. */
     if (a->usage && now >= a->next_sample_ms) {
         a->next_sample_ms = now + a->sample_every_ms;
         pthread_mutex_lock(&a->qlock);
@@ -996,7 +1142,7 @@ static void on_event(const char *uuid, cl_power_state power, void *ud)
     /* Our own destroys stop domains too: those records are marked deleting first. An
      * action in progress reports its own outcome (a resize stops and starts the domain
      * on its way). */
-    if (rec_live(a, uuid) != 1 || is_busy(a, uuid))
+    if (rec_live(a, uuid) != 1 || is_busy(a, uuid) || agent_mig_owns(a->mig, uuid))
         return;
     /* The event may be stale by now (events queue while the worker acts): report what
      * the domain is now, which also tells suspended (managed save) from stopped. */
@@ -1050,6 +1196,9 @@ static void metrics(FILE *out, void *ud)
     size_t n = 0, by_state[CL_POWER_STATE_MAX] = {0};
     cl_error err = {0};
 
+    fprintf(out, "# HELP nube_agent_orphan_domains domains that look like nube's but that "
+            "nube does not manage (left alone).\n# TYPE nube_agent_orphan_domains gauge\n"
+            "nube_agent_orphan_domains %lld\n", (long long)atomic_load(&a->orphans));
     fputs("# HELP nube_agent_domains nube domains in libvirt by power state.\n"
           "# TYPE nube_agent_domains gauge\n", out);
     if (agent_driver_list(a->drv, true, &v, &n, &err) == 0) {
@@ -1084,6 +1233,13 @@ static void metrics(FILE *out, void *ud)
             (unsigned long long)atomic_load(&a->busy), qlen,
             agent_driver_alive(a->drv) ? 1 : 0);
 
+    if (a->images)
+        fprintf(out, "# TYPE nube_agent_image_downloads_total counter\n"
+                     "nube_agent_image_downloads_total %llu\n"
+                     "# TYPE nube_agent_image_cache_hits_total counter\n"
+                     "nube_agent_image_cache_hits_total %llu\n",
+                (unsigned long long)agent_image_cache_downloads(a->images),
+                (unsigned long long)agent_image_cache_hits(a->images));
     if (a->usage)
         fprintf(out, "# TYPE nube_agent_usage_samples_total counter\n"
                      "nube_agent_usage_samples_total %llu\n", agent_usage_sent(a->usage));
@@ -1367,7 +1523,12 @@ static int start_bus(agent *a, const agent_cfg *cfg, cl_error *err)
         .ud = a,
     };
     cl_bus *bus = NULL;
-    int r = cl_bus_new(&o, &bus, err);
+    cl_bus_keys keys;
+    int r = cl_bus_keys_apply(&keys, cfg->curve_secret_key_file, cfg->curve_server_key_file,
+                              true, &o, err);
+    if (r == 0)
+        r = cl_bus_new(&o, &bus, err);
+    explicit_bzero(&keys, sizeof keys);
     if (r < 0)
         return r;
     pthread_mutex_lock(&a->state_lock);
@@ -1409,6 +1570,24 @@ static int start_http_server(agent *a, const agent_cfg *cfg, cl_error *err)
     return cl_http_server_start(&o, &a->http, err);
 }
 
+/* The optional capabilities of host.register the scheduler reads (sched.c
+ * register_caps): cpu_arch, cpu_model, hypervisor_version. */
+static int add_caps(agent *a, json_object *body)
+{
+    if (a->caps.cpu_arch[0] &&
+        json_object_object_add(body, "cpu_arch", json_object_new_string(a->caps.cpu_arch)) < 0)
+        return -ENOMEM;
+    if (a->caps.cpu_model[0] &&
+        json_object_object_add(body, "cpu_model",
+                               json_object_new_string(a->caps.cpu_model)) < 0)
+        return -ENOMEM;
+    if (a->caps.hypervisor_version > 0 &&
+        json_object_object_add(body, "hypervisor_version",
+                               json_object_new_int64(a->caps.hypervisor_version)) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
 /* Register, then one instance.state per instance (see the file comment). */
 static void announce(agent *a, boot_state *bs)
 {
@@ -1420,6 +1599,10 @@ static void announce(agent *a, boot_state *bs)
     json_object *body = bs->n && !hv ? NULL : cl_msg_host_encode(&a->info, hv, bs->n);
     free(hv);
     if (body && a->url[0] && cl_msg_host_set_agent_url(body, a->url) < 0) {
+        json_object_put(body);
+        body = NULL;
+    }
+    if (body && add_caps(a, body) < 0) {
         json_object_put(body);
         body = NULL;
     }
@@ -1453,6 +1636,12 @@ static int fill_host_info(agent *a, const agent_cfg *cfg, cl_error *err)
     a->info.vcpus = cfg->vcpus > 0 ? cfg->vcpus : cap.vcpus;
     a->info.ram_mb = cfg->ram_mb > 0 ? cfg->ram_mb : cap.ram_mb;
     a->info.disk_gb = cfg->disk_gb > 0 ? cfg->disk_gb : cap.disk_gb;
+    cl_error cerr = {0};
+    if (agent_driver_host_caps(a->drv, &a->caps, &cerr) < 0)
+        cl_warn(MOD, "cannot read host capabilities: %s", cerr.message);
+    else
+        cl_info(MOD, "host %s: %s %" PRId64 ", %s %s", a->host, a->info.hypervisor_type,
+                a->caps.hypervisor_version, a->caps.cpu_arch, a->caps.cpu_model);
     return 0;
 }
 
@@ -1511,11 +1700,26 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
     if (r < 0)
         goto fail;
 
+    if (cfg->image_endpoint && *cfg->image_endpoint) {
+        char cdir[4200];
+        snprintf(cdir, sizeof(cdir), "%.4000s/image-cache", cfg->common.state_dir);
+        agent_image_cache_opts io = {.endpoint = cfg->image_endpoint,
+                                     .token = cfg->image_token,
+                                     .token_key_file = cfg->image_token_key_file,
+                                     .cache_dir = cdir, .instances_dir = a->instances_dir,
+                                     .max_idle_s = cfg->image_cache_max_idle_s};
+        r = agent_image_cache_open(&io, &a->images, err);
+        if (r < 0)
+            goto fail;
+        agent_image_cache_sweep(a->images, cl_now_ms());
+    }
     agent_driver_opts dopts = {.uri = cfg->libvirt_uri, .virt_type = virt,
                                .instances_dir = a->instances_dir, .on_event = on_event,
-                               .ud = a, .image_dir = a->image_dir,
+                               .ud = a, .image_dir = a->image_dir, .images = a->images,
                                .network = cfg->network ? cfg->network : "",
-                               .shutdown_timeout_s = (int)cfg->shutdown_timeout_s};
+                               .shutdown_timeout_s = (int)cfg->shutdown_timeout_s,
+                               .live_resize = cfg->live_resize};
+    a->live_resize = cfg->live_resize;
     r = agent_driver_open(&dopts, &a->drv, err);
     if (r < 0)
         goto fail;
@@ -1526,6 +1730,7 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
     if (r < 0)
         goto fail;
     refresh_boot_states(a, &bs);
+    check_orphans(a);
     refresh_running(a);
     a->info.running_vms = atomic_load(&a->running_vms);
 
@@ -1540,6 +1745,20 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
         a->sample_every_ms = cfg->sample_interval_s * 1000;
         a->next_sample_ms = cl_now_ms() + a->sample_every_ms;
     }
+    agent_mig_opts mo = {
+        .libvirt_uri = cfg->libvirt_uri, .instances_dir = a->instances_dir,
+        .image_dir = a->image_dir, .migration_uri = cfg->migration_uri,
+        .migration_address = cfg->migration_address,
+        .max_downtime_ms = cfg->migration_max_downtime_ms,
+        .timeout_s = cfg->migration_timeout_s,
+        .force_on_timeout = cfg->migration_timeout_action &&
+                            strcmp(cfg->migration_timeout_action, "force_complete") == 0,
+        .progress_ms = 500};
+    agent_mig_hooks mh = {.ud = a, .send = mig_send, .adopt = mig_adopt,
+                          .forget = mig_forget};
+    r = agent_mig_new(&mo, &mh, &a->mig, err);
+    if (r < 0)
+        goto fail;
     /* HTTP before the bus: host.register carries its URL. */
     r = start_http(a, cfg, err);
     if (r < 0)
@@ -1589,6 +1808,10 @@ void agent_stop(agent *a)
         pthread_join(a->worker, NULL);
     }
 
+    /* Migrations abort (the guest stays here) and report before the bus goes. */
+    agent_mig_free(a->mig);
+    a->mig = NULL;
+
     pthread_mutex_lock(&a->state_lock);
     cl_bus *bus = a->bus;
     a->bus = NULL;
@@ -1597,6 +1820,7 @@ void agent_stop(agent *a)
 
     /* Events may still arrive until the driver is closed; report() drops them now. */
     agent_driver_free(a->drv);
+    agent_image_cache_free(a->images); /* after the worker: no spawn uses it now */
     agent_usage_stop(a->usage);
 
     for (job *j = a->qhead, *next; j; j = next) {

@@ -30,11 +30,25 @@ typedef struct agent_cfg {
     char *instances_dir;
     char *virt_type;            /* auto | kvm | qemu */
     char *image_dir;            /* "" = <state_dir>/images */
+    /* [image] nube-image and the local image cache (image_cache.h) */
+    char *image_endpoint;       /* "" = local image_dir only */
+    char *image_token;          /* static token (nube-image's admin token) */
+    char *image_token_key_file; /* shared token key: mint per-project tokens */
+    int64_t image_cache_max_idle_s;
     char *network;              /* libvirt NAT network name; "" = user-mode NIC */
     int64_t shutdown_timeout_s; /* ACPI grace before destroy */
+    bool live_resize;           /* resize with an equal disk changes vCPUs/memory live */
+    /* live migration (migrate.h) */
+    char *migration_uri;        /* how peers' libvirtd reach this one; "" = from address */
+    char *migration_address;    /* address of QEMU's migration stream; "" = default */
+    int64_t migration_max_downtime_ms;
+    int64_t migration_timeout_s;
+    char *migration_timeout_action; /* abort | force_complete */
     /* [bus] */
     char *scheduler_endpoint;
     int64_t resend_ms;
+    char *curve_secret_key_file;   /* "" = plain TCP */
+    char *curve_server_key_file;   /* the scheduler's public key file */
     /* [resources] 0 = detect */
     int64_t vcpus;
     int64_t ram_mb;

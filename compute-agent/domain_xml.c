@@ -9,12 +9,20 @@
  *         them like any other driver, so the XML path is exercised end to end).
  *   qemu  type='qemu' (TCG) or type='kvm'; virtio disk, serial to a file, virtio balloon
  *         with a stats period (billing samples read balloon.* later).
- *   xen   type='xen', fully virtualised (hvm): PV guests need a PV kernel, which the
- *         images nube serves are not. libxl has no virtio block backend, so the disk is a
- *         Xen PV disk (bus='xen') served by qdisk, which reads qcow2.
- *   lxc   type='lxc', os type 'exe' running /sbin/init; the qcow2 disk becomes the root
- *         filesystem through qemu-nbd (<filesystem type='file'><driver type='nbd'>), and
+ *   xen   type='xen'. The image's vm_mode property picks the flavour: "xen" is
+ *         paravirtualised (<os><type>xen</type>, the image's kernel/ramdisk booted
+ *         directly, or pygrub reading the disk when the image names no kernel; no ACPI,
+ *         console on the PV console), anything else is fully virtualised (hvm), which
+ *         boots any image. libxl has no virtio block backend, so the disk is a Xen PV disk
+ *         (xvda, bus='xen') served by qdisk, which reads qcow2.
+ *   lxc   type='lxc', a system container: os type 'exe' running the image's init
+ *         (/sbin/init unless the image says otherwise) in a root file system the agent
+ *         extracted from a tar image (<filesystem type='mount'> of <uuid>/rootfs on '/');
  *         the console is a pty because the LXC driver supports no other console type.
+ *
+ * With live resize headroom (agent_boot.max_vcpus/max_ram_mb) the domain's maximums sit
+ * above the flavor: <vcpu current='flavor'>max</vcpu> and <memory>max</memory> with
+ * <currentMemory>flavor</currentMemory>, so vCPUs and memory can change while it runs.
  *
  * Every string that came from a user (instance name, ids, image ref) or from the operator
  * (instances_dir) goes through agent_xml_escape(). The metadata element is parsed back
@@ -212,14 +220,34 @@ static const char *domain_type(agent_hv_type hv, agent_virt_type virt)
     return NULL;
 }
 
+bool agent_vm_mode_is_pv(const char *vm_mode)
+{
+    return vm_mode && strcasecmp(vm_mode, "xen") == 0;
+}
+
+static bool is_xen_pv(agent_hv_type hv, const agent_boot *boot)
+{
+    return hv == AGENT_HV_XEN && boot && agent_vm_mode_is_pv(boot->vm_mode);
+}
+
 static void put_os(FILE *f, agent_hv_type hv, const agent_boot *boot)
 {
+    bool pv = is_xen_pv(hv, boot);
+    bool kernel = boot && boot->kernel && *boot->kernel;
+
     if (hv == AGENT_HV_LXC) {
-        fputs("  <os>\n    <type>exe</type>\n    <init>/sbin/init</init>\n  </os>\n", f);
+        fputs("  <os>\n    <type>exe</type>\n    <init>", f);
+        put_esc(f, boot && boot->init && *boot->init ? boot->init : "/sbin/init");
+        fputs("</init>\n  </os>\n", f);
         return;
     }
-    fputs("  <os>\n    <type arch='x86_64'>hvm</type>\n", f);
-    if (hv == AGENT_HV_QEMU && boot && boot->kernel && *boot->kernel) {
+    /* A PV guest without a kernel of its own boots through pygrub, which reads the
+     * kernel out of the guest's disk (the <bootloader> sits before <os>). */
+    if (pv && !kernel)
+        fputs("  <bootloader>/usr/lib/xen/bin/pygrub</bootloader>\n", f);
+    fputs(pv ? "  <os>\n    <type arch='x86_64' machine='xenpv'>xen</type>\n"
+             : "  <os>\n    <type arch='x86_64'>hvm</type>\n", f);
+    if ((hv == AGENT_HV_QEMU || pv) && kernel) {
         /* Direct kernel boot: QEMU loads kernel and initrd itself, no bootloader. */
         fputs("    <kernel>", f);
         put_esc(f, boot->kernel);
@@ -234,11 +262,11 @@ static void put_os(FILE *f, agent_hv_type hv, const agent_boot *boot)
             put_esc(f, boot->cmdline);
             fputs("</cmdline>\n", f);
         }
-    } else {
+    } else if (!pv) {
         fputs("    <boot dev='hd'/>\n", f);
     }
     fputs("  </os>\n", f);
-    if (hv == AGENT_HV_QEMU || hv == AGENT_HV_XEN)
+    if (hv == AGENT_HV_QEMU || (hv == AGENT_HV_XEN && !pv))
         fputs("  <features>\n    <acpi/>\n    <apic/>\n  </features>\n", f);
 }
 
@@ -266,9 +294,11 @@ static void put_devices(FILE *f, const cl_msg_instance *inst, agent_hv_type hv,
 {
     fputs("  <devices>\n", f);
     if (hv == AGENT_HV_LXC) {
-        fputs("    <filesystem type='file' accessmode='passthrough'>\n"
-              "      <driver type='nbd' format='qcow2'/>\n      <source file='", f);
-        put_path(f, dir, inst->uuid, "disk");
+        fputs("    <filesystem type='mount' accessmode='passthrough'>\n      <source dir='", f);
+        if (boot && boot->rootfs && *boot->rootfs)
+            put_esc(f, boot->rootfs);
+        else
+            put_path(f, dir, inst->uuid, "rootfs");
         fputs("'/>\n      <target dir='/'/>\n    </filesystem>\n"
               "    <console type='pty'>\n      <target type='lxc' port='0'/>\n"
               "    </console>\n  </devices>\n", f);
@@ -279,6 +309,12 @@ static void put_devices(FILE *f, const cl_msg_instance *inst, agent_hv_type hv,
     put_path(f, dir, inst->uuid, "disk");
     fputs(hv == AGENT_HV_XEN ? "'/>\n      <target dev='xvda' bus='xen'/>\n"
                              : "'/>\n      <target dev='vda' bus='virtio'/>\n", f);
+    if (is_xen_pv(hv, boot)) {
+        /* A PV guest has no emulated UART: its console is the PV console. */
+        fputs("    </disk>\n    <console type='pty'>\n      <target type='xen' port='0'/>\n"
+              "    </console>\n  </devices>\n", f);
+        return;
+    }
     fputs("    </disk>\n    <serial type='file'>\n      <source path='", f);
     put_path(f, dir, inst->uuid, "console.log");
     fputs("' append='on'/>\n      <target port='0'/>\n    </serial>\n", f);
@@ -337,10 +373,19 @@ int agent_domain_xml_ex(const cl_msg_instance *inst, agent_hv_type hv, agent_vir
     fputs("  <metadata>\n", f);
     put_metadata(f, inst, 4);
     fputs("  </metadata>\n", f);
+    int64_t max_ram = inst->flavor.ram_mb, max_vcpus = inst->flavor.vcpus;
+    if (boot && boot->max_ram_mb > max_ram)
+        max_ram = boot->max_ram_mb < DOMXML_MAX_RAM_MB ? boot->max_ram_mb : DOMXML_MAX_RAM_MB;
+    if (boot && boot->max_vcpus > max_vcpus)
+        max_vcpus = boot->max_vcpus < DOMXML_MAX_VCPUS ? boot->max_vcpus : DOMXML_MAX_VCPUS;
     fprintf(f, "  <memory unit='MiB'>%" PRId64 "</memory>\n"
-            "  <currentMemory unit='MiB'>%" PRId64 "</currentMemory>\n"
-            "  <vcpu placement='static'>%" PRId64 "</vcpu>\n",
-            inst->flavor.ram_mb, inst->flavor.ram_mb, inst->flavor.vcpus);
+            "  <currentMemory unit='MiB'>%" PRId64 "</currentMemory>\n",
+            max_ram, inst->flavor.ram_mb);
+    if (max_vcpus > inst->flavor.vcpus)
+        fprintf(f, "  <vcpu placement='static' current='%" PRId64 "'>%" PRId64 "</vcpu>\n",
+                inst->flavor.vcpus, max_vcpus);
+    else
+        fprintf(f, "  <vcpu placement='static'>%" PRId64 "</vcpu>\n", inst->flavor.vcpus);
     put_os(f, hv, boot);
     fputs("  <clock offset='utc'/>\n  <on_poweroff>destroy</on_poweroff>\n"
           "  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n", f);
@@ -451,4 +496,42 @@ int agent_metadata_parse(const char *xml, cl_msg_instance *out, cl_error *err)
         return cl_error_set(err, CL_E_BAD_REQUEST, "nube metadata has no valid uuid");
     *out = m;
     return 0;
+}
+
+/* ---- host capabilities ---- */
+
+int agent_caps_parse(const char *xml, char *arch, size_t arch_len, char *model,
+                     size_t model_len)
+{
+    if (arch_len)
+        arch[0] = '\0';
+    if (model_len)
+        model[0] = '\0';
+    if (!xml)
+        return -EINVAL;
+    _cleanup_(xml_doc_freep) xmlDocPtr doc =
+        xmlReadMemory(xml, (int)strnlen(xml, 1 << 24), "capabilities.xml", NULL,
+                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!doc)
+        return -EINVAL;
+    xmlNode *root = xmlDocGetRootElement(doc);
+    if (!root || strcmp((const char *)root->name, "capabilities") != 0)
+        return -EINVAL;
+    for (xmlNode *h = root->children; h; h = h->next) {
+        if (h->type != XML_ELEMENT_NODE || strcmp((const char *)h->name, "host") != 0)
+            continue;
+        for (xmlNode *c = h->children; c; c = c->next) {
+            if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "cpu") != 0)
+                continue;
+            for (xmlNode *n = c->children; n; n = n->next) {
+                if (n->type != XML_ELEMENT_NODE)
+                    continue;
+                if (strcmp((const char *)n->name, "arch") == 0)
+                    copy_content(n, arch, arch_len);
+                else if (strcmp((const char *)n->name, "model") == 0)
+                    copy_content(n, model, model_len);
+            }
+        }
+    }
+    return arch_len && arch[0] ? 0 : -EINVAL;
 }

@@ -71,9 +71,27 @@ typedef struct agent_boot {
     const char *network;  /* libvirt network name for a virtio NIC (<interface type='network'>) */
     bool user_net;        /* no network: a user-mode (slirp) virtio NIC instead */
     const char *mac;      /* the NIC's MAC ("52:54:00:..."), NULL = let libvirt choose */
+    /* Xen: the image's vm_mode property. "xen" = paravirtualised (<os><type>xen</type>,
+     * kernel/ramdisk/cmdline above, or pygrub when the image names no kernel); anything
+     * else = HVM. */
+    const char *vm_mode;
+    /* LXC: the container's root file system (a directory the agent extracted), and its
+     * init ("" / NULL = /sbin/init). */
+    const char *rootfs;
+    const char *init;
+    /* Live resize headroom ([agent] live_resize): when above the flavor's, the domain is
+     * defined with these maximums (<vcpu current=flavor>max</vcpu>, <memory>max</memory>
+     * with <currentMemory> = flavor) so virDomainSetVcpusFlags / SetMemoryFlags can grow
+     * it while it runs. 0 = no headroom. */
+    int64_t max_vcpus;
+    int64_t max_ram_mb;
 } agent_boot;
 
-/* agent_domain_xml with host extras (QEMU only; other hypervisors ignore boot). */
+/* Is a vm_mode paravirtualised Xen ("xen", case-insensitive)? */
+bool agent_vm_mode_is_pv(const char *vm_mode);
+
+/* agent_domain_xml with host extras (QEMU: kernel, NIC; Xen: vm_mode, kernel; LXC:
+ * rootfs, init; all: live resize headroom). */
 int agent_domain_xml_ex(const cl_msg_instance *inst, agent_hv_type hv, agent_virt_type virt,
                         const char *instances_dir, const agent_boot *boot, char **out_xml,
                         cl_error *err);
@@ -92,5 +110,11 @@ int agent_metadata_parse(const char *xml, cl_msg_instance *out, cl_error *err);
  * character boundary. Returns the length the full escaped string needs (like snprintf).
  * Exposed for tests. */
 size_t agent_xml_escape(const char *s, char *out, size_t size);
+
+/* From virConnectGetCapabilities() XML: the host CPU's architecture (<host><cpu><arch>)
+ * and model (<host><cpu><model>, "" when libvirt names none, as the test driver).
+ * Returns 0 or -EINVAL (not capabilities XML). */
+int agent_caps_parse(const char *xml, char *arch, size_t arch_len, char *model,
+                     size_t model_len);
 
 #endif

@@ -46,8 +46,13 @@ typedef struct agent_driver_opts {
     /* QEMU hosts (ignored by the test driver): */
     const char *image_dir;      /* local images: <image_dir>/<image_ref>/{kernel,ramdisk,
                                  * disk.qcow2,cmdline}; NULL/"" = no images (blank disks) */
+    struct agent_image_cache *images; /* images from nube-image (image_cache.h), tried
+                                 * before image_dir; NULL = image_dir only */
     const char *network;        /* libvirt NAT network to create/use; "" = user-mode NIC */
     int shutdown_timeout_s;     /* ACPI shutdown grace before destroy (stop, resize) */
+    /* Define domains with vCPU/memory headroom (the host's vCPUs and up to 4x the
+     * flavor's memory within the host's) so agent_driver_live_resize can grow them. */
+    bool live_resize;
 } agent_driver_opts;
 
 typedef struct agent_capacity {
@@ -162,5 +167,32 @@ int agent_driver_stats(agent_driver *drv, agent_domain_stats **out, size_t *out_
 
 /* "network:<name>", "user" or "none": how guests are connected (for logs and tests). */
 const char *agent_driver_net_mode(const agent_driver *drv);
+
+/* ---- issue 5: capabilities, image properties, LXC, live resize ---- */
+
+/* What the host is, for host.register (the scheduler's ImagePropertiesFilter). */
+typedef struct agent_host_caps {
+    int64_t hypervisor_version; /* virConnectGetVersion: major * 1e6 + minor * 1e3 + micro */
+    char cpu_arch[32];          /* "x86_64" (capabilities <host><cpu><arch>, or node info) */
+    char cpu_model[64];         /* "Skylake-Client-IBRS"; "" when libvirt names none */
+} agent_host_caps;
+
+/* Read the capabilities. 0 or negative errno + err. */
+int agent_driver_host_caps(agent_driver *drv, agent_host_caps *out, cl_error *err);
+
+/* Remember an instance's image properties for the domains defined from now on (kept in
+ * <instances_dir>/<uuid>/image_properties.json, so a restarted agent that re-creates the
+ * domain builds the same one; the test driver keeps none). Xen: vm_mode picks PV/HVM;
+ * LXC: nube_init picks the init. 0 or negative errno + err. */
+int agent_driver_set_image_props(agent_driver *drv, const char *uuid,
+                                 const cl_msg_image_props *props, cl_error *err);
+
+/* Change a domain's vCPUs and memory to spec's flavor without stopping it
+ * (virDomainSetVcpusFlags / SetMemoryFlags, LIVE|CONFIG when it runs, CONFIG otherwise),
+ * and record the new flavor in its nube metadata. -ERANGE (err says which maximum) when
+ * the flavor exceeds the domain's maximums (it was defined without headroom: use a cold
+ * resize), -ENOENT, -ENOTSUP (the hypervisor refused a live change), or negative errno +
+ * err. */
+int agent_driver_live_resize(agent_driver *drv, const cl_msg_instance *spec, cl_error *err);
 
 #endif

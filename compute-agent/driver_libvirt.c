@@ -19,6 +19,7 @@
  * the next conn_get() reopens it and registers the callbacks again.
  */
 #include "driver.h"
+#include "image_cache.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +41,7 @@
 #include <libvirt/virterror.h>
 
 #include "cleanup.h"
+#include "json.h"
 #include "log.h"
 #include "util.h"
 
@@ -71,10 +73,12 @@ struct agent_driver {
 
     /* QEMU hosts */
     char *image_dir;        /* "" = none */
+    struct agent_image_cache *images; /* NULL = image_dir only */
     char *network;          /* "" = user-mode NIC */
     bool user_net;          /* the network could not be used: user-mode NIC */
     char net_mode[300];
     int shutdown_timeout_s;
+    bool live_resize;       /* define domains with headroom (driver.h) */
 };
 
 /* ---- cleanup helpers for libvirt types ---- */
@@ -362,8 +366,10 @@ int agent_driver_open(const agent_driver_opts *opts, agent_driver **out, cl_erro
     pthread_mutex_init(&drv->ev_mu, NULL);
     pthread_cond_init(&drv->ev_cond, NULL);
     drv->image_dir = strdup(opts->image_dir ? opts->image_dir : "");
+    drv->images = opts->images;
     drv->network = strdup(opts->network ? opts->network : "");
     drv->shutdown_timeout_s = opts->shutdown_timeout_s > 0 ? opts->shutdown_timeout_s : 60;
+    drv->live_resize = opts->live_resize;
     cl_strlcpy(drv->net_mode, "none", sizeof(drv->net_mode));
     if (!drv->uri || !drv->instances_dir || !drv->image_dir || !drv->network) {
         r = cl_error_set(err, CL_E_INTERNAL, "out of memory");
@@ -560,12 +566,15 @@ fail:;
     return -e;
 }
 
+static void remove_rootfs(const char *dir, const char *uuid);
+
 /* Remove the files make_instance_dir's owner put there, by name only (never recursive:
  * a wrong instances_dir must not be able to delete anything else). */
 static void remove_instance_dir(const char *dir, const char *uuid)
 {
-    static const char *const files[] = {"console.log", "disk"};
+    static const char *const files[] = {"console.log", "disk", "image_properties.json"};
     char path[4096];
+    remove_rootfs(dir, uuid);
     for (size_t i = 0; i < CL_ARRAY_SIZE(files); i++) {
         snprintf(path, sizeof(path), "%s/%s/%s", dir, uuid, files[i]);
         if (unlink(path) < 0 && errno != ENOENT)
@@ -578,6 +587,9 @@ static void remove_instance_dir(const char *dir, const char *uuid)
 
 static int prepare_boot(agent_driver *drv, const cl_msg_instance *inst, agent_boot *boot,
                         char paths[3][4096], char *cmdline, size_t cmdlen, cl_error *err);
+static int prepare_hv(agent_driver *drv, virConnectPtr c, const cl_msg_instance *inst,
+                      agent_boot *boot, cl_msg_image_props *props, char *rootfs, char *init,
+                      cl_error *err);
 
 /* Define the domain of inst; *out receives it. */
 static int define_domain(agent_driver *drv, virConnectPtr c, const cl_msg_instance *inst,
@@ -595,13 +607,17 @@ static int define_domain(agent_driver *drv, virConnectPtr c, const cl_msg_instan
         if (r < 0)
             return r;
     }
-    if (drv->hv == AGENT_HV_QEMU) {
+    if (drv->hv == AGENT_HV_QEMU || drv->hv == AGENT_HV_XEN) {
         r = prepare_boot(drv, inst, &boot, paths, cmdline, sizeof(cmdline), err);
         if (r < 0)
             return r;
     }
-    r = agent_domain_xml_ex(inst, drv->hv, drv->virt, drv->instances_dir,
-                            drv->hv == AGENT_HV_QEMU ? &boot : NULL, &xml, err);
+    cl_msg_image_props props;
+    char rootfs[4096], init[128];
+    r = prepare_hv(drv, c, inst, &boot, &props, rootfs, init, err);
+    if (r < 0)
+        return r;
+    r = agent_domain_xml_ex(inst, drv->hv, drv->virt, drv->instances_dir, &boot, &xml, err);
     if (r < 0)
         return r;
     virDomainPtr d = virDomainDefineXML(c, xml);
@@ -984,7 +1000,7 @@ static int run(char *const argv[], cl_error *err)
  * stated, so qemu never probes it), or a blank qcow2 of the flavor's size when the image
  * has no disk. Kept when it exists (a redefine after restart or resize). */
 static int make_disk(agent_driver *drv, const cl_msg_instance *inst, const char *base,
-                     cl_error *err)
+                     const char *base_fmt, cl_error *err)
 {
     char disk[4096], size[32];
     snprintf(disk, sizeof(disk), "%s/%s/disk", drv->instances_dir, inst->uuid);
@@ -993,7 +1009,7 @@ static int make_disk(agent_driver *drv, const cl_msg_instance *inst, const char 
     snprintf(size, sizeof(size), "%" PRId64 "G", inst->flavor.disk_gb > 0 ? inst->flavor.disk_gb
                                                                           : 1);
     if (base) {
-        char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+        char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", (char *)base_fmt, "-b",
                         (char *)base, disk, size, NULL};
         return run(argv, err);
     }
@@ -1005,10 +1021,16 @@ static int make_disk(agent_driver *drv, const cl_msg_instance *inst, const char 
 static int prepare_boot(agent_driver *drv, const cl_msg_instance *inst, agent_boot *boot,
                         char paths[3][4096], char *cmdline, size_t cmdlen, cl_error *err)
 {
-    const char *base = NULL;
+    const char *base = NULL, *base_fmt = "qcow2";
     char dir[4096];
+    /* nube-image first (image_cache.h); -ENOENT: not an image it knows, try image_dir. */
+    int r = drv->images ? agent_image_cache_prepare(drv->images, inst, boot, paths, cmdline,
+                                                    cmdlen, &base, &base_fmt, err)
+                        : -ENOENT;
 
-    if (drv->image_dir[0] && image_ref_ok(inst->image_ref)) {
+    if (r < 0 && r != -ENOENT)
+        return r;
+    if (r == -ENOENT && drv->image_dir[0] && image_ref_ok(inst->image_ref)) {
         if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", drv->image_dir, inst->image_ref) >=
                 sizeof(dir) - 16 ||
             snprintf(paths[0], 4096, "%s/kernel", dir) < 0 ||
@@ -1036,7 +1058,7 @@ static int prepare_boot(agent_driver *drv, const cl_msg_instance *inst, agent_bo
                                 "kernel or disk.qcow2)", inst->image_ref, drv->image_dir),
                    -ENOENT;
     }
-    int r = make_disk(drv, inst, base, err);
+    r = make_disk(drv, inst, base, base_fmt, err);
     if (r < 0)
         return r;
     boot->network = drv->user_net ? NULL : drv->network;
@@ -1369,5 +1391,296 @@ int agent_driver_stats(agent_driver *drv, agent_domain_stats **out, size_t *out_
         return cl_error_set(err, CL_E_INTERNAL, "out of memory");
     *out = v;
     *out_n = k;
+    return 0;
+}
+
+/* ---- issue 5: capabilities, image properties, LXC root file systems, live resize ---- */
+
+int agent_driver_host_caps(agent_driver *drv, agent_host_caps *out, cl_error *err)
+{
+    _cleanup_conn_ virConnectPtr c = NULL;
+    unsigned long version = 0;
+    virNodeInfo info;
+    int r = conn_get(drv, &c, err);
+    if (r < 0)
+        return r;
+
+    memset(out, 0, sizeof(*out));
+    if (virConnectGetVersion(c, &version) < 0)
+        return lv_fail(err, "cannot read the hypervisor version");
+    out->hypervisor_version = (int64_t)version;
+    _cleanup_free_ char *caps = virConnectGetCapabilities(c);
+    if (caps)
+        (void)agent_caps_parse(caps, out->cpu_arch, sizeof(out->cpu_arch), out->cpu_model,
+                               sizeof(out->cpu_model));
+    else
+        virResetLastError();
+    /* Node info names the architecture too ("x86_64"), for drivers without <host><cpu>. */
+    if (!out->cpu_arch[0] && virNodeGetInfo(c, &info) == 0)
+        cl_strlcpy(out->cpu_arch, info.model, sizeof(out->cpu_arch));
+    return 0;
+}
+
+/* <instances_dir>/<uuid>/<file>; false when it does not fit. */
+static bool inst_path(const agent_driver *drv, const char *uuid, const char *file, char *out,
+                      size_t len)
+{
+    return (size_t)snprintf(out, len, "%s/%s/%s", drv->instances_dir, uuid, file) < len;
+}
+
+int agent_driver_set_image_props(agent_driver *drv, const char *uuid,
+                                 const cl_msg_image_props *props, cl_error *err)
+{
+    char path[4096], tmp[4200];
+    if (!cl_uuid_valid(uuid))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "instance uuid is not a UUID");
+    if (drv->hv == AGENT_HV_TEST)
+        return 0;
+    int r = make_instance_dir(drv->instances_dir, uuid, err);
+    if (r < 0)
+        return r;
+    _cleanup_json_ json_object *o = json_object_new_object();
+    if (!o || cl_msg_spawn_set_image_props(o, props) < 0)
+        return cl_error_set(err, CL_E_INTERNAL, "out of memory");
+    if (!inst_path(drv, uuid, "image_properties.json", path, sizeof(path)))
+        return cl_error_set(err, CL_E_INTERNAL, "instances_dir path too long"), -ENAMETOOLONG;
+    /* Written aside and renamed: a crash never leaves half a file to misread. */
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return cl_error_set(err, CL_E_INTERNAL, "cannot write %s: %s", tmp, strerror(errno)),
+               -EIO;
+    bool ok = fputs(cl_json_dump(o), f) >= 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0) {
+        unlink(tmp);
+        return cl_error_set(err, CL_E_INTERNAL, "cannot write %s", path), -EIO;
+    }
+    return 0;
+}
+
+/* The remembered image properties (all empty when none). */
+static void load_image_props(agent_driver *drv, const char *uuid, cl_msg_image_props *out)
+{
+    char path[4096];
+    cl_error err = {0};
+    memset(out, 0, sizeof(*out));
+    if (drv->hv == AGENT_HV_TEST || !inst_path(drv, uuid, "image_properties.json", path,
+                                               sizeof(path)))
+        return;
+    _cleanup_json_ json_object *o = json_object_from_file(path);
+    if (o && cl_msg_spawn_get_image_props(o, out, NULL, &err) < 0)
+        cl_warn(MOD, "instance %s: ignoring %s: %s", uuid, path, err.message);
+}
+
+static bool exists_nofollow(const char *path)
+{
+    struct stat sb;
+    return lstat(path, &sb) == 0;
+}
+
+/* LXC: the container's root file system, extracted once from the image's tar
+ * (<image_dir>/<image_ref>/rootfs.tar[.gz]) into <uuid>/rootfs.tmp and renamed into place,
+ * so a half-extracted tree is never booted and a redefine reuses the finished one. */
+static int prepare_rootfs(agent_driver *drv, const cl_msg_instance *inst, char *rootfs,
+                          cl_error *err)
+{
+    static const char *const names[] = {"rootfs.tar", "rootfs.tar.gz", "rootfs.tgz"};
+    char tar[4096] = "", tmp[4200];
+    struct stat sb;
+
+    if (!inst_path(drv, inst->uuid, "rootfs", rootfs, 4096))
+        return cl_error_set(err, CL_E_INTERNAL, "instances_dir path too long"), -ENAMETOOLONG;
+    if (stat(rootfs, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return 0;
+    if (!drv->image_dir[0] || !image_ref_ok(inst->image_ref))
+        return cl_error_set(err, CL_E_NOT_FOUND, "a container needs an image with a root "
+                            "file system (image_dir is not set)"), -ENOENT;
+    for (size_t i = 0; i < CL_ARRAY_SIZE(names) && !tar[0]; i++) {
+        char p[4096];
+        if ((size_t)snprintf(p, sizeof(p), "%s/%s/%s", drv->image_dir, inst->image_ref,
+                             names[i]) < sizeof(p) && is_file(p))
+            cl_strlcpy(tar, p, sizeof(tar));
+    }
+    if (!tar[0])
+        return cl_error_set(err, CL_E_NOT_FOUND, "image %s has no root file system (%s/%s/"
+                            "rootfs.tar)", inst->image_ref, drv->image_dir, inst->image_ref),
+               -ENOENT;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", rootfs);
+    char *rm[] = {"rm", "-rf", "--one-file-system", tmp, NULL};
+    (void)run(rm, err);
+    if (mkdir(tmp, 0755) < 0)
+        return cl_error_set(err, CL_E_INTERNAL, "cannot create %s: %s", tmp, strerror(errno)),
+               -errno;
+    char *argv[] = {"tar", "-xf", tar, "-C", tmp, "--numeric-owner", NULL};
+    int r = run(argv, err);
+    if (r == 0 && rename(tmp, rootfs) < 0) {
+        cl_error_set(err, CL_E_INTERNAL, "cannot rename %s: %s", tmp, strerror(errno));
+        r = -EIO;
+    }
+    if (r < 0)
+        (void)run(rm, &(cl_error){0});
+    return r;
+}
+
+/* Remove an LXC container's root file system (never crossing into another mount). */
+static void remove_rootfs(const char *dir, const char *uuid)
+{
+    static const char *const names[] = {"rootfs", "rootfs.tmp"};
+    for (size_t i = 0; i < CL_ARRAY_SIZE(names); i++) {
+        char path[4096];
+        struct stat sb;
+        snprintf(path, sizeof(path), "%s/%s/%s", dir, uuid, names[i]);
+        if (lstat(path, &sb) < 0 || !S_ISDIR(sb.st_mode))
+            continue;
+        char *rm[] = {"rm", "-rf", "--one-file-system", path, NULL};
+        cl_error err = {0};
+        if (run(rm, &err) < 0)
+            cl_warn(MOD, "cannot remove %s: %s", path, err.message);
+    }
+}
+
+/* What a domain needs beyond the QEMU boot files: Xen's vm_mode, an LXC root file system
+ * and init, and the live resize headroom. rootfs (4096) and init (128) back boot's
+ * pointers. */
+static int prepare_hv(agent_driver *drv, virConnectPtr c, const cl_msg_instance *inst,
+                      agent_boot *boot, cl_msg_image_props *props, char *rootfs, char *init,
+                      cl_error *err)
+{
+    load_image_props(drv, inst->uuid, props);
+    if (drv->hv == AGENT_HV_XEN) {
+        boot->vm_mode = props->vm_mode;
+        boot->network = NULL;   /* a QEMU NAT network is not a Xen bridge */
+        boot->user_net = false;
+        if (props->os_command_line[0])
+            boot->cmdline = props->os_command_line;
+        else if (agent_vm_mode_is_pv(props->vm_mode) && boot->cmdline)
+            boot->cmdline = "console=hvc0 root=/dev/xvda";
+    }
+    if (drv->hv == AGENT_HV_LXC) {
+        int r = prepare_rootfs(drv, inst, rootfs, err);
+        if (r < 0)
+            return r;
+        boot->rootfs = rootfs;
+        /* The image's init, else /sbin/init when the tree has one, else a shell. */
+        char p[4200];
+        snprintf(p, sizeof(p), "%s/sbin/init", rootfs);
+        cl_strlcpy(init, props->init[0] ? props->init
+                         : exists_nofollow(p) ? "/sbin/init" : "/bin/sh", 128);
+        boot->init = init;
+    }
+    if (drv->live_resize) {
+        virNodeInfo info;
+        if (virNodeGetInfo(c, &info) == 0) {
+            int64_t host_mb = (int64_t)(info.memory / 1024);
+            int64_t want = inst->flavor.ram_mb * 4;
+            boot->max_vcpus = info.cpus;
+            boot->max_ram_mb = want < host_mb ? want : host_mb;
+        } else {
+            virResetLastError();
+        }
+    }
+    return 0;
+}
+
+/* virDomainSetMetadata puts the element into the namespace itself and fails on one that
+ * declares it already: drop the "nube:" prefixes and the xmlns declaration in place
+ * (user text is escaped, so "<nube:" only ever starts a tag). */
+static void strip_prefix(char *xml)
+{
+    static const char decl[] = " xmlns:" NUBE_XMLNS_PREFIX "=\"" NUBE_XMLNS "\"";
+    static const char open_tag[] = "<" NUBE_XMLNS_PREFIX ":";
+    static const char close_tag[] = "</" NUBE_XMLNS_PREFIX ":";
+    char *w = xml;
+    for (const char *r = xml; *r;) {
+        if (strncmp(r, decl, sizeof(decl) - 1) == 0) {
+            r += sizeof(decl) - 1;
+        } else if (strncmp(r, open_tag, sizeof(open_tag) - 1) == 0) {
+            *w++ = '<';
+            r += sizeof(open_tag) - 1;
+        } else if (strncmp(r, close_tag, sizeof(close_tag) - 1) == 0) {
+            *w++ = '<';
+            *w++ = '/';
+            r += sizeof(close_tag) - 1;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+}
+
+/* virDomainSetVcpusFlags / SetMemoryFlags with flags; drivers that take LIVE and CONFIG
+ * only one at a time (the test driver) get them one after the other. */
+static int set_both(virDomainPtr dom, bool vcpus, unsigned long v, unsigned flags)
+{
+    int r = vcpus ? virDomainSetVcpusFlags(dom, (unsigned)v, flags)
+                  : virDomainSetMemoryFlags(dom, v, flags);
+    unsigned both = VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG;
+    if (r == 0 || (flags & both) != both || virGetLastErrorCode() != VIR_ERR_INVALID_ARG)
+        return r;
+    virResetLastError();
+    for (int i = 0; i < 2; i++) {
+        unsigned f = i == 0 ? VIR_DOMAIN_AFFECT_LIVE : VIR_DOMAIN_AFFECT_CONFIG;
+        r = vcpus ? virDomainSetVcpusFlags(dom, (unsigned)v, f)
+                  : virDomainSetMemoryFlags(dom, v, f);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int agent_driver_live_resize(agent_driver *drv, const cl_msg_instance *spec, cl_error *err)
+{
+    _cleanup_conn_ virConnectPtr c = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+    const cl_flavor *fl = &spec->flavor;
+    int r;
+
+    if (!cl_uuid_valid(spec->uuid))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "instance uuid is not a UUID");
+    r = conn_get(drv, &c, err);
+    if (r < 0)
+        return r;
+    r = lookup(c, spec->uuid, &dom, err);
+    if (r < 0)
+        return r == -ENOENT ? (cl_error_set(err, CL_E_NOT_FOUND, "no domain for instance %s",
+                                            spec->uuid), -ENOENT) : r;
+    if (!dom_is_nube(dom))
+        return cl_error_set(err, CL_E_FORBIDDEN, "domain %s is not managed by nube",
+                            spec->uuid), -EPERM;
+
+    int active = virDomainIsActive(dom);
+    unsigned flags = active == 1 ? VIR_DOMAIN_AFFECT_LIVE | VIR_DOMAIN_AFFECT_CONFIG
+                                 : VIR_DOMAIN_AFFECT_CONFIG;
+    int max_vcpus = virDomainGetVcpusFlags(dom, VIR_DOMAIN_AFFECT_CONFIG |
+                                                VIR_DOMAIN_VCPU_MAXIMUM);
+    unsigned long max_kib = virDomainGetMaxMemory(dom);
+    if (max_vcpus < 0 || max_kib == 0)
+        return lv_fail(err, "cannot read the domain's maximums");
+    if (fl->vcpus > max_vcpus)
+        return cl_error_set(err, CL_E_CONFLICT, "%" PRId64 " vCPUs exceed the domain's "
+                            "maximum of %d (a cold resize can)", fl->vcpus, max_vcpus),
+               -ERANGE;
+    if ((unsigned long long)fl->ram_mb * 1024 > max_kib)
+        return cl_error_set(err, CL_E_CONFLICT, "%" PRId64 " MB exceed the domain's maximum "
+                            "memory of %lu MB (a cold resize can)", fl->ram_mb, max_kib / 1024),
+               -ERANGE;
+    if (set_both(dom, true, (unsigned long)fl->vcpus, flags) < 0 ||
+        set_both(dom, false, (unsigned long)fl->ram_mb * 1024, flags) < 0) {
+        bool unsupported = virGetLastErrorCode() == VIR_ERR_NO_SUPPORT ||
+                           virGetLastErrorCode() == VIR_ERR_OPERATION_INVALID;
+        r = lv_fail(err, "cannot change vCPUs/memory live");
+        return unsupported ? -ENOTSUP : r;
+    }
+    /* The metadata carries the flavor a restarted agent adopts the domain with. */
+    _cleanup_free_ char *md = NULL;
+    if (agent_metadata_xml(spec, &md, err) < 0)
+        return -EINVAL;
+    strip_prefix(md);
+    if (virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, md, NUBE_XMLNS_PREFIX,
+                             NUBE_XMLNS, flags) < 0)
+        return lv_fail(err, "cannot update the nube metadata");
+    cl_info(MOD, "instance %s resized live to %" PRId64 " vCPUs, %" PRId64 " MB", spec->uuid,
+            fl->vcpus, fl->ram_mb);
     return 0;
 }

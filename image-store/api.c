@@ -58,7 +58,7 @@ typedef struct img_upload {
     img_service *svc;
     char id[CL_UUID_LEN];
     img_blob_writer *w;
-    img_inspector *insp;
+    cl_img_inspector *insp;
     uint64_t received;
     uint64_t limit;          /* bytes allowed: min(max_image_bytes, quota left) */
     bool limit_is_quota;
@@ -327,6 +327,44 @@ static void api_schema(img_req *req, bool plural)
     img_resp_json(req, 200, s);
 }
 
+/* The member schema the stock client reads before `image add project` and friends. */
+static void api_member_schema(img_req *req, bool plural)
+{
+    json_object *m = json_object_new_object(), *p = json_object_new_object();
+    json_object *st = schema_prop("string", "The status of this image member"), *en;
+
+    json_object_object_add(p, "created_at", schema_prop("string", "Date and time of image "
+                                                                  "member creation"));
+    json_object_object_add(p, "updated_at", schema_prop("string", "Date and time of last "
+                                                                  "modification of image "
+                                                                  "member"));
+    json_object_object_add(p, "image_id", schema_prop("string", "An identifier for the "
+                                                                "image"));
+    json_object_object_add(p, "member_id", schema_prop("string", "An identifier for the "
+                                                                 "image member (tenantId)"));
+    en = json_object_new_array();
+    json_object_array_add(en, json_object_new_string("pending"));
+    json_object_array_add(en, json_object_new_string("accepted"));
+    json_object_array_add(en, json_object_new_string("rejected"));
+    json_object_object_add(st, "enum", en);
+    json_object_object_add(p, "status", st);
+    json_object_object_add(p, "schema", schema_prop("string", "schema url"));
+    json_object_object_add(m, "name", json_object_new_string("member"));
+    json_object_object_add(m, "properties", p);
+    if (plural) {
+        json_object *s = json_object_new_object(), *pp = json_object_new_object(),
+                    *items = json_object_new_object();
+        json_object_object_add(items, "type", json_object_new_string("array"));
+        json_object_object_add(items, "items", m);
+        json_object_object_add(pp, "members", items);
+        json_object_object_add(pp, "schema", schema_prop("string", "schema url"));
+        json_object_object_add(s, "name", json_object_new_string("members"));
+        json_object_object_add(s, "properties", pp);
+        m = s;
+    }
+    img_resp_json(req, 200, m);
+}
+
 /* ---------------------------------------------------------------- load helpers */
 
 /* Load an image the caller may see, or answer 404 (also for invisible ones, so ids of
@@ -403,8 +441,8 @@ static int set_attr(img_service *svc, img_req *req, img_record *r, const char *k
         if (!s)
             return cl_error_set(err, CL_E_BAD_REQUEST, "Invalid %s: expected a string", key);
         if (disk) {
-            img_format f;
-            int rc = img_format_parse(s, &f);
+            cl_img_format f;
+            int rc = cl_img_format_parse(s, &f);
             if (rc == -ENOTSUP)
                 return cl_error_set(err, CL_E_BAD_REQUEST, "disk_format '%s' is not "
                                     "accepted by this cloud; convert the image with "
@@ -504,6 +542,10 @@ static void api_create(img_service *svc, img_req *req)
     char loc[400], base[300];
     int rc;
 
+    if (req->who.read_only) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "A reader cannot create images");
+        return;
+    }
     if (cl_json_parse_object(req->body ? req->body : "", req->body_len, &body, &err) < 0) {
         img_resp_error(req, &err);
         return;
@@ -858,6 +900,236 @@ static void api_tag(img_service *svc, img_req *req, const char *id, const char *
         img_resp_empty(req, 204);
 }
 
+/* ---------------------------------------------------------------- members */
+
+/* How the caller stands towards a shared image's member list. */
+typedef enum { MEMB_NONE, MEMB_MEMBER, MEMB_OWNER } memb_role;
+
+#define MAX_MEMBER_ID 63
+
+/* Load image id for the members routes: its owner (or an admin) manages the list; a
+ * project on the list (whatever its status: a pending member must be able to accept)
+ * sees and answers its own entry; anyone else gets 404, as for an invisible image.
+ * Call under the lock. */
+static int load_for_members(img_service *svc, img_req *req, const char *id, img_record *r,
+                            memb_role *role)
+{
+    img_member m;
+    int rc = cl_uuid_valid(id) ? img_db_get(svc->db, id, r) : -ENOENT;
+
+    if (rc == 0) {
+        if (req->who.is_admin || strcmp(req->who.project_id, r->owner) == 0)
+            *role = MEMB_OWNER;
+        else if (img_db_member_get(svc->db, id, req->who.project_id, &m) == 0)
+            *role = MEMB_MEMBER;
+        else if (img_can_see(&req->who, r->owner, r->visibility, false))
+            *role = MEMB_NONE;
+        else
+            rc = -ENOENT;
+    }
+    if (rc == -ENOENT)
+        img_resp_errorf(req, CL_E_NOT_FOUND, "No image found with ID %s", id);
+    else if (rc < 0)
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+    if (rc < 0)
+        img_record_clear(r);
+    return rc;
+}
+
+static void answer_member(img_service *svc, img_req *req, int status, const char *id,
+                          const char *member)
+{
+    img_member m;
+    int rc = img_db_member_get(svc->db, id, member, &m);
+
+    if (rc == 0)
+        img_resp_json(req, status, img_member_to_json(&m));
+    else
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+}
+
+static void api_member_create(img_service *svc, img_req *req, const char *id)
+{
+    _cleanup_json_ json_object *body = NULL;
+    img_record r = {0};
+    cl_error err = {0};
+    memb_role role = MEMB_NONE;
+    const char *member;
+    json_object *v;
+    int rc;
+
+    if (cl_json_parse_object(req->body ? req->body : "", req->body_len, &body, &err) < 0) {
+        img_resp_error(req, &err);
+        return;
+    }
+    v = json_object_object_get(body, "member");
+    member = v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+    if (!member || !member[0] || strlen(member) > MAX_MEMBER_ID) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "Give the member project as {\"member\": "
+                        "\"<project id>\"} (1 to %d characters)", MAX_MEMBER_ID);
+        return;
+    }
+    lock(svc);
+    if (load_for_members(svc, req, id, &r, &role) < 0)
+        goto out;
+    if (role != MEMB_OWNER || !img_can_modify(&req->who, r.owner)) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "Only the owner of image %s can add members", id);
+    } else if (r.visibility != IMG_VIS_SHARED) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "Only shared images have members; image %s is "
+                        "%s (set visibility to shared first)", id,
+                        img_visibility_name(r.visibility));
+    } else if (strcmp(member, r.owner) == 0) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "The owner of an image cannot be a member "
+                        "of it");
+    } else if ((rc = img_db_member_insert(svc->db, id, member)) == -EEXIST) {
+        img_resp_errorf(req, CL_E_CONFLICT, "Project %s is already a member of image %s",
+                        member, id);
+    } else if (rc < 0) {
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+    } else {
+        cl_info("image.api", "image %s shared with project %s (pending)", id, member);
+        answer_member(svc, req, 200, id, member);
+    }
+out:
+    unlock(svc);
+    img_record_clear(&r);
+}
+
+static void api_member_list(img_service *svc, img_req *req, const char *id)
+{
+    img_record r = {0};
+    memb_role role = MEMB_NONE;
+    json_object *arr = NULL, *doc;
+    int rc;
+
+    lock(svc);
+    if (load_for_members(svc, req, id, &r, &role) < 0)
+        goto out;
+    if (r.visibility != IMG_VIS_SHARED) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "Only shared images have members; image %s is "
+                        "%s", id, img_visibility_name(r.visibility));
+        goto out;
+    }
+    /* A member sees its own entry only: who else an image is shared with is the
+     * owner's business. */
+    rc = img_db_member_list(svc->db, id, role == MEMB_OWNER ? NULL : req->who.project_id,
+                            &arr);
+    if (rc < 0) {
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+        goto out;
+    }
+    doc = json_object_new_object();
+    json_object_object_add(doc, "members", arr);
+    json_object_object_add(doc, "schema", json_object_new_string("/v2/schemas/members"));
+    img_resp_json(req, 200, doc);
+out:
+    unlock(svc);
+    img_record_clear(&r);
+}
+
+/* The member route's caller may look at entry `member`: the owner, or that member. */
+static bool may_see_member(const img_req *req, memb_role role, const char *member)
+{
+    return role == MEMB_OWNER || strcmp(req->who.project_id, member) == 0;
+}
+
+static void api_member_show(img_service *svc, img_req *req, const char *id,
+                            const char *member)
+{
+    img_record r = {0};
+    img_member m;
+    memb_role role = MEMB_NONE;
+
+    lock(svc);
+    if (load_for_members(svc, req, id, &r, &role) < 0)
+        goto out;
+    if (!may_see_member(req, role, member) || img_db_member_get(svc->db, id, member, &m) < 0)
+        img_resp_errorf(req, CL_E_NOT_FOUND, "Project %s is not a member of image %s",
+                        member, id);
+    else
+        img_resp_json(req, 200, img_member_to_json(&m));
+out:
+    unlock(svc);
+    img_record_clear(&r);
+}
+
+static void api_member_update(img_service *svc, img_req *req, const char *id,
+                              const char *member)
+{
+    _cleanup_json_ json_object *body = NULL;
+    img_record r = {0};
+    img_member m;
+    cl_error err = {0};
+    memb_role role = MEMB_NONE;
+    const char *status;
+    json_object *v;
+    int rc;
+
+    if (cl_json_parse_object(req->body ? req->body : "", req->body_len, &body, &err) < 0) {
+        img_resp_error(req, &err);
+        return;
+    }
+    v = json_object_object_get(body, "status");
+    status = v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+    if (strcmp(status, "accepted") != 0 && strcmp(status, "rejected") != 0 &&
+        strcmp(status, "pending") != 0) {
+        img_resp_errorf(req, CL_E_BAD_REQUEST, "Invalid member status '%s'; use accepted, "
+                        "rejected or pending", status);
+        return;
+    }
+    lock(svc);
+    if (load_for_members(svc, req, id, &r, &role) < 0)
+        goto out;
+    if (!may_see_member(req, role, member) || img_db_member_get(svc->db, id, member, &m) < 0) {
+        img_resp_errorf(req, CL_E_NOT_FOUND, "Project %s is not a member of image %s",
+                        member, id);
+    } else if (strcmp(req->who.project_id, member) != 0 && !req->who.is_admin) {
+        /* Glance's rule: the owner offers, only the member decides. */
+        img_resp_errorf(req, CL_E_FORBIDDEN, "Only project %s can accept or reject its "
+                        "membership of image %s", member, id);
+    } else if (req->who.read_only) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "A reader cannot change a membership");
+    } else if ((rc = img_db_member_set_status(svc->db, id, member, status)) < 0) {
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+    } else {
+        cl_info("image.api", "project %s %s image %s", member, status, id);
+        answer_member(svc, req, 200, id, member);
+    }
+out:
+    unlock(svc);
+    img_record_clear(&r);
+}
+
+static void api_member_delete(img_service *svc, img_req *req, const char *id,
+                              const char *member)
+{
+    img_record r = {0};
+    memb_role role = MEMB_NONE;
+    int rc;
+
+    lock(svc);
+    if (load_for_members(svc, req, id, &r, &role) < 0)
+        goto out;
+    if (!may_see_member(req, role, member)) {
+        img_resp_errorf(req, CL_E_NOT_FOUND, "Project %s is not a member of image %s",
+                        member, id);
+    } else if (role != MEMB_OWNER || !img_can_modify(&req->who, r.owner)) {
+        img_resp_errorf(req, CL_E_FORBIDDEN, "Only the owner of image %s can remove members",
+                        id);
+    } else if ((rc = img_db_member_delete(svc->db, id, member)) == -ENOENT) {
+        img_resp_errorf(req, CL_E_NOT_FOUND, "Project %s is not a member of image %s",
+                        member, id);
+    } else if (rc < 0) {
+        img_resp_errorf(req, CL_E_INTERNAL, "The image database failed (%s)", strerror(-rc));
+    } else {
+        cl_info("image.api", "project %s removed from image %s", member, id);
+        img_resp_empty(req, 204);
+    }
+out:
+    unlock(svc);
+    img_record_clear(&r);
+}
+
 /* ---------------------------------------------------------------- download */
 
 /* Parse a single "bytes=a-b" / "bytes=a-" / "bytes=-n" range. 0 ok, -EINVAL ignore the
@@ -962,7 +1234,7 @@ static void upload_free(img_upload *up)
     if (!up)
         return;
     img_blob_writer_free(up->w);
-    img_inspector_free(up->insp);
+    cl_img_inspector_free(up->insp);
     free(up);
 }
 
@@ -989,7 +1261,7 @@ static int upload_begin(img_service *svc, img_req *req, const char *id,
 {
     img_upload *up;
     img_record r = {0};
-    img_format declared;
+    cl_img_format declared;
     int64_t count = 0, used = 0;
     uint64_t quota_left;
     int rc;
@@ -1003,7 +1275,7 @@ static int upload_begin(img_service *svc, img_req *req, const char *id,
         return rc;
     }
     if (!r.disk_format[0] || !r.container_format[0] ||
-        img_format_parse(r.disk_format, &declared) < 0) {
+        cl_img_format_parse(r.disk_format, &declared) < 0) {
         img_resp_errorf(req, CL_E_BAD_REQUEST, "Set disk_format and container_format on "
                         "image %s before uploading its data", id);
         rc = -EINVAL;
@@ -1043,7 +1315,7 @@ static int upload_begin(img_service *svc, img_req *req, const char *id,
             up->limit = quota_left;
             up->limit_is_quota = true;
         }
-        up->insp = img_inspector_new(declared, svc->max_virtual_size);
+        up->insp = cl_img_inspector_new(declared, svc->max_virtual_size);
         rc = up->insp ? img_blob_writer_new(&svc->blobs, &up->w) : -ENOMEM;
     }
     if (!up || rc < 0) {
@@ -1078,8 +1350,8 @@ static int upload_chunk(img_upload *up, const char *data, size_t len)
                  : "The image is larger than the limit of %" PRIu64 " bytes", up->limit);
         return upload_refuse(svc, up, CL_E_TOO_LARGE, msg);
     }
-    if (img_inspector_feed(up->insp, data, len) < 0)
-        return upload_refuse(svc, up, CL_E_BAD_REQUEST, img_inspector_reason(up->insp));
+    if (cl_img_inspector_feed(up->insp, data, len) < 0)
+        return upload_refuse(svc, up, CL_E_BAD_REQUEST, cl_img_inspector_reason(up->insp));
     rc = img_blob_writer_write(up->w, data, len);
     if (rc < 0) {
         snprintf(msg, sizeof(msg), "The image store could not write the data (%s)",
@@ -1094,14 +1366,14 @@ static void upload_end(img_upload *up, img_req *req)
 {
     img_service *svc = up->svc;
     img_blob_info info;
-    img_format fmt;
+    cl_img_format fmt;
     uint64_t vsize = 0;
     img_record r = {0};
     char msg[CL_ERROR_MSG_MAX];
     int rc;
 
-    if (!up->refused && img_inspector_finish(up->insp, &fmt, &vsize) < 0)
-        upload_refuse(svc, up, CL_E_BAD_REQUEST, img_inspector_reason(up->insp));
+    if (!up->refused && cl_img_inspector_finish(up->insp, &fmt, &vsize) < 0)
+        upload_refuse(svc, up, CL_E_BAD_REQUEST, cl_img_inspector_reason(up->insp));
     if (!up->refused && (rc = img_blob_writer_seal(up->w, &info)) < 0) {
         snprintf(msg, sizeof(msg), "The image store could not store the data (%s)",
                  strerror(-rc));
@@ -1144,7 +1416,7 @@ static void upload_end(img_upload *up, img_req *req)
     } else {
         atomic_fetch_add(&svc->uploads_ok, 1);
         cl_info("image.upload", "image %s active: %" PRIu64 " bytes, %s, sha256 %s", up->id,
-                info.size, img_format_name(fmt), info.sha256);
+                info.size, cl_img_format_name(fmt), info.sha256);
         img_resp_empty(req, 204);
     }
 out:
@@ -1289,6 +1561,15 @@ static void r_schema_images(const cl_http_req *hr, cl_http_resp *resp, void *ud)
         api_schema(&req, true);
 }
 
+static void r_schema_member(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) == 0)
+        api_member_schema(&req, strcmp(hr->path, "/v2/schemas/members") == 0);
+}
+
 static void r_list(const cl_http_req *hr, cl_http_resp *resp, void *ud)
 {
     img_req req;
@@ -1353,6 +1634,35 @@ static void r_tag(const cl_http_req *hr, cl_http_resp *resp, void *ud)
                 strcmp(hr->method, "PUT") == 0);
 }
 
+static void r_members(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) < 0)
+        return;
+    if (strcmp(hr->method, "POST") == 0)
+        api_member_create(ud, &req, cl_http_req_param(hr, "id"));
+    else
+        api_member_list(ud, &req, cl_http_req_param(hr, "id"));
+}
+
+static void r_member(const cl_http_req *hr, cl_http_resp *resp, void *ud)
+{
+    img_req req;
+    const char *id = cl_http_req_param(hr, "id"), *member = cl_http_req_param(hr, "member");
+
+    req_init(&req, hr, resp);
+    if (img_req_auth(ud, &req) < 0)
+        return;
+    if (strcmp(hr->method, "PUT") == 0)
+        api_member_update(ud, &req, id, member);
+    else if (strcmp(hr->method, "DELETE") == 0)
+        api_member_delete(ud, &req, id, member);
+    else
+        api_member_show(ud, &req, id, member);
+}
+
 const cl_http_route img_api_routes[] = {
     {"GET", "/", r_root},
     {"GET", "/versions", r_versions},
@@ -1366,6 +1676,13 @@ const cl_http_route img_api_routes[] = {
     {"GET", "/v2/images/{id}/file", r_download},
     {"PUT", "/v2/images/{id}/tags/{tag}", r_tag},
     {"DELETE", "/v2/images/{id}/tags/{tag}", r_tag},
+    {"POST", "/v2/images/{id}/members", r_members},
+    {"GET", "/v2/images/{id}/members", r_members},
+    {"GET", "/v2/images/{id}/members/{member}", r_member},
+    {"PUT", "/v2/images/{id}/members/{member}", r_member},
+    {"DELETE", "/v2/images/{id}/members/{member}", r_member},
+    {"GET", "/v2/schemas/member", r_schema_member},
+    {"GET", "/v2/schemas/members", r_schema_member},
 };
 const size_t img_api_nroutes = CL_ARRAY_SIZE(img_api_routes);
 

@@ -70,11 +70,12 @@ bool img_can_see(const img_identity *who, const char *owner, img_visibility vis,
 }
 
 /**
- * img_can_modify - only the owner project (or admin) changes or deletes an image.
+ * img_can_modify - only the owner project (a member or admin there, not a reader) or an
+ * admin changes or deletes an image.
  */
 bool img_can_modify(const img_identity *who, const char *owner)
 {
-    return who->is_admin || strcmp(who->project_id, owner) == 0;
+    return who->is_admin || (!who->read_only && strcmp(who->project_id, owner) == 0);
 }
 
 const cl_db_migration img_db_migrations[] = {
@@ -107,6 +108,9 @@ const cl_db_migration img_db_migrations[] = {
         " member TEXT NOT NULL,"
         " status TEXT NOT NULL DEFAULT 'pending',"
         " PRIMARY KEY (image_id, member));"},
+    /* The members API reports when a membership was made and last changed. */
+    {2, "ALTER TABLE image_members ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE image_members ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;"},
 };
 const size_t img_db_nmigrations = CL_ARRAY_SIZE(img_db_migrations);
 
@@ -370,14 +374,157 @@ int img_db_add_member(cl_db *db, const char *id, const char *project, const char
 {
     _cleanup_stmt_ sqlite3_stmt *st = NULL;
     int rc = cl_db_prepare(db, "INSERT OR REPLACE INTO image_members (image_id, member,"
-                               " status) VALUES (?, ?, ?)", &st);
+                               " status, created_at, updated_at) VALUES (?, ?, ?, ?4, ?4)",
+                           &st);
 
     if (rc < 0)
         return rc;
     cl_db_bind_text(st, 1, id);
     cl_db_bind_text(st, 2, project);
     cl_db_bind_text(st, 3, status);
+    cl_db_bind_int64(st, 4, cl_now_ms());
     return cl_db_step_done(st);
+}
+
+static void row_to_member(sqlite3_stmt *st, img_member *m)
+{
+    memset(m, 0, sizeof(*m));
+    cl_db_column_text(st, 0, m->image_id, sizeof(m->image_id));
+    cl_db_column_text(st, 1, m->member, sizeof(m->member));
+    cl_db_column_text(st, 2, m->status, sizeof(m->status));
+    m->created_at = sqlite3_column_int64(st, 3);
+    m->updated_at = sqlite3_column_int64(st, 4);
+}
+
+#define MEMBER_COLS "image_id, member, status, created_at, updated_at"
+
+/**
+ * img_db_member_get - one membership of an image.
+ */
+int img_db_member_get(cl_db *db, const char *id, const char *member, img_member *out)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int rc = cl_db_prepare(db, "SELECT " MEMBER_COLS " FROM image_members"
+                               " WHERE image_id = ? AND member = ?", &st);
+
+    if (rc < 0)
+        return rc;
+    cl_db_bind_text(st, 1, id);
+    cl_db_bind_text(st, 2, member);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return -ENOENT;
+    if (rc != SQLITE_ROW)
+        return cl_db_errno(rc);
+    row_to_member(st, out);
+    return 0;
+}
+
+/**
+ * img_db_member_insert - a new membership, pending until the member accepts it.
+ */
+int img_db_member_insert(cl_db *db, const char *id, const char *member)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int rc = cl_db_prepare(db, "INSERT INTO image_members (image_id, member, status,"
+                               " created_at, updated_at) VALUES (?, ?, 'pending', ?3, ?3)",
+                           &st);
+
+    if (rc < 0)
+        return rc;
+    cl_db_bind_text(st, 1, id);
+    cl_db_bind_text(st, 2, member);
+    cl_db_bind_int64(st, 3, cl_now_ms());
+    return cl_db_step_done(st); /* -EEXIST on the primary key */
+}
+
+/**
+ * img_db_member_set_status - accept, reject or reset a membership.
+ */
+int img_db_member_set_status(cl_db *db, const char *id, const char *member,
+                             const char *status)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int rc = cl_db_prepare(db, "UPDATE image_members SET status = ?3, updated_at = ?4"
+                               " WHERE image_id = ?1 AND member = ?2", &st);
+
+    if (rc < 0)
+        return rc;
+    cl_db_bind_text(st, 1, id);
+    cl_db_bind_text(st, 2, member);
+    cl_db_bind_text(st, 3, status);
+    cl_db_bind_int64(st, 4, cl_now_ms());
+    rc = cl_db_step_done(st);
+    if (rc == 0 && cl_db_changes(db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
+/**
+ * img_db_member_delete - end a membership.
+ */
+int img_db_member_delete(cl_db *db, const char *id, const char *member)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    int rc = cl_db_prepare(db, "DELETE FROM image_members WHERE image_id = ? AND member = ?",
+                           &st);
+
+    if (rc < 0)
+        return rc;
+    cl_db_bind_text(st, 1, id);
+    cl_db_bind_text(st, 2, member);
+    rc = cl_db_step_done(st);
+    if (rc == 0 && cl_db_changes(db) == 0)
+        return -ENOENT;
+    return rc;
+}
+
+/**
+ * img_db_member_list - the memberships of an image, oldest first.
+ */
+int img_db_member_list(cl_db *db, const char *id, const char *member, json_object **out)
+{
+    _cleanup_stmt_ sqlite3_stmt *st = NULL;
+    json_object *arr;
+    int rc = cl_db_prepare(db, "SELECT " MEMBER_COLS " FROM image_members WHERE image_id = ?1"
+                               " AND (?2 IS NULL OR member = ?2) ORDER BY created_at, member",
+                           &st);
+
+    if (rc < 0)
+        return rc;
+    cl_db_bind_text(st, 1, id);
+    cl_db_bind_text(st, 2, member);
+    arr = json_object_new_array();
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        img_member m;
+        row_to_member(st, &m);
+        json_object_array_add(arr, img_member_to_json(&m));
+    }
+    if (rc != SQLITE_DONE) {
+        json_object_put(arr);
+        return cl_db_errno(rc);
+    }
+    *out = arr;
+    return 0;
+}
+
+/**
+ * img_member_to_json - a membership as Glance v2 shows it.
+ */
+json_object *img_member_to_json(const img_member *m)
+{
+    json_object *o = json_object_new_object();
+    char ts[40];
+
+    cl_time_iso8601(m->created_at, true, ts, sizeof(ts));
+    json_object_object_add(o, "created_at", json_object_new_string(ts));
+    cl_time_iso8601(m->updated_at, true, ts, sizeof(ts));
+    json_object_object_add(o, "updated_at", json_object_new_string(ts));
+    json_object_object_add(o, "image_id", json_object_new_string(m->image_id));
+    json_object_object_add(o, "member_id", json_object_new_string(m->member));
+    json_object_object_add(o, "status", json_object_new_string(m->status));
+    json_object_object_add(o, "schema", json_object_new_string("/v2/schemas/member"));
+    return o;
 }
 
 /* Sort keys a client may name, and the expression that sorts NULLs deterministically. */

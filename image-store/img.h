@@ -24,7 +24,8 @@
 #include "db.h"
 #include "errors.h"
 #include "http.h"
-#include "inspect.h"
+#include "image_inspect.h"
+#include "token.h"
 #include "util.h"
 
 /* ---------------- configuration ---------------- */
@@ -40,6 +41,7 @@ typedef struct img_config {
     char *db_connection;   /* "" = <state_dir>/image.db */
     char *admin_token;
     char *admin_project_id;
+    char *token_key_file;  /* "" = <state_dir>/token.key when it exists */
 } img_config;
 
 /* The declarative key table of nube-image.conf. */
@@ -103,7 +105,9 @@ int img_blob_foreach(img_blob_store *bs, void (*fn)(const char *sha256, void *ud
 
 typedef struct img_identity {
     char project_id[64];
+    char user_id[64];
     bool is_admin;
+    bool read_only; /* reader role only: may look, not create, change or delete */
 } img_identity;
 
 typedef enum {
@@ -122,7 +126,7 @@ int img_visibility_parse(const char *s, img_visibility *out);
 bool img_can_see(const img_identity *who, const char *owner, img_visibility vis,
                  bool is_member);
 
-/* May `who` change or delete it (admin or owner)? */
+/* May `who` change or delete it (admin, or a member/admin of the owner project)? */
 bool img_can_modify(const img_identity *who, const char *owner);
 
 /* ---------------- image records ---------------- */
@@ -171,8 +175,31 @@ int img_db_blob_refs(cl_db *db, const char *sha256, int64_t *out);
 int img_db_usage(cl_db *db, const char *project, int64_t *out_count, int64_t *out_bytes);
 /* Is project an accepted member of image id? */
 bool img_db_is_member(cl_db *db, const char *id, const char *project);
-/* Add a member (tests, future members API). */
+/* Add (or replace) a member with a status (pending, accepted, rejected). */
 int img_db_add_member(cl_db *db, const char *id, const char *project, const char *status);
+
+/* One membership of a shared image (Glance's member document). */
+typedef struct img_member {
+    char image_id[CL_UUID_LEN];
+    char member[64];
+    char status[16];
+    int64_t created_at, updated_at; /* unix ms */
+} img_member;
+
+/* Load one membership: 0 or -ENOENT. */
+int img_db_member_get(cl_db *db, const char *id, const char *member, img_member *out);
+/* Insert a new pending membership: 0, -EEXIST. */
+int img_db_member_insert(cl_db *db, const char *id, const char *member);
+/* Set a membership's status: 0, -ENOENT. */
+int img_db_member_set_status(cl_db *db, const char *id, const char *member,
+                             const char *status);
+/* Remove a membership: 0, -ENOENT. */
+int img_db_member_delete(cl_db *db, const char *id, const char *member);
+/* The members of image id as a new JSON array of member documents (only `member`'s own
+ * entry when member is not NULL). 0 or -errno. */
+int img_db_member_list(cl_db *db, const char *id, const char *member, json_object **out);
+/* Glance's member document (new reference). */
+json_object *img_member_to_json(const img_member *m);
 
 /* A list query (GET /v2/images). */
 typedef struct img_list_query {
@@ -243,6 +270,8 @@ struct img_service {
     img_blob_store blobs;
     cl_http_server *http;
     uint64_t max_virtual_size;
+    bool have_token_key; /* sealed tokens verified with token_key */
+    cl_token_key token_key;
     /* metrics */
     atomic_uint_fast64_t uploads_ok, uploads_refused, uploads_aborted;
     atomic_uint_fast64_t bytes_in, bytes_out;
@@ -257,8 +286,9 @@ uint16_t img_service_port(const img_service *svc);
 /* Stop listening, finish requests, free. Accepts NULL. */
 void img_service_stop(img_service *svc);
 
-/* Check an X-Auth-Token and say who it is. 0 or -EACCES (err: 401). The one place to
- * replace with signed-token verification. */
+/* Check an X-Auth-Token and say who it is: the static admin token of the config, or a
+ * sealed token (token.h) opened with the shared token key. A sealed token must be
+ * project-scoped and carry a role. 0 or -EACCES (err: 401). */
 int img_auth(const img_service *svc, const char *token, img_identity *out, cl_error *err);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * service.c - the nube-image service context: its config table, start-up with crash
- * recovery, shutdown, and authentication.
+ * recovery, shutdown, and authentication (the static admin token, and the tokens nube-api
+ * seals, verified locally with the shared token key).
  *
  * Start-up order matters for crash safety. Before the HTTP front accepts a single
  * request: temp files of interrupted uploads are deleted, images a crash left in
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cleanup.h"
 #include "img.h"
@@ -54,28 +56,76 @@ const cl_cfg_key img_config_keys[] = {
      "Token that authenticates the administrator (required)."},
     {"auth", "admin_project_id", CL_CFG_STR, "5a0c5e2b9b6f4f3e8d1c2b3a4f5e6d7c", 0, -1,
      offsetof(img_config, admin_project_id), "Project that owns the administrator's images."},
+    {"auth", "token_key_file", CL_CFG_STR, "", 0, -1, offsetof(img_config, token_key_file),
+     "Shared token key of nube-api ([auth] token_key_file there): tokens it seals are "
+     "verified locally with it (empty: <state_dir>/token.key when that file exists, else "
+     "only admin_token is accepted)."},
 };
 const size_t img_config_nkeys = CL_ARRAY_SIZE(img_config_keys);
 
 /**
- * img_auth - who is calling. For now one identity: the admin token of the config,
- * compared in constant time. The identity service's signed tokens replace this
- * function alone.
+ * img_auth - who is calling: the static admin token (compared in constant time), or a
+ * token sealed by nube-api, opened with the shared key (no round trip to Identity).
  */
 int img_auth(const img_service *svc, const char *token, img_identity *out, cl_error *err)
 {
     const char *want = svc->cfg->admin_token;
     size_t n = token ? strlen(token) : 0;
+    cl_auth a;
 
     if (!token || !token[0])
         return cl_error_set(err, CL_E_UNAUTHORIZED, "Authentication required: send a token "
                                                     "in X-Auth-Token");
-    if (n != strlen(want) || CRYPTO_memcmp(token, want, n) != 0)
+    if (n == strlen(want) && CRYPTO_memcmp(token, want, n) == 0) {
+        memset(out, 0, sizeof(*out));
+        cl_strlcpy(out->project_id, svc->cfg->admin_project_id, sizeof(out->project_id));
+        cl_strlcpy(out->user_id, "admin", sizeof(out->user_id));
+        out->is_admin = true;
+        return 0;
+    }
+    if (!svc->have_token_key || strncmp(token, CL_TOKEN_PREFIX, strlen(CL_TOKEN_PREFIX)) != 0)
         return cl_error_set(err, CL_E_UNAUTHORIZED, "The token is not valid; request a new "
                                                     "one");
+    if (cl_token_verify(&svc->token_key, token, cl_now_ms(), &a, err) < 0)
+        return -EACCES;
+    /* Images belong to projects: an unscoped token, or one without a role on its
+     * project, has nothing it may see here. */
+    if (!a.project_id[0] || a.roles == 0)
+        return cl_error_set(err, CL_E_UNAUTHORIZED, "The token is not scoped to a project "
+                                                    "with a role; request a project-scoped "
+                                                    "token");
     memset(out, 0, sizeof(*out));
-    cl_strlcpy(out->project_id, svc->cfg->admin_project_id, sizeof(out->project_id));
-    out->is_admin = true;
+    cl_strlcpy(out->project_id, a.project_id, sizeof(out->project_id));
+    cl_strlcpy(out->user_id, a.user_id, sizeof(out->user_id));
+    out->is_admin = cl_auth_is_admin(&a);
+    out->read_only = !out->is_admin && !(a.roles & CL_ROLE_BIT(CL_ROLE_MEMBER));
+    return 0;
+}
+
+/* The shared token key: the configured file must load; the default path is optional
+ * (a deployment without nube-api's key keeps working with the admin token). */
+static int load_token_key(img_service *svc, cl_error *err)
+{
+    const img_config *cfg = svc->cfg;
+    char path[600];
+    int rc;
+
+    if (cfg->token_key_file && cfg->token_key_file[0]) {
+        rc = cl_token_key_load(cfg->token_key_file, false, &svc->token_key, err);
+        if (rc < 0)
+            return rc;
+        svc->have_token_key = true;
+        return 0;
+    }
+    snprintf(path, sizeof(path), "%s/token.key", cfg->common.state_dir);
+    if (access(path, F_OK) < 0) {
+        cl_info("image", "no token key (%s): only [auth] admin_token is accepted", path);
+        return 0;
+    }
+    rc = cl_token_key_load(path, false, &svc->token_key, err);
+    if (rc < 0)
+        return rc;
+    svc->have_token_key = true;
     return 0;
 }
 
@@ -129,6 +179,9 @@ int img_service_start(const img_config *cfg, img_service **out, cl_error *err)
     svc->cfg = cfg;
     svc->max_virtual_size = (uint64_t)cfg->max_virtual_size_gb << 30;
     pthread_mutex_init(&svc->lock, NULL);
+    rc = load_token_key(svc, err);
+    if (rc < 0)
+        goto fail;
     rc = img_blob_store_init(&svc->blobs, cfg->common.state_dir);
     if (rc < 0) {
         cl_error_set(err, CL_E_INTERNAL, "Cannot create %s/images/blobs: %s",
@@ -196,5 +249,6 @@ void img_service_stop(img_service *svc)
     cl_http_server_stop(svc->http);
     cl_db_close(svc->db);
     pthread_mutex_destroy(&svc->lock);
+    OPENSSL_cleanse(&svc->token_key, sizeof(svc->token_key));
     free(svc);
 }

@@ -55,6 +55,7 @@
 #include <zmq.h>
 
 #include "bus.h"
+#include "bus_auth.h"
 #include "db.h"
 #include "json.h"
 #include "log.h"
@@ -73,6 +74,12 @@
 #define BUS_HEARTBEAT_IVL_MS 1000
 #define BUS_HEARTBEAT_TIMEOUT_MS 5000
 #define BUS_OUTBOX_BUSY_MS 5000
+/* ZMQ_ZAP_ENFORCE_DOMAIN is a draft option (zmq.h hides it without ZMQ_BUILD_DRAFT_API). */
+#ifdef ZMQ_ZAP_ENFORCE_DOMAIN
+#define BUS_ZAP_ENFORCE_DOMAIN ZMQ_ZAP_ENFORCE_DOMAIN
+#else
+#define BUS_ZAP_ENFORCE_DOMAIN 93
+#endif
 
 /* One outgoing message: queued by cl_bus_send(), then pending on the bus thread when it
  * is reliable. id must stay the first member: the tsearch tree stores the item pointer
@@ -84,6 +91,7 @@ typedef struct bus_item {
     size_t len;
     bool reliable;
     bool stored;                /* a row exists in the outbox */
+    bool ack;                   /* a manual ack (cl_bus_ack): remember id, then send */
     int64_t next_resend;        /* monotonic ms */
     int tries;                  /* sends attempted */
     TAILQ_ENTRY(bus_item) link;
@@ -100,6 +108,7 @@ struct cl_bus {
     int tick_ms;
     size_t dedup_cap;
     size_t pending_cap;
+    bool manual_ack;
     cl_bus_handler_fn on_msg;
     cl_bus_tick_fn on_tick;
     void *ud;
@@ -124,6 +133,7 @@ struct cl_bus {
     char (*seen_ring)[CL_UUID_LEN];
     size_t seen_head, seen_count;
     cl_db *outbox;
+    cl_bus_auth *auth;     /* ZAP handler (ROUTER with curve_allowed_dir), else NULL */
     int64_t next_tick;
 };
 
@@ -444,6 +454,8 @@ static void bus_transmit(cl_bus *b, bus_item *it, int64_t now)
     TAILQ_INSERT_TAIL(&b->pending, it, link);
 }
 
+static void bus_remember(cl_bus *b, const char *id);
+
 /* Move what senders queued onto the wire (and reliable messages into the pending set and
  * the outbox, in one transaction per batch). */
 static void bus_drain_queue(cl_bus *b)
@@ -462,6 +474,16 @@ static void bus_drain_queue(cl_bus *b)
     bus_item *it;
     while ((it = TAILQ_FIRST(&batch))) {
         TAILQ_REMOVE(&batch, it, link);
+        if (it->ack) {
+            /* Remembered first: a copy arriving from now on is acked, not handled. */
+            bus_remember(b, it->id);
+            int r = bus_zsend(b, it->peer, it->frame, it->len);
+            if (r < 0)
+                cl_debug(BUS_LOG, "ack %s to '%s' failed: %s", it->id, it->peer,
+                         zmq_strerror(-r));
+            bus_item_free(it);
+            continue;
+        }
         if (!it->reliable) {
             bus_transmit(b, it, now);
             continue;
@@ -583,6 +605,8 @@ static void bus_handle_msg(cl_bus *b, cl_bus_msg *msg)
     if (b->on_msg)
         b->on_msg(b, msg, b->ud);
     cl_log_set_request_id(NULL);
+    if (b->manual_ack)
+        return; /* cl_bus_ack() remembers and acks once the receiver made it durable */
     bus_remember(b, msg->id);
     bus_send_ack(b, msg);
 }
@@ -590,6 +614,28 @@ static void bus_handle_msg(cl_bus *b, cl_bus_msg *msg)
 static void bus_zmsg_closep(zmq_msg_t *m)
 {
     zmq_msg_close(m);
+}
+
+/* With a ZAP handler: the key a message came with (ZAP metadata) must still be allowed
+ * and map to the routing id the peer chose, so a host cannot pose as another one or keep
+ * talking after its key was revoked. Fills msg->user_id. */
+static bool bus_authorize(cl_bus *b, zmq_msg_t *payload, cl_bus_msg *msg)
+{
+    const char *user = zmq_msg_gets(payload, "User-Id");
+    const char *key = zmq_msg_gets(payload, CL_BUS_AUTH_KEY_PROP);
+    if (!user || !key || strcmp(user, msg->peer) != 0) {
+        cl_warn(BUS_LOG, "refused %s '%s' from peer '%s': its key belongs to '%s'", msg->id,
+                msg->type, msg->peer, user ? user : "(none)");
+        return false;
+    }
+    if (!cl_bus_auth_allowed(b->auth, key, user)) {
+        cl_warn(BUS_LOG, "refused %s '%s' from '%s': key %s was revoked", msg->id, msg->type,
+                user, key);
+        cl_bus_auth_count_revoked(b->auth);
+        return false;
+    }
+    cl_strlcpy(msg->user_id, user, sizeof msg->user_id);
+    return true;
 }
 
 /* Receive one whole ZeroMQ message and handle it. false when nothing was waiting. */
@@ -639,6 +685,11 @@ static bool bus_recv_one(cl_bus *b)
     }
     if (!ok) {
         cl_debug(BUS_LOG, "dropping a bad message (%zu frames): %s", nparts, err.message);
+        bus_stat_add(b, &b->stats.bad_frames);
+        return true;
+    }
+    if (b->auth && !bus_authorize(b, &payload, &msg)) {
+        cl_bus_msg_clear(&msg);
         bus_stat_add(b, &b->stats.bad_frames);
         return true;
     }
@@ -724,6 +775,8 @@ static void bus_destroy(cl_bus *b)
     bus_item *it;
     if (b->sock)
         zmq_close(b->sock);
+    /* zmq_ctx_term() waits for every socket of the context, the ZAP one included. */
+    cl_bus_auth_stop(b->auth);
     if (b->zctx)
         zmq_ctx_term(b->zctx);
     while ((it = TAILQ_FIRST(&b->queue))) {
@@ -767,15 +820,30 @@ static bool bus_nonempty(const char *s)
 }
 
 /* CURVE: a ROUTER with a secret key is a CURVE server; a DEALER with a server key is a
- * client authenticating the ROUTER. Which client keys a server accepts is the job of a
- * ZAP handler (zmq RFC 27) that will be installed here in a later issue; until then any
- * client with a valid key pair can connect to a CURVE server. */
+ * client authenticating the ROUTER. Which client keys a server accepts is the job of the
+ * ZAP handler (zmq RFC 27, bus_auth.c) started here when curve_allowed_dir is set, before
+ * the socket binds; ZAP_ENFORCE_DOMAIN makes a missing handler refuse, not admit. */
 static int bus_setup_curve(cl_bus *b, const cl_bus_opts *o, cl_error *err)
 {
     int r = 0;
     if (b->role == CL_BUS_ROUTER) {
-        if (!bus_nonempty(o->curve_secret_key))
+        if (!bus_nonempty(o->curve_secret_key)) {
+            if (bus_nonempty(o->curve_allowed_dir))
+                return cl_error_set(err, CL_E_BAD_REQUEST, "bus: allowed keys without a "
+                                    "CURVE secret key would authenticate nobody");
             return 0;
+        }
+        if (bus_nonempty(o->curve_allowed_dir)) {
+            if ((r = cl_bus_auth_start(b->zctx, o->curve_allowed_dir, &b->auth, err)) < 0)
+                return r;
+            if ((r = bus_setopt(b->sock, ZMQ_ZAP_DOMAIN, CL_BUS_ZAP_DOMAIN,
+                                 strlen(CL_BUS_ZAP_DOMAIN))) < 0)
+                goto fail;
+            /* A draft option: a stable libzmq build refuses it (EINVAL). Our handler is
+             * bound before the socket, so the door is closed either way. */
+            if (bus_setopt_int(b->sock, BUS_ZAP_ENFORCE_DOMAIN, 1) < 0)
+                cl_debug(BUS_LOG, "ZMQ_ZAP_ENFORCE_DOMAIN not supported by this libzmq");
+        }
         if ((r = bus_setopt_int(b->sock, ZMQ_CURVE_SERVER, 1)) < 0 ||
             (r = bus_setopt_str(b->sock, ZMQ_CURVE_SECRETKEY, o->curve_secret_key)) < 0 ||
             (bus_nonempty(o->curve_public_key) &&
@@ -878,6 +946,7 @@ int cl_bus_new(const cl_bus_opts *opts, cl_bus **out, cl_error *err)
     b->tick_ms = opts->tick_ms;
     b->dedup_cap = opts->dedup_cap > 0 ? opts->dedup_cap : BUS_DEFAULT_DEDUP_CAP;
     b->pending_cap = opts->pending_cap > 0 ? opts->pending_cap : BUS_DEFAULT_PENDING_CAP;
+    b->manual_ack = opts->manual_ack;
     b->on_msg = opts->on_msg;
     b->on_tick = opts->on_tick;
     b->ud = opts->ud;
@@ -1008,6 +1077,53 @@ int cl_bus_send(cl_bus *bus, const char *peer, const char *type, const char *req
     bus_wake(bus);
     if (out_id)
         memcpy(out_id, m.id, CL_UUID_LEN);
+    return 0;
+}
+
+/* Queue the ack of a message handled in manual_ack mode (see bus.h). Thread-safe. */
+int cl_bus_ack(cl_bus *bus, const char *peer, const char *id)
+{
+    if (!bus || !bus->manual_ack || !id || !cl_uuid_valid(id))
+        return -EINVAL;
+    if (bus->role == CL_BUS_ROUTER) {
+        if (!bus_nonempty(peer) || strlen(peer) >= CL_BUS_NAME_MAX)
+            return -EINVAL;
+    } else if (bus_nonempty(peer)) {
+        return -EINVAL;
+    }
+
+    cl_bus_msg m;
+    memset(&m, 0, sizeof m);
+    m.v = CL_BUS_VERSION;
+    cl_strlcpy(m.id, id, sizeof m.id);
+    cl_strlcpy(m.type, BUS_ACK_TYPE, sizeof m.type);
+    m.ts = cl_now_ms();
+    cl_strlcpy(m.from, bus->name, sizeof m.from);
+    _cleanup_free_ char *frame = NULL;
+    int r = cl_bus_encode(&m, &frame);
+    if (r < 0)
+        return r;
+
+    bus_item *it = calloc(1, sizeof *it);
+    if (!it)
+        return -ENOMEM;
+    memcpy(it->id, m.id, sizeof it->id);
+    if (bus->role == CL_BUS_ROUTER)
+        cl_strlcpy(it->peer, peer, sizeof it->peer);
+    it->len = strlen(frame);
+    it->frame = TAKE_PTR(frame);
+    it->ack = true;
+
+    pthread_mutex_lock(&bus->lock);
+    if (bus->nqueued >= bus->pending_cap) {
+        pthread_mutex_unlock(&bus->lock);
+        bus_item_free(it);
+        return -ENOBUFS;
+    }
+    TAILQ_INSERT_TAIL(&bus->queue, it, link);
+    bus->nqueued++;
+    pthread_mutex_unlock(&bus->lock);
+    bus_wake(bus);
     return 0;
 }
 

@@ -23,7 +23,9 @@
  * run on that thread, one at a time: that thread is the daemon's event loop. cl_bus_send()
  * may be called from any thread (it queues and wakes the loop) including from on_msg.
  *
- * Security: curve_* keys slot in here (CURVE + ZAP); empty means plain TCP for tests.
+ * Security: curve_* keys turn on CURVE (encryption, server authentication); on a ROUTER
+ * curve_allowed_dir adds client authentication by a ZAP handler (bus_auth.h). Empty means
+ * plain TCP, as in most tests.
  */
 #ifndef CL_BUS_H
 #define CL_BUS_H
@@ -52,6 +54,8 @@ typedef struct cl_bus_msg {
     char req[80];              /* request id, may be "" */
     json_object *body;         /* always an object (empty when absent) */
     char peer[CL_BUS_NAME_MAX]; /* ROUTER side: routing id it arrived from; DEALER: "" */
+    char user_id[CL_BUS_NAME_MAX]; /* ROUTER with curve_allowed_dir: the name the sender's
+                                      key maps to (== peer, checked); otherwise "" */
 } cl_bus_msg;
 
 typedef enum { CL_BUS_ROUTER, CL_BUS_DEALER, CL_BUS_ROLE_MAX } cl_bus_role;
@@ -76,6 +80,16 @@ typedef struct cl_bus_opts {
     const char *curve_public_key;
     const char *curve_secret_key;
     const char *curve_server_key; /* DEALER: the ROUTER's public key */
+    /* ROUTER with curve_secret_key: directory of allowed client keys (bus_auth.h). A ZAP
+     * handler admits only those keys, a message whose routing id differs from its key's
+     * name or whose key was since revoked is dropped, and user_id is filled. */
+    const char *curve_allowed_dir;
+    /* Manual acknowledgement (default off): the bus does not ack after on_msg returns;
+     * the receiver calls cl_bus_ack() once it has made the message durable, from any
+     * thread, or never (the sender then resends it after resend_ms). Until it is
+     * acked a message is not remembered as handled, so a resend reaches on_msg again:
+     * receivers in this mode de-duplicate what they store themselves. */
+    bool manual_ack;
 } cl_bus_opts;
 
 /* Create the socket, bind/connect, reload the outbox, start the bus thread.
@@ -94,6 +108,13 @@ void cl_bus_free(cl_bus *bus);
  * Thread-safe. */
 int cl_bus_send(cl_bus *bus, const char *peer, const char *type, const char *req,
                 json_object *body, bool reliable, char out_id[CL_UUID_LEN]);
+
+/* Acknowledge message id received from peer (ROUTER side; NULL or "" on a DEALER), for
+ * a bus in manual_ack mode: the id is remembered as handled (a later copy is acked again
+ * without reaching on_msg) and the ack goes out from the bus thread. Returns 0, -EINVAL
+ * (not manual_ack, bad id or peer), -ENOBUFS (send queue full: the sender will resend)
+ * or -ENOMEM. Thread-safe, callable from on_msg. */
+int cl_bus_ack(cl_bus *bus, const char *peer, const char *id);
 
 /* Number of reliable messages still waiting for their ack. Thread-safe. */
 size_t cl_bus_pending(cl_bus *bus);

@@ -32,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "errors.h"
 
@@ -80,6 +81,17 @@ void cl_http_resp_header(cl_http_resp *resp, const char *name, const char *value
  * also when the response is refused. Content-Type is application/octet-stream unless
  * set with cl_http_resp_header(); headers may be added before or after this call. */
 void cl_http_resp_fd(cl_http_resp *resp, int status, int fd, uint64_t offset, uint64_t len);
+
+/* A body produced while it is sent, for answers too large to build in memory (exports):
+ * read(ud, buf, max) writes 1..max bytes into buf and returns how many, 0 at the end of
+ * the body, or < 0 to abort (the connection is closed, so the client sees a truncated
+ * chunked body, never a complete-looking one). It runs on the connection's thread after
+ * the handler returned, as the socket drains, and may block while it produces data.
+ * free_fn(ud) (optional) runs exactly once when the response is finished, abandoned by
+ * the client, or refused (a second answer). Sent with chunked transfer encoding. */
+typedef ssize_t (*cl_http_read_fn)(void *ud, char *buf, size_t max);
+void cl_http_resp_stream(cl_http_resp *resp, int status, const char *content_type,
+                         cl_http_read_fn read_fn, void *ud, void (*free_fn)(void *ud));
 
 typedef void (*cl_http_handler_fn)(const cl_http_req *req, cl_http_resp *resp, void *ud);
 

@@ -32,7 +32,9 @@
  * and close the connection.
  *
  * Responses from a file descriptor (cl_http_resp_fd) become MHD fd responses, which MHD
- * sends with sendfile(2).
+ * sends with sendfile(2). Streamed responses (cl_http_resp_stream) become MHD callback
+ * responses of unknown size (chunked), pulled from the service's reader as the socket
+ * drains, so an export of any size needs one block of memory.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -66,6 +68,7 @@
 #define MAX_ALLOW_METHODS 8   /* distinct methods listed in a 405's Allow header */
 #define STOP_GRACE_MS 5000    /* how long stop waits for requests in flight */
 #define REQUEST_ID_LEN 40     /* "req-" + 36-character UUID */
+#define STREAM_BLOCK (64 * 1024) /* bytes asked of a cl_http_resp_stream reader at once */
 #define CONN_MEMORY_LIMIT (64 * 1024) /* per-connection MHD pool: headers (tokens) fit */
 #define MIN_CONN_MEMORY (16 * 1024)   /* below this, ordinary headers no longer fit */
 #define DEFAULT_CONN_LIMIT_PER_THREAD 256 /* thread-per-connection: threads are the cost */
@@ -135,6 +138,14 @@ struct cl_http_resp {
     bool has_fd;                  /* answer from fd (owned until handed to MHD) */
     int fd;
     uint64_t fd_offset, fd_len;
+    struct resp_stream *stream;   /* cl_http_resp_stream (owned until handed to MHD) */
+};
+
+/* A streamed body: the service's reader and its state. */
+struct resp_stream {
+    cl_http_read_fn read_fn;
+    void *ud;
+    void (*free_fn)(void *ud);
 };
 
 /* Decoded path segments of one request. */
@@ -257,6 +268,12 @@ static void resp_reset(cl_http_resp *resp)
         close(resp->fd);
         resp->has_fd = false;
     }
+    if (resp->stream) {
+        if (resp->stream->free_fn)
+            resp->stream->free_fn(resp->stream->ud);
+        free(resp->stream);
+        resp->stream = NULL;
+    }
     for (size_t i = 0; i < resp->nheaders; i++) {
         free(resp->hdr_names[i]);
         free(resp->hdr_values[i]);
@@ -275,6 +292,68 @@ static bool resp_claim(cl_http_resp *resp)
     }
     resp->done = true;
     return true;
+}
+
+/* MHD's content reader over a cl_http_read_fn: 0 from the service is the end. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct resp_stream *st = cls;
+    (void)pos;
+    ssize_t n = st->read_fn(st->ud, buf, max);
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    if (n < 0 || (size_t)n > max)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    return n;
+}
+
+static void stream_free(void *cls)
+{
+    struct resp_stream *st = cls;
+    if (st->free_fn)
+        st->free_fn(st->ud);
+    free(st);
+}
+
+/**
+ * cl_http_resp_stream - answer with a body produced while it is sent (see http.h).
+ * @resp: the response handed to the handler
+ * @status: HTTP status
+ * @content_type: value of Content-Type, or NULL for none
+ * @read_fn: fills the next piece of the body; 0 ends it, < 0 aborts the connection
+ * @ud: the reader's state, passed to read_fn and free_fn
+ * @free_fn: releases ud once (may be NULL); also called at once when refused
+ */
+void cl_http_resp_stream(cl_http_resp *resp, int status, const char *content_type,
+                         cl_http_read_fn read_fn, void *ud, void (*free_fn)(void *ud))
+{
+    struct resp_stream *st;
+
+    if (!resp_claim(resp)) {
+        if (free_fn)
+            free_fn(ud);
+        return;
+    }
+    st = calloc(1, sizeof(*st));
+    if (!st || !read_fn) {
+        free(st);
+        if (free_fn)
+            free_fn(ud);
+        resp->status = 500;
+        resp->content_type[0] = '\0';
+        return;
+    }
+    st->read_fn = read_fn;
+    st->ud = ud;
+    st->free_fn = free_fn;
+    resp->status = status;
+    resp->stream = st;
+    if (!resp->content_type_set) {
+        if (content_type && header_text_ok(content_type, false))
+            cl_strlcpy(resp->content_type, content_type, sizeof(resp->content_type));
+        else
+            resp->content_type[0] = '\0';
+    }
 }
 
 /**
@@ -792,6 +871,11 @@ static enum MHD_Result queue(cl_http_server *srv, req_ctx *ctx, struct MHD_Conne
                                                     resp->fd_offset);
         if (r)
             resp->has_fd = false; /* MHD closes the fd when it destroys the response */
+    } else if (resp->stream) {
+        r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read,
+                                              resp->stream, stream_free);
+        if (r)
+            resp->stream = NULL; /* MHD calls stream_free when it destroys the response */
     } else {
         r = MHD_create_response_from_buffer(resp->body_len, resp->body,
                                             MHD_RESPMEM_MUST_FREE);

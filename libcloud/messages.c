@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "json.h"
 #include "messages.h"
@@ -591,4 +592,68 @@ int cl_msg_host_get_agent_url(json_object *body, char *out, size_t outlen, cl_er
                             "expected an http:// URL");
     cl_strlcpy(out, url, outlen);
     return 0;
+}
+
+/* ---- image properties on instance.spawn ---- */
+
+#define IMAGE_PROP_STRS(X)                                                                \
+    X(vm_mode) X(hypervisor_type) X(architecture) X(container_format) X(disk_format)      \
+    X(os_command_line)
+
+/* Add "image_properties" with the non-empty fields of p. */
+int cl_msg_spawn_set_image_props(json_object *body, const cl_msg_image_props *p)
+{
+    if (!body || !p)
+        return -EINVAL;
+    json_object *o = json_object_new_object();
+    if (!add_ok(body, "image_properties", o))
+        return -ENOMEM;
+#define ADD_PROP(f)                                                                       \
+    if (p->f[0] && !add_str(o, #f, p->f))                                                 \
+        return -ENOMEM;
+    IMAGE_PROP_STRS(ADD_PROP)
+#undef ADD_PROP
+    if (p->init[0] && !add_str(o, "nube_init", p->init))
+        return -ENOMEM;
+    if (p->lxc && !add_ok(o, "nube_lxc", json_object_new_boolean(1)))
+        return -ENOMEM;
+    return 0;
+}
+
+/* Read the optional "image_properties" object of an instance.spawn body. */
+int cl_msg_spawn_get_image_props(json_object *body, cl_msg_image_props *out, bool *present,
+                                 cl_error *err)
+{
+    cl_msg_image_props p;
+    json_object *o = NULL;
+    int r;
+
+    memset(&p, 0, sizeof p);
+    if (present)
+        *present = false;
+    if ((r = cl_json_get_object(body, "image_properties", false, &o, err)) < 0)
+        return r;
+    if (o) {
+#define GET_PROP(f)                                                                       \
+        if ((r = get_str(body, "image_properties." #f, false, 0, p.f, sizeof p.f, err)) < 0) \
+            return r;
+        IMAGE_PROP_STRS(GET_PROP)
+#undef GET_PROP
+        if ((r = get_str(body, "image_properties.nube_init", false, 0, p.init, sizeof p.init,
+                         err)) < 0 ||
+            (r = cl_json_get_bool(body, "image_properties.nube_lxc", false, &p.lxc, err)) < 0)
+            return r;
+        if (present)
+            *present = true;
+    }
+    *out = p;
+    return 0;
+}
+
+bool cl_msg_image_props_is_container(const cl_msg_image_props *p)
+{
+    return p && (p->lxc || strcasecmp(p->vm_mode, "exe") == 0 ||
+                 strcasecmp(p->hypervisor_type, "lxc") == 0 ||
+                 strcasecmp(p->container_format, "tar") == 0 ||
+                 strcasecmp(p->disk_format, "tar") == 0);
 }

@@ -135,4 +135,32 @@ int cl_msg_state_get_addresses(json_object *body, char (*out)[CL_MSG_ADDR_LEN], 
 int cl_msg_host_set_agent_url(json_object *body, const char *url);
 int cl_msg_host_get_agent_url(json_object *body, char *out, size_t outlen, cl_error *err);
 
+/* ---- appended by issue 5 (hypervisors: image properties on instance.spawn) ----
+ *
+ *  instance.spawn    + "image_properties":{"vm_mode","hypervisor_type","architecture",
+ *                    "container_format","disk_format","os_command_line","nube_init"
+ *                    (strings), "nube_lxc" (bool)}? -- all optional; what the agent needs
+ *                    of the image to build its domain (Xen PV vs HVM, LXC rootfs + init).
+ */
+typedef struct cl_msg_image_props {
+    char vm_mode[16];           /* "xen" (PV), "hvm", "exe" (container); "" = unknown */
+    char hypervisor_type[32];
+    char architecture[32];
+    char container_format[16];  /* "bare", "ami", "docker", ... */
+    char disk_format[16];       /* "qcow2", "raw", "tar", ... */
+    char os_command_line[256];  /* kernel command line of a direct-boot image */
+    char init[128];             /* nube_init: the container's init path */
+    bool lxc;                   /* nube_lxc: the image is a root file system */
+} cl_msg_image_props;
+/* Add "image_properties" (only the non-empty fields) to an instance.spawn body.
+ * 0, -EINVAL, -ENOMEM. */
+int cl_msg_spawn_set_image_props(json_object *body, const cl_msg_image_props *p);
+/* Read "image_properties": all fields "" / false and *present false when absent.
+ * 0 or -EINVAL with err (a field of the wrong type or too long). */
+int cl_msg_spawn_get_image_props(json_object *body, cl_msg_image_props *out, bool *present,
+                                 cl_error *err);
+/* The properties ask for a container (nube_lxc, vm_mode "exe", hypervisor_type "lxc" or
+ * container_format/disk_format "tar"). */
+bool cl_msg_image_props_is_container(const cl_msg_image_props *p);
+
 #endif

@@ -45,6 +45,7 @@
 #include <time.h>
 
 #include "bus.h"
+#include "bus_auth.h"
 #include "cleanup.h"
 #include "http.h"
 #include "log.h"
@@ -53,6 +54,7 @@
 #include "placement.h"
 #include "store_placement.h"
 #include "scheduler/actions.h"
+#include "scheduler/migrations.h"
 #include "store.h"
 #include "util.h"
 
@@ -73,6 +75,12 @@ const cl_cfg_key sched_cfg_keys[] = {
             "ZeroMQ endpoint the scheduler binds; agents and nube-api connect to it."),
     CFG_KEY("bus", "resend_ms", CL_CFG_INT, "2000", 100, 60000, bus_resend_ms,
             "Resend an unacknowledged reliable message after this many milliseconds."),
+    CFG_KEY("bus", "curve_secret_key_file", CL_CFG_STR, "", 0, -1, bus_curve_secret_key_file,
+            "File (mode 0600) with the scheduler's CURVE secret key (nube-keys gen); empty "
+            "= plain TCP."),
+    CFG_KEY("bus", "allowed_keys_dir", CL_CFG_STR, "", 0, -1, bus_allowed_keys_dir,
+            "Directory of '<public key> <host>' files: only those agents (and nube-api) "
+            "may connect, each only as its host. Needs curve_secret_key_file."),
     CFG_KEY("scheduler", "host_down_after_s", CL_CFG_INT, "30", 1, 3600, host_down_after_s,
             "A host with no heartbeat for this many seconds is marked down."),
     CFG_KEY("scheduler", "check_interval_ms", CL_CFG_INT, "1000", 100, 60000,
@@ -149,6 +157,7 @@ struct sched {
     int64_t snap_ms;
     int64_t snap_version;           /* placement_version the snapshot was read at */
     bool snap_dirty;
+    bool resumed;   /* in-flight commands re-sent after a (re)start (resume_in_flight) */
     unsigned rng;
 
     _Atomic int64_t hosts_up;
@@ -216,6 +225,20 @@ static int send_spawn(sched *s, const cl_instance *inst, const char *req)
     body = cl_msg_spawn_encode(&m);
     if (!body)
         return -ENOMEM;
+    /* The image properties the instance was scheduled with (hints/metadata today, the
+     * image service later) tell the agent how to build the domain (Xen PV/HVM, LXC). */
+    cl_sched_hints hints;
+    if (cl_store_placement_hints_get(s->store, inst->uuid, &hints) == 0 &&
+        (hints.vm_mode[0] || hints.hypervisor_type[0] || hints.architecture[0])) {
+        cl_msg_image_props ip = {0};
+        cl_strlcpy(ip.vm_mode, hints.vm_mode, sizeof(ip.vm_mode));
+        cl_strlcpy(ip.hypervisor_type, hints.hypervisor_type, sizeof(ip.hypervisor_type));
+        cl_strlcpy(ip.architecture, hints.architecture, sizeof(ip.architecture));
+        if (cl_msg_spawn_set_image_props(body, &ip) < 0) {
+            json_object_put(body);
+            return -ENOMEM;
+        }
+    }
     return cl_bus_send(s->bus, inst->host, CL_MSG_INSTANCE_SPAWN, req, body, true, NULL);
 }
 
@@ -1001,9 +1024,52 @@ static const struct {
     {CL_MSG_INSTANCE_ACTION, on_instance_action},
 };
 
+/* With CURVE + ZAP the bus tells us whose key sent a message (user_id, a host name or
+ * nube-api's name). A host speaks only for itself: host.* and instance.state must name
+ * the key's host; requests from the API (schedule, delete, action) only come from the
+ * API's key. Without authentication (user_id "") everything passes, as before. */
+#define SCHED_API_PEER "nube-api"
+
+static bool sender_authorized(const cl_bus_msg *msg)
+{
+    if (!msg->user_id[0])
+        return true;
+    if (strcmp(msg->type, CL_MSG_INSTANCE_SCHEDULE) == 0 ||
+        strcmp(msg->type, CL_MSG_INSTANCE_DELETE) == 0 ||
+        strcmp(msg->type, CL_MSG_INSTANCE_ACTION) == 0) {
+        if (strcmp(msg->user_id, SCHED_API_PEER) == 0)
+            return true;
+        cl_warn(LOG_MOD, "refused %s %s from '%s': only %s may send it", msg->type, msg->id,
+                msg->user_id, SCHED_API_PEER);
+        return false;
+    }
+    if (strcmp(msg->type, CL_MSG_HOST_REGISTER) != 0 &&
+        strcmp(msg->type, CL_MSG_HOST_HEARTBEAT) != 0 &&
+        strcmp(msg->type, CL_MSG_INSTANCE_STATE) != 0)
+        return true;
+    json_object *h = NULL;
+    const char *host = json_object_object_get_ex(msg->body, "host", &h) &&
+                               json_object_is_type(h, json_type_string)
+                           ? json_object_get_string(h)
+                           : "";
+    if (strcmp(host, msg->user_id) == 0)
+        return true;
+    cl_warn(LOG_MOD, "refused %s %s about host '%s' from '%s': a host reports only for itself",
+            msg->type, msg->id, host, msg->user_id);
+    return false;
+}
+
 static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
 {
     sched *s = ud;
+
+    if (!sender_authorized(msg))
+        return;
+    /* Live migrations (scheduler/migrations.c) move allocations: re-read the snapshot. */
+    if (sched_migrations_on_msg(s->store, bus, msg)) {
+        s->snap_dirty = true;
+        return;
+    }
 
     for (size_t i = 0; i < CL_ARRAY_SIZE(handlers); i++) {
         if (strcmp(msg->type, handlers[i].type) == 0) {
@@ -1014,9 +1080,47 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
     cl_warn(LOG_MOD, "ignoring message of unknown type '%s' from %s", msg->type, msg->peer);
 }
 
+/* The scheduler keeps no outbox: a spawn or destroy command it had queued or sent but not
+ * yet seen acknowledged dies with it (found by tests/crash: an instance stuck in BUILD/
+ * spawning after a SIGKILL). On the first tick after a start, every instance still
+ * spawning or deleting on a host gets its command again; agents deduplicate by instance
+ * uuid (a spawn of an existing domain or a destroy of a missing one just reports the
+ * state). Runs on the bus thread, which owns the store. */
+static void resume_in_flight(sched *s)
+{
+    cl_instance_filter f = {.include_deleted = false};
+    _cleanup_(free_instancesp) cl_instance *list = NULL;
+    size_t n = 0, sent = 0;
+
+    if (store_result(s, cl_store_instance_list(s->store, &f, &list, &n)) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (!list[i].host[0])
+            continue;
+        int r = 0;
+        if (list[i].task_state == CL_TASK_SPAWNING)
+            r = send_spawn(s, &list[i], NULL);
+        else if (list[i].task_state == CL_TASK_DELETING)
+            r = send_destroy(s, list[i].host, list[i].uuid, NULL);
+        else
+            continue;
+        if (r < 0)
+            cl_warn(LOG_MOD, "cannot resend the command for %s: %s", list[i].uuid,
+                    strerror(-r));
+        else
+            sent++;
+    }
+    if (sent)
+        cl_info(LOG_MOD, "re-sent %zu in-flight spawn/destroy commands after start", sent);
+}
+
 static void on_tick(cl_bus *bus, void *ud)
 {
     sched *s = ud;
+    if (!s->resumed) {
+        s->resumed = true;
+        resume_in_flight(s);
+    }
     int64_t cutoff = cl_now_ms() - s->cfg->host_down_after_s * 1000;
     int n = 0, r;
 
@@ -1108,9 +1212,15 @@ static int start_bus(sched *s, cl_error *err)
         .on_msg = on_msg,
         .on_tick = on_tick,
         .ud = s,
+        .curve_allowed_dir = s->cfg->bus_allowed_keys_dir,
     };
-
-    return cl_bus_new(&bo, &s->bus, err);
+    cl_bus_keys keys;
+    int r = cl_bus_keys_apply(&keys, s->cfg->bus_curve_secret_key_file, NULL, false, &bo, err);
+    if (r < 0)
+        return r;
+    r = cl_bus_new(&bo, &s->bus, err);
+    explicit_bzero(&keys, sizeof keys);
+    return r;
 }
 
 static int start_http(sched *s, cl_error *err)

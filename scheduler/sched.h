@@ -23,6 +23,8 @@ typedef struct sched_cfg {
     char *db_connection;            /* [database] connection */
     char *bus_listen;               /* [bus] listen */
     int64_t bus_resend_ms;          /* [bus] resend_ms */
+    char *bus_curve_secret_key_file;/* [bus] curve_secret_key_file ("" = no CURVE) */
+    char *bus_allowed_keys_dir;     /* [bus] allowed_keys_dir (agents' and nube-api's keys) */
     int64_t host_down_after_s;      /* [scheduler] host_down_after_s */
     int64_t check_interval_ms;      /* [scheduler] check_interval_ms */
     double cpu_allocation_ratio;    /* [scheduler] cpu_allocation_ratio */

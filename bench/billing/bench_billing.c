@@ -4,11 +4,19 @@
  *
  *   baseline   raw SQLite: the same rows INSERTed with one prepared statement, 1000 per
  *              transaction, no indexes and no delta logic (the floor any ingest pays)
- *   ingest     bill_ingest() in batches of 1000 (CL_USAGE_BATCH_MAX), in time order
+ *   ingest     bill_ingest() in batches of 1000 (CL_USAGE_BATCH_MAX), one transaction
+ *              per message, in time order
+ *   group      bill_ingest_many(): GROUP messages of 1000 per transaction (what the
+ *              daemon's group commit does when agents send faster than one commit)
  *   late       the same number of samples arriving newest-first per batch (every one
  *              slots in before a stored sample and fixes its neighbour)
+ *   daemon     the whole path: AGENTS DEALER sockets send usage.samples messages of 100
+ *              samples to a running nube-billing (bill_start), which decodes, group-
+ *              commits and acks; timed from the first send to the last ack
  *   rate       bill_rate() over the whole window (counters + events)
- *   export     bill_export() formatting CSV rows into memory
+ *   export     bill_export() formatting CSV rows into memory, then the same rows
+ *              streamed over HTTP (GET /v1/export, chunked) to a client that counts
+ *              bytes, with the peak RSS growth while streaming (flat memory)
  *
  * Usage: bench_billing [samples (default 200000)] [instances (default 500)]
  * The issue's targets (ingest > 100 000 samples/s, rating 10 M samples < 10 s, export
@@ -22,11 +30,19 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
+#include "bill_int.h"
 #include "billing.h"
+#include "bus.h"
 #include "db.h"
+#include "json.h"
 
 #define BATCH 1000
+#define GROUP 20
 #define H_MS INT64_C(3600000)
+
+static void cleanup_db(const char *path);
 
 static double now_s(void)
 {
@@ -111,6 +127,228 @@ static double baseline(const char *path, const cl_usage_sample *v, size_t n)
     return t;
 }
 
+/* Peak RSS since the last reset (VmHWM), in MB; reset_peak() restarts it (Linux). */
+static long peak_rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kb = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kb / 1024;
+}
+
+static void reset_peak(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "we");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
+
+static double ingest_group(bill_store *st, const cl_usage_sample *v, size_t n, size_t group)
+{
+    const cl_usage_sample *ptrs[64];
+    size_t ns[64];
+    cl_error err = {0};
+    double t = now_s();
+    if (group > 64)
+        group = 64;
+    for (size_t i = 0; i < n;) {
+        size_t nb = 0;
+        for (; nb < group && i < n; nb++) {
+            ptrs[nb] = v + i;
+            ns[nb] = n - i < BATCH ? n - i : BATCH;
+            i += ns[nb];
+        }
+        if (bill_ingest_many(st, ptrs, ns, nb, 0, NULL, &err) < 0) {
+            fprintf(stderr, "ingest group: %s\n", err.message);
+            exit(1);
+        }
+    }
+    return now_s() - t;
+}
+
+#define DAEMON_AGENTS 4
+#define DAEMON_PER_MSG 100
+
+/* The daemon path: messages of DAEMON_PER_MSG samples from DAEMON_AGENTS dealers. The
+ * bodies are built before the clock starts (an agent builds them as it samples). */
+static double daemon_ingest(const char *dir, const cl_usage_sample *v, size_t n,
+                            uint64_t *out_groups)
+{
+    char db[300], ep[64], kf[300];
+    bill_cfg cfg;
+    bill *b = NULL;
+    cl_bus *bus[DAEMON_AGENTS];
+    cl_error err = {0};
+    int port = 0;
+
+    snprintf(db, sizeof db, "%s/daemon.db", dir);
+    snprintf(kf, sizeof kf, "%s/token.key", dir);
+    /* A free port: bind port 0 through ZeroMQ's own probe is overkill; pick by pid. */
+    port = 20000 + (int)(getpid() % 20000);
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+    size_t nmsg = (n + DAEMON_PER_MSG - 1) / DAEMON_PER_MSG;
+    json_object **bodies = calloc(nmsg, sizeof *bodies);
+    for (size_t m = 0; m < nmsg; m++) {
+        size_t off = m * DAEMON_PER_MSG;
+        bodies[m] = cl_usage_batch_encode(v + off, n - off < DAEMON_PER_MSG ? n - off
+                                                                          : DAEMON_PER_MSG);
+    }
+    if (cl_config_defaults(bill_cfg_keys, bill_cfg_nkeys, &cfg, &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "database", "connection", db,
+                      &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "port", "0", &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "bus_listen", ep,
+                      &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "auth", "token_key_file", kf,
+                      &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "sample_retention_days",
+                      "0", &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "rate_interval_s",
+                      "86400", &err) < 0 ||
+        bill_start(&cfg, &b, &err) < 0) {
+        fprintf(stderr, "daemon: %s\n", err.message);
+        exit(1);
+    }
+    for (int a = 0; a < DAEMON_AGENTS; a++) {
+        char name[32];
+        snprintf(name, sizeof name, "bench-agent-%d", a);
+        cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = ep, .name = name,
+                         .resend_ms = 60000, .pending_cap = nmsg + 1};
+        if (cl_bus_new(&o, &bus[a], &err) < 0) {
+            fprintf(stderr, "dealer: %s\n", err.message);
+            exit(1);
+        }
+    }
+    /* Let the dealers connect (ZMQ_IMMEDIATE would defer the first sends). */
+    struct timespec settle = {0, 200 * 1000000};
+    nanosleep(&settle, NULL);
+    /* Timed from the first send: the senders' JSON encoding shares the CPU with billing
+     * here (on real agents it does not), so this figure is a floor. */
+    double t = now_s();
+    for (size_t m = 0; m < nmsg; m++)
+        if (cl_bus_send(bus[m % DAEMON_AGENTS], NULL, CL_MSG_USAGE_SAMPLES, NULL, bodies[m],
+                        true, NULL) < 0) {
+            fprintf(stderr, "send failed\n");
+            exit(1);
+        }
+    for (int a = 0; a < DAEMON_AGENTS; a++)
+        while (cl_bus_pending(bus[a]) > 0) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    t = now_s() - t;
+    *out_groups = atomic_load(&b->groups);
+    if (atomic_load(&b->accepted) != n)
+        fprintf(stderr, "daemon: %" PRIu64 " samples stored, %zu sent\n",
+                (uint64_t)atomic_load(&b->accepted), n);
+    for (int a = 0; a < DAEMON_AGENTS; a++)
+        cl_bus_free(bus[a]);
+    bill_stop(b);
+    cl_config_free(bill_cfg_keys, bill_cfg_nkeys, &cfg);
+    free(bodies);
+    cleanup_db(db);
+    unlink(kf);
+    return t;
+}
+
+/* 1M-row export over HTTP: rated rows written directly, then streamed to a counter. */
+static size_t count_bytes(char *p, size_t sz, size_t nm, void *ud)
+{
+    (void)p;
+    *(size_t *)ud += sz * nm;
+    return sz * nm;
+}
+
+static void http_export(const char *dir, size_t rows, double *out_s, size_t *out_bytes,
+                        long *out_rss_growth)
+{
+    char db[300], kf[300], url[256];
+    bill_cfg cfg;
+    bill *b = NULL;
+    cl_error err = {0};
+    bill_store *xs = NULL;
+    cl_db *d = NULL;
+    sqlite3_stmt *q = NULL;
+
+    snprintf(db, sizeof db, "%s/export.db", dir);
+    snprintf(kf, sizeof kf, "%s/token.key", dir);
+    if (cl_config_defaults(bill_cfg_keys, bill_cfg_nkeys, &cfg, &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "database", "connection", db,
+                      &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "port", "0", &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "bus_listen",
+                      "tcp://127.0.0.1:0", &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "auth", "admin_token", "bench",
+                      &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "auth", "token_key_file", kf,
+                      &err) < 0 ||
+        cl_config_set(bill_cfg_keys, bill_cfg_nkeys, &cfg, "billing", "rate_interval_s",
+                      "86400", &err) < 0 ||
+        bill_start(&cfg, &b, &err) < 0) {
+        fprintf(stderr, "export daemon: %s\n", err.message);
+        exit(1);
+    }
+    /* rows rated rows: 1000 instances x 6 meters per hour. */
+    if (bill_store_open(db, &xs, &err) < 0 || (d = xs->db, false) ||
+        cl_db_prepare(d, "INSERT INTO rated VALUES(?1, ?2, ?3, ?4, ?5, 'ns', 10, 'core-hour',"
+                         " ?6, 'EUR')", &q) < 0) {
+        fprintf(stderr, "export rows: %s\n", err.message);
+        exit(1);
+    }
+    static const char *const meters[] = {"cpu", "vcpu", "ram", "disk", "net.in", "net.out"};
+    int64_t t0 = INT64_C(1767225600000);
+    cl_db_begin(d);
+    for (size_t i = 0; i < rows; i++) {
+        char proj[32], res[64];
+        size_t per_hour = 6000;
+        snprintf(proj, sizeof proj, "proj-%zu", (i / 6) % 50);
+        snprintf(res, sizeof res, "inst-%06zu", (i / 6) % 1000);
+        sqlite3_reset(q);
+        cl_db_bind_int64(q, 1, t0 + (int64_t)(i / per_hour) * H_MS);
+        cl_db_bind_text(q, 2, proj);
+        cl_db_bind_text(q, 3, res);
+        cl_db_bind_text(q, 4, meters[i % 6]);
+        cl_db_bind_int64(q, 5, (int64_t)i * 1000);
+        cl_db_bind_int64(q, 6, (int64_t)i);
+        cl_db_step_done(q);
+    }
+    cl_db_commit(d);
+    sqlite3_finalize(q);
+    bill_store_close(xs);
+
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/v1/export?format=csv&start=2026-01-01"
+             "&end=2030-01-01", (unsigned)bill_http_port(b));
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = curl_slist_append(NULL, "X-Auth-Token: bench");
+    size_t bytes = 0;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, count_bytes);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &bytes);
+    reset_peak();
+    long before = peak_rss_mb();
+    double t = now_s();
+    CURLcode cr = curl_easy_perform(c);
+    *out_s = now_s() - t;
+    *out_rss_growth = peak_rss_mb() - before;
+    if (cr != CURLE_OK)
+        fprintf(stderr, "export: %s\n", curl_easy_strerror(cr));
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    *out_bytes = bytes;
+    bill_stop(b);
+    cl_config_free(bill_cfg_keys, bill_cfg_nkeys, &cfg);
+    cleanup_db(db);
+    unlink(kf);
+}
+
 static double ingest_all(bill_store *st, cl_usage_sample *v, size_t n, bool reverse_batches)
 {
     cl_error err = {0};
@@ -167,7 +405,11 @@ int main(int argc, char **argv)
 {
     size_t n = 200000, ninst = 500;
     int64_t v64;
-    char dir[] = "/tmp/bench_billing_XXXXXX", base[256], billdb[256], late[256];
+    char dir[] = "/tmp/bench_billing_XXXXXX", base[256], billdb[256], late[256], grp[256];
+    size_t export_rows = 1000000, rate_n = 0;
+    const char *ev = getenv("BENCH_EXPORT_ROWS");
+    if (ev && cl_parse_int64(ev, &v64) == 0 && v64 > 0)
+        export_rows = (size_t)v64;
     if (argc > 1 && cl_parse_int64(argv[1], &v64) == 0 && v64 > 0)
         n = (size_t)v64;
     if (argc > 2 && cl_parse_int64(argv[2], &v64) == 0 && v64 > 0)
@@ -177,6 +419,7 @@ int main(int argc, char **argv)
     snprintf(base, sizeof base, "%s/raw.db", dir);
     snprintf(billdb, sizeof billdb, "%s/billing.db", dir);
     snprintf(late, sizeof late, "%s/late.db", dir);
+    snprintf(grp, sizeof grp, "%s/group.db", dir);
 
     char (*ids)[CL_UUID_LEN] = calloc(ninst, CL_UUID_LEN);
     cl_usage_sample *v = calloc(n, sizeof *v);
@@ -195,7 +438,18 @@ int main(int argc, char **argv)
         return 1;
     }
     double ti = ingest_all(st, v, n, false);
+    bill_store *st3 = NULL;
+    if (bill_store_open(grp, &st3, &err) < 0) {
+        fprintf(stderr, "%s\n", err.message);
+        return 1;
+    }
+    double tg = ingest_group(st3, v, n, GROUP);
+    bill_store_close(st3);
+    cleanup_db(grp);
     double tl = ingest_all(st2, v, n, true);
+    /* The daemon gets fresh ids (the same ids would be duplicates of nothing: its own db). */
+    uint64_t groups = 0;
+    double td = daemon_ingest(dir, v, n, &groups);
 
     bill_prices *p = calloc(1, sizeof *p);
     cl_strlcpy(p->currency, "EUR", sizeof p->currency);
@@ -221,13 +475,28 @@ int main(int argc, char **argv)
     printf("  baseline raw sqlite insert : %9.0f rows/s    (%.3f s)\n", n / tb, tb);
     printf("  ingest (in order)          : %9.0f samples/s (%.3f s)  ratio to baseline %.2f"
            "  [target > 100000/s]\n", n / ti, ti, tb / ti);
+    printf("  ingest group commit (x%d)  : %9.0f samples/s (%.3f s)  ratio to baseline %.2f"
+           "  [target > 100000/s]\n", GROUP, n / tg, tg, tb / tg);
     printf("  ingest (late, reversed)    : %9.0f samples/s (%.3f s)  ratio to baseline %.2f\n",
            n / tl, tl, tb / tl);
+    printf("  daemon bus->commit->ack    : %9.0f samples/s (%.3f s, %d agents, %d/msg, "
+           "%" PRIu64 " group commits)  ratio to baseline %.2f  [target > 100000/s]\n",
+           n / td, td, DAEMON_AGENTS, DAEMON_PER_MSG, groups, tb / td);
     printf("  rate whole window          : %9.0f samples/s (%.3f s, %zu rows)"
            "  [target 10M in 10 s = 1000000/s]\n", n / tr, tr, rows);
     printf("  export csv                 : %9.0f rows/s    (%.3f s, %zu rows)"
            "  [target 1M in 5 s = 200000/s]\n", sk->rows / (te > 0 ? te : 1e-9), te, sk->rows);
     printf("  max RSS                    : %ld MB\n", maxrss_mb());
+    (void)rate_n;
+    free(v);
+    v = NULL;
+    double tx = 0;
+    size_t xbytes = 0;
+    long growth = 0;
+    http_export(dir, export_rows, &tx, &xbytes, &growth);
+    printf("  export HTTP stream csv     : %9.0f rows/s    (%.3f s, %zu rows, %zu MB sent,"
+           " peak RSS growth %ld MB)  [target 1M in 5 s]\n", export_rows / tx, tx,
+           export_rows, xbytes >> 20, growth);
 
     free(sk);
     bill_store_close(st);
@@ -236,7 +505,6 @@ int main(int argc, char **argv)
     cleanup_db(billdb);
     cleanup_db(late);
     rmdir(dir);
-    free(v);
     free(ids);
     return 0;
 }

@@ -35,7 +35,15 @@
 #
 # Functions (all nube_lv_*; they return non-zero and print a message on failure):
 #   nube_lv_prepare                      packages + the libvirt-qemu user
-#   nube_lv_host_start NAME [--netns NS --ip IP[/PREFIX]] [--uuid UUID]
+#   nube_lv_host_start NAME [--netns NS --ip IP[/PREFIX]] [--uuid UUID] [--lxc]
+#                                        --lxc: make the LXC driver usable (lxc:///system
+#                                        on the same socket, see nube_lv_host_uri_lxc):
+#                                        libvirt 9's libvirt_lxc fails on this machine's
+#                                        hybrid cgroups ("Unable to create directory
+#                                        /sys/fs/cgroup/unified"), so the daemon's private
+#                                        mount namespace unmounts /sys/fs/cgroup/unified
+#                                        (the host keeps it). Not with --netns (cgroups
+#                                        are hidden there and LXC needs them).
 #   nube_lv_host_stop NAME [--purge]     --purge also deletes the host's directory
 #   nube_lv_host_uri NAME                print the client URI
 #   nube_lv_host_running NAME            status 0 when its libvirtd answers to kill -0
@@ -106,6 +114,12 @@ nube_lv_prepare() {
 nube_lv_host_uri() {
     local h; h=$(_lv_dir "$1") || return 1
     echo "qemu:///system?socket=$h/run/libvirt-sock"
+}
+
+# nube_lv_host_uri_lxc NAME : the LXC driver of the same daemon (start it with --lxc).
+nube_lv_host_uri_lxc() {
+    local h; h=$(_lv_dir "$1") || return 1
+    echo "lxc:///system?socket=$h/run/libvirt-sock"
 }
 
 # nube_lv_host_pid NAME : print the pid of the host's libvirtd if it runs.
@@ -252,10 +266,11 @@ _lv_write_config() {
 # Start host NAME (no-op when it runs) and wait until it answers, with a deadline.
 # The host UUID is kept in the host's directory, so a restarted host is the same host.
 nube_lv_host_start() {
-    local name=${1:-} ns='' ip='' uuid='' h t0 pid deadline uri
+    local name=${1:-} ns='' ip='' uuid='' lxc='' h t0 pid deadline uri
     shift || true
     while [ $# -gt 0 ]; do
         case $1 in
+        --lxc) lxc=1; shift ;;
         --netns) ns=${2:-}; shift 2 ;;
         --ip) ip=${2:-}; shift 2 ;;
         --uuid) uuid=${2:-}; shift 2 ;;
@@ -264,6 +279,11 @@ nube_lv_host_start() {
     done
     h=$(_lv_dir "$name") || return 1
     [ -z "$ip" ] || [ -n "$ns" ] || { _lv_err "--ip needs --netns"; return 1; }
+    [ -z "$lxc" ] || [ -z "$ns" ] || { _lv_err "--lxc cannot be used with --netns"; return 1; }
+    if [ -n "$lxc" ] && [ ! -x /usr/lib/libvirt/libvirt_lxc ]; then
+        nube_ensure_packages libvirt-daemon-driver-lxc ||
+            { _lv_err "--lxc needs libvirt-daemon-driver-lxc"; return 1; }
+    fi
     if nube_lv_host_running "$name"; then nube_lv_host_uri "$name"; return 0; fi
     [ "$(id -u)" = 0 ] || { _lv_err "must run as root"; return 1; }
     getent passwd libvirt-qemu >/dev/null ||
@@ -290,6 +310,7 @@ mount --bind '$h/lib' /var/lib/libvirt
 mount --bind '$h/log' /var/log/libvirt
 mount --bind '$h/cache' /var/cache/libvirt
 hostname '$name'
+${lxc:+if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi}
 exec /usr/sbin/libvirtd --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid ${ip:+--listen}"
     local -a pre=()
     [ -z "$ns" ] || pre=(ip netns exec "$ns")

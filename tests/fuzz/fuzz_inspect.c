@@ -9,7 +9,7 @@
  *  - the verdict does not depend on the chunking: same return code, format, virtual
  *    size and reason (a size refusal may name fewer bytes: those counted so far);
  *  - once feed() refused, it keeps refusing and finish() refuses too;
- *  - img_inspector_bytes() counts every byte fed until a refusal;
+ *  - cl_img_inspector_bytes() counts every byte fed until a refusal;
  *  - a refusal has a reason, an acceptance has none and leaves outputs set;
  *  - an accepted image matches its declaration (raw also accepts GPT) and its virtual
  *    size is within the limit; for qcow2 and VMDK the size is the header's, computed
@@ -19,66 +19,66 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "inspect.h"
+#include "image_inspect.h"
 
 typedef struct verdict {
     int rc;
-    img_format fmt;
+    cl_img_format fmt;
     uint64_t vsize;
-    char reason[IMG_REASON_MAX];
+    char reason[CL_IMG_REASON_MAX];
 } verdict;
 
-static void run(img_format declared, uint64_t max, const uint8_t *img, size_t len,
+static void run(cl_img_format declared, uint64_t max, const uint8_t *img, size_t len,
                 uint64_t seed, bool chunked, verdict *v)
 {
-    img_inspector *insp = img_inspector_new(declared, max);
+    cl_img_inspector *insp = cl_img_inspector_new(declared, max);
     bool refused = false;
     size_t off = 0;
 
     FUZZ_CHECK(insp != NULL);
-    FUZZ_CHECK(img_inspector_reason(insp)[0] == '\0');
+    FUZZ_CHECK(cl_img_inspector_reason(insp)[0] == '\0');
     if (len == 0)
-        FUZZ_CHECK(img_inspector_feed(insp, img, 0) == 0);
+        FUZZ_CHECK(cl_img_inspector_feed(insp, img, 0) == 0);
     while (off < len) {
         size_t n = len - off;
         if (chunked) {
             uint64_t x = fuzz_rand(&seed);
             /* Mostly small chunks, some large, some empty; both sides of the head end. */
-            size_t lim = (x & 3) == 0 ? IMG_INSPECT_HEAD : (x & 3) == 1 ? 1 : 4096;
+            size_t lim = (x & 3) == 0 ? CL_IMG_INSPECT_HEAD : (x & 3) == 1 ? 1 : 4096;
             size_t want = (size_t)((x >> 8) % (lim + 1));
             if (want < n)
                 n = want;
         }
-        int r = img_inspector_feed(insp, img + off, n);
+        int r = cl_img_inspector_feed(insp, img + off, n);
         off += n;
         if (r == 0) {
-            FUZZ_CHECK(img_inspector_bytes(insp) == off);
+            FUZZ_CHECK(cl_img_inspector_bytes(insp) == off);
             continue;
         }
         FUZZ_CHECK(r == -EINVAL);
-        FUZZ_CHECK(img_inspector_reason(insp)[0] != '\0');
+        FUZZ_CHECK(cl_img_inspector_reason(insp)[0] != '\0');
         refused = true;
         /* The caller may stop reading here; if it goes on, the answer stays no. */
-        FUZZ_CHECK(img_inspector_feed(insp, img + off, len - off) == -EINVAL);
-        FUZZ_CHECK(img_inspector_feed(insp, img, 0) == -EINVAL);
+        FUZZ_CHECK(cl_img_inspector_feed(insp, img + off, len - off) == -EINVAL);
+        FUZZ_CHECK(cl_img_inspector_feed(insp, img, 0) == -EINVAL);
         break;
     }
-    v->fmt = IMG_FMT_MAX;
+    v->fmt = CL_IMG_FMT_MAX;
     v->vsize = 0xDEADBEEF;
-    v->rc = img_inspector_finish(insp, &v->fmt, &v->vsize);
+    v->rc = cl_img_inspector_finish(insp, &v->fmt, &v->vsize);
     if (refused)
         FUZZ_CHECK(v->rc == -EINVAL);
     if (v->rc < 0) {
         FUZZ_CHECK(v->rc == -EINVAL);
-        FUZZ_CHECK(img_inspector_reason(insp)[0] != '\0');
-        FUZZ_CHECK(v->fmt == IMG_FMT_MAX && v->vsize == 0xDEADBEEF);
+        FUZZ_CHECK(cl_img_inspector_reason(insp)[0] != '\0');
+        FUZZ_CHECK(v->fmt == CL_IMG_FMT_MAX && v->vsize == 0xDEADBEEF);
     } else {
         FUZZ_CHECK(v->rc == 0);
-        FUZZ_CHECK(img_inspector_reason(insp)[0] == '\0');
+        FUZZ_CHECK(cl_img_inspector_reason(insp)[0] == '\0');
     }
-    FUZZ_CHECK(memchr(img_inspector_reason(insp), '\0', IMG_REASON_MAX) != NULL);
-    snprintf(v->reason, sizeof(v->reason), "%s", img_inspector_reason(insp));
-    img_inspector_free(insp);
+    FUZZ_CHECK(memchr(cl_img_inspector_reason(insp), '\0', CL_IMG_REASON_MAX) != NULL);
+    snprintf(v->reason, sizeof(v->reason), "%s", cl_img_inspector_reason(insp));
+    cl_img_inspector_free(insp);
 }
 
 static uint64_t be64(const uint8_t *p)
@@ -102,9 +102,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const uint64_t limits[] = {UINT64_MAX, 1ULL << 20, 64 * 1024, 10ULL << 30};
     verdict one, many;
 
-    if (size < 2 || size > 4 * IMG_INSPECT_HEAD)
+    if (size < 2 || size > 4 * CL_IMG_INSPECT_HEAD)
         return 0;
-    img_format declared = (img_format)(data[0] % IMG_FMT_GPT); /* GPT is not declarable */
+    cl_img_format declared = (cl_img_format)(data[0] % CL_IMG_FMT_GPT); /* GPT is not declarable */
     uint64_t max = limits[data[1] % CL_ARRAY_SIZE(limits)];
     const uint8_t *img = data + 2;
     size_t len = size - 2;
@@ -125,15 +125,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     FUZZ_CHECK(one.fmt == many.fmt && one.vsize == many.vsize);
 
-    FUZZ_CHECK((unsigned)one.fmt < IMG_FMT_MAX);
-    if (declared == IMG_FMT_RAW)
-        FUZZ_CHECK(one.fmt == IMG_FMT_RAW || one.fmt == IMG_FMT_GPT);
+    FUZZ_CHECK((unsigned)one.fmt < CL_IMG_FMT_MAX);
+    if (declared == CL_IMG_FMT_RAW)
+        FUZZ_CHECK(one.fmt == CL_IMG_FMT_RAW || one.fmt == CL_IMG_FMT_GPT);
     else
         FUZZ_CHECK(one.fmt == declared);
     FUZZ_CHECK(one.vsize <= max);
-    if (one.fmt == IMG_FMT_QCOW2 && len >= 32 && be64(img + 24) != 0)
+    if (one.fmt == CL_IMG_FMT_QCOW2 && len >= 32 && be64(img + 24) != 0)
         FUZZ_CHECK(one.vsize == be64(img + 24));
-    if (one.fmt == IMG_FMT_VMDK && len >= 20) {
+    if (one.fmt == CL_IMG_FMT_VMDK && len >= 20) {
         uint64_t capacity = le64(img + 12);
         if (capacity > UINT64_MAX / 512)
             fprintf(stderr, "VMDK capacity %llu sectors (x512 wraps 2^64) accepted with "

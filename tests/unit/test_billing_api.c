@@ -22,10 +22,13 @@
 
 #include <cmocka.h>
 
+#include <sqlite3.h>
+
 #include "billing.h"
 #include "bus.h"
 #include "http.h"
 #include "json.h"
+#include "token.h"
 #include "usage_msg.h"
 
 #define TOKEN "s3cret-admin"
@@ -67,6 +70,7 @@ static int free_port(void)
 typedef struct fixture {
     char dir[64];
     char db[128];
+    char key[128];
     char endpoint[64];
     bill_cfg cfg;
     bill *b;
@@ -93,6 +97,8 @@ static int setup(void **state)
     assert_int_equal(cl_config_defaults(bill_cfg_keys, bill_cfg_nkeys, &f->cfg, &err), 0);
     set(f, "database", "connection", f->db);
     set(f, "auth", "admin_token", TOKEN);
+    snprintf(f->key, sizeof f->key, "%s/token.key", f->dir);
+    set(f, "auth", "token_key_file", f->key);
     set(f, "billing", "port", "0");
     set(f, "billing", "bus_listen", f->endpoint);
     set(f, "billing", "sample_retention_days", "0");
@@ -120,6 +126,7 @@ static int teardown(void **state)
         snprintf(p, sizeof p, "%s%s", f->db, suffixes[i]);
         unlink(p);
     }
+    unlink(f->key);
     assert_int_equal(rmdir(f->dir), 0);
     free(f);
     return 0;
@@ -129,7 +136,7 @@ static int teardown(void **state)
 static long call(fixture *f, const char *method, const char *path, const char *token,
                  const char *body, cl_http_result *out)
 {
-    char url[512], auth[128];
+    char url[512], auth[CL_TOKEN_MAX + 32];
     const char *headers[3] = {NULL, NULL, NULL};
     cl_error err = {0};
     size_t nh = 0;
@@ -438,6 +445,231 @@ static void test_bad_batch_is_counted(void **state)
     cl_http_result_free(&r);
 }
 
+/* The value of a /metrics line "name value" (-1 when absent). */
+static int64_t metric(fixture *f, const char *name)
+{
+    cl_http_result r;
+    char key[128], num[32] = "";
+    int64_t v = -1;
+
+    assert_int_equal(call(f, "GET", "/metrics", NULL, NULL, &r), 200);
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(r.body, key);
+    if (p && sscanf(p + strlen(key), "%31[0-9]", num) == 1 && cl_parse_int64(num, &v) < 0)
+        v = -1;
+    cl_http_result_free(&r);
+    return v;
+}
+
+/* A sealed token for project (NULL = unscoped) with roles, from the key billing made. */
+static void mint(fixture *f, const char *project, unsigned roles, int64_t ttl_ms,
+                 char out[CL_TOKEN_MAX])
+{
+    cl_token_key key;
+    cl_auth a;
+    cl_error err = {0};
+
+    assert_int_equal(cl_token_key_load(f->key, false, &key, &err), 0);
+    memset(&a, 0, sizeof a);
+    cl_strlcpy(a.user_id, "0123456789abcdef0123456789abcdef", sizeof a.user_id);
+    cl_strlcpy(a.domain_id, "default", sizeof a.domain_id);
+    if (project)
+        cl_strlcpy(a.project_id, project, sizeof a.project_id);
+    a.roles = roles;
+    a.issued_ms = cl_now_ms() - 2 * H_MS;
+    a.expires_ms = cl_now_ms() + ttl_ms;
+    if (cl_token_issue(&key, &a, out, CL_TOKEN_MAX, &err) < 0)
+        fail_msg("token: %s", err.message);
+}
+
+static long get_as(fixture *f, const char *token, const char *path, cl_http_result *r)
+{
+    return call(f, "GET", path, token, NULL, r);
+}
+
+/* Two projects' samples; tokens of each see their own figures only, admin calls need
+ * the admin role, the static admin token and an admin sealed token see everything. */
+static void test_project_tokens(void **state)
+{
+    fixture *f = *state;
+    cl_usage_sample s[16];
+    size_t n = build_samples(f->t0, s);
+    cl_bus *bus = dealer(f);
+    char member[CL_TOKEN_MAX], other[CL_TOKEN_MAX], admin[CL_TOKEN_MAX];
+    char expired[CL_TOKEN_MAX], unscoped[CL_TOKEN_MAX], path[256];
+    cl_http_result r;
+
+    /* The same workload again as another instance of project "proj-b". */
+    for (size_t i = 0; i < 6; i++) {
+        s[n + i] = s[i];
+        cl_uuid_new(s[n + i].id);
+        cl_strlcpy(s[n + i].instance_uuid, "44444444-4444-4444-8444-444444444444",
+                   sizeof s[n + i].instance_uuid);
+        cl_strlcpy(s[n + i].project_id, "proj-b", sizeof s[n + i].project_id);
+    }
+    n += 6;
+    assert_int_equal(cl_bus_send(bus, NULL, CL_MSG_USAGE_SAMPLES, NULL,
+                                 cl_usage_batch_encode(s, n), true, NULL), 0);
+    assert_true(WAIT_UNTIL(cl_bus_pending(bus) == 0));
+    cl_bus_free(bus);
+    rate_window(f, f->t0 - H_MS, f->t0 + 23 * H_MS);
+
+    mint(f, PROJ, CL_ROLE_BIT(CL_ROLE_MEMBER) | CL_ROLE_BIT(CL_ROLE_READER), H_MS, member);
+    mint(f, "proj-b", CL_ROLE_BIT(CL_ROLE_READER), H_MS, other);
+    mint(f, "admin", CL_ROLE_BIT(CL_ROLE_ADMIN), H_MS, admin);
+    mint(f, PROJ, CL_ROLE_BIT(CL_ROLE_MEMBER), -1000, expired);
+    mint(f, NULL, CL_ROLE_BIT(CL_ROLE_MEMBER), H_MS, unscoped);
+
+    /* No project_id: the caller's own project, and only it. */
+    assert_int_equal(get_as(f, member, "/v1/costs?start=2026-01-01&end=2026-01-02", &r), 200);
+    json_object *o = NULL;
+    cl_error err = {0};
+    assert_int_equal(cl_json_parse(r.body, r.body_len, &o, &err), 0);
+    cl_http_result_free(&r);
+    json_object *costs = cl_json_path(o, "costs");
+    assert_int_equal(json_object_array_length(costs), 1);
+    json_object *c0 = json_object_array_get_idx(costs, 0);
+    assert_string_equal(json_object_get_string(cl_json_path(c0, "project_id")), PROJ);
+    assert_int_equal(json_object_get_int64(cl_json_path(c0, "total")), API_TOTAL);
+    json_object_put(o);
+
+    /* Another project's usage, costs, invoices and export: 404, as if absent. */
+    static const char *const others[] = {
+        "/v1/usage?project_id=proj-b&start=2026-01-01&end=2026-01-02",
+        "/v1/costs?project_id=proj-b&start=2026-01-01&end=2026-01-02",
+        "/v1/invoices?project_id=proj-b&month=2026-01",
+        "/v1/export?format=csv&project_id=proj-b&start=2026-01-01&end=2026-01-02",
+    };
+    for (size_t i = 0; i < sizeof others / sizeof *others; i++) {
+        long st = get_as(f, member, others[i], &r);
+        if (st != 404)
+            fail_msg("GET %s as %s member: %ld (%s)", others[i], PROJ, st, r.body);
+        cl_http_result_free(&r);
+        assert_int_equal(get_as(f, other, others[i], &r), 200);
+        cl_http_result_free(&r);
+    }
+    /* proj-b's reader exports its own rows only. */
+    assert_int_equal(get_as(f, other, "/v1/export?format=csv&start=2026-01-01&end=2026-01-02",
+                            &r), 200);
+    assert_non_null(strstr(r.body, ",proj-b,"));
+    assert_null(strstr(r.body, "," PROJ ","));
+    cl_http_result_free(&r);
+
+    /* Admin calls need the admin role. */
+    assert_int_equal(get_as(f, member, "/v1/prices", &r), 403);
+    cl_http_result_free(&r);
+    assert_int_equal(call(f, "POST", "/v1/rate", member, "{\"start\": 0, \"end\": 3600000}",
+                          &r), 403);
+    cl_http_result_free(&r);
+    assert_int_equal(call(f, "PUT", "/v1/prices", other, "{\"prices\": {}}", &r), 403);
+    cl_http_result_free(&r);
+    assert_int_equal(get_as(f, admin, "/v1/prices", &r), 200);
+    cl_http_result_free(&r);
+
+    /* Admin (sealed or static): every project. */
+    const char *admins[] = {admin, TOKEN};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "/v1/invoices?month=2026-01");
+        assert_int_equal(get_as(f, admins[i], path, &r), 200);
+        assert_int_equal(cl_json_parse(r.body, r.body_len, &o, &err), 0);
+        cl_http_result_free(&r);
+        assert_int_equal(json_object_array_length(cl_json_path(o, "invoices")), 2);
+        json_object_put(o);
+    }
+
+    /* Expired, unscoped, tampered and foreign tokens. */
+    assert_int_equal(get_as(f, expired, "/v1/costs?start=2026-01-01&end=2026-01-02", &r), 401);
+    cl_http_result_free(&r);
+    assert_int_equal(get_as(f, unscoped, "/v1/costs?start=2026-01-01&end=2026-01-02", &r),
+                     403);
+    cl_http_result_free(&r);
+    member[strlen(member) - 3] ^= 1;
+    assert_int_equal(get_as(f, member, "/v1/costs?start=2026-01-01&end=2026-01-02", &r), 401);
+    cl_http_result_free(&r);
+}
+
+/* A group whose commit fails is not acknowledged: the agent's resend lands once the
+ * database works again, and the totals are exact. The failure is real: a trigger that
+ * aborts every insert into samples, added and dropped through a second connection. */
+static void test_failed_commit_is_resent(void **state)
+{
+    fixture *f = *state;
+    cl_usage_sample s[8];
+    size_t n = build_samples(f->t0, s);
+    sqlite3 *db = NULL;
+    cl_http_result r;
+
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, "CREATE TRIGGER fail_ingest BEFORE INSERT ON samples"
+                                      " BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    cl_bus *bus = dealer(f);
+    assert_int_equal(cl_bus_send(bus, NULL, CL_MSG_USAGE_SAMPLES, NULL,
+                                 cl_usage_batch_encode(s, n), true, NULL), 0);
+    /* Wait for at least two failed attempts (the first and a resend). */
+    assert_true(WAIT_UNTIL(metric(f, "nube_billing_ingest_errors_total") >= 2));
+    assert_int_equal(cl_bus_pending(bus), 1); /* never acked */
+    assert_int_equal(call(f, "GET", "/healthz", NULL, NULL, &r), 503);
+    cl_http_result_free(&r);
+
+    assert_int_equal(sqlite3_exec(db, "DROP TRIGGER fail_ingest", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_true(WAIT_UNTIL(cl_bus_pending(bus) == 0));
+    cl_bus_free(bus);
+    rate_window(f, f->t0 - H_MS, f->t0 + 23 * H_MS);
+    assert_int_equal(api_total(f), API_TOTAL);
+    assert_int_equal(call(f, "GET", "/healthz", NULL, NULL, &r), 200);
+    cl_http_result_free(&r);
+}
+
+/* Many messages from several agents at once: group commits, every message acked once
+ * its group committed, every sample stored once. */
+static void test_group_commit(void **state)
+{
+    fixture *f = *state;
+    enum { AGENTS = 3, MSGS = 40, PER = 25 };
+    cl_bus *bus[AGENTS];
+    cl_http_result r;
+    char name[32], want[96];
+
+    for (int a = 0; a < AGENTS; a++) {
+        snprintf(name, sizeof name, "host-%d", a);
+        cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = f->endpoint, .name = name,
+                         .resend_ms = 2000};
+        cl_error err = {0};
+        if (cl_bus_new(&o, &bus[a], &err) < 0)
+            fail_msg("dealer: %s", err.message);
+    }
+    for (int m = 0; m < MSGS; m++)
+        for (int a = 0; a < AGENTS; a++) {
+            cl_usage_sample v[PER];
+            for (int i = 0; i < PER; i++) {
+                v[i] = sample(f->t0 + (m * PER + i) * MIN_MS, CL_USAGE_COUNTER);
+                snprintf(v[i].instance_uuid, sizeof v[i].instance_uuid,
+                         "5555555%d-5555-4555-8555-555555555555", a);
+                v[i].has_counters = true;
+                v[i].counters.cpu_ns = (m * PER + i + 1) * G;
+                cl_strlcpy(v[i].boot_id, "b", sizeof v[i].boot_id);
+            }
+            assert_int_equal(cl_bus_send(bus[a], NULL, CL_MSG_USAGE_SAMPLES, NULL,
+                                         cl_usage_batch_encode(v, PER), true, NULL), 0);
+        }
+    for (int a = 0; a < AGENTS; a++) {
+        assert_true(WAIT_UNTIL(cl_bus_pending(bus[a]) == 0));
+        cl_bus_free(bus[a]);
+    }
+    assert_int_equal(call(f, "GET", "/metrics", NULL, NULL, &r), 200);
+    snprintf(want, sizeof want, "nube_billing_samples_total{result=\"accepted\"} %d",
+             AGENTS * MSGS * PER);
+    assert_non_null(strstr(r.body, want));
+    assert_non_null(strstr(r.body, "nube_billing_ingest_errors_total 0\n"));
+    cl_http_result_free(&r);
+    /* Fewer commits than messages (the groups shared them). */
+    int64_t groups = metric(f, "nube_billing_group_commits_total");
+    assert_true(groups >= 1 && groups < AGENTS * MSGS);
+}
+
 int main(void)
 {
     cl_http_client_global_init();
@@ -447,6 +679,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_auth_and_prices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_batch_is_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_project_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_commit_is_resent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

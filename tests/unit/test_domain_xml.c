@@ -32,6 +32,8 @@ extern char **environ;
 #define UUID1 "7c2f5d8e-1a2b-4c3d-8e9f-0123456789ab"
 #define VALIDATOR "/usr/bin/virt-xml-validate"
 
+static void quiet(void *ud, virErrorPtr e);
+
 /* A spec with every XML special character in every user-provided field. */
 static void make_spec(cl_msg_instance *m)
 {
@@ -86,11 +88,31 @@ static char *gen(agent_hv_type hv, agent_virt_type virt)
     return xml;
 }
 
-static void check_golden(agent_hv_type hv)
+static char *gen_ex(agent_hv_type hv, const agent_boot *boot)
+{
+    cl_msg_instance m;
+    cl_error err = {0};
+    char *xml = NULL;
+    make_spec(&m);
+    assert_int_equal(agent_domain_xml_ex(&m, hv, AGENT_VIRT_AUTO, "/var/lib/nube/instances",
+                                         boot, &xml, &err), 0);
+    assert_non_null(xml);
+    return xml;
+}
+
+/* A Xen PV image (vm_mode=xen) with its own kernel and ramdisk, as an AMI-style image. */
+static const agent_boot xen_pv_boot = {
+    .vm_mode = "xen",
+    .kernel = "/var/lib/nube/images/deb-pv/kernel",
+    .ramdisk = "/var/lib/nube/images/deb-pv/ramdisk",
+    .cmdline = "console=hvc0 root=/dev/xvda",
+};
+
+/* Compare xml (freed) with golden/domain_<name>.xml. */
+static void check_golden_named(const char *name, char *xml)
 {
     char path[1024];
-    char *xml = gen(hv, AGENT_VIRT_AUTO);
-    snprintf(path, sizeof(path), "%s/golden/domain_%s.xml", TEST_SRCDIR, agent_hv_name(hv));
+    snprintf(path, sizeof(path), "%s/golden/domain_%s.xml", TEST_SRCDIR, name);
     const char *regen = getenv("NUBE_REGEN_GOLDEN");
     if (regen && strcmp(regen, "1") == 0) {
         write_file(path, xml);
@@ -103,6 +125,104 @@ static void check_golden(agent_hv_type hv)
         fail_msg("%s differs from generated XML:\n%s", path, xml);
     free(want);
     free(xml);
+}
+
+static void check_golden(agent_hv_type hv)
+{
+    check_golden_named(agent_hv_name(hv), gen(hv, AGENT_VIRT_AUTO));
+}
+
+/* vm_mode=xen: PV with direct kernel boot, xvda, the PV console, no ACPI. */
+static void test_golden_xen_pv(void **state)
+{
+    (void)state;
+    check_golden_named("xen_pv", gen_ex(AGENT_HV_XEN, &xen_pv_boot));
+}
+
+/* vm_mode=hvm (or none) is the HVM document, the same as without properties. */
+static void test_xen_hvm_mode(void **state)
+{
+    (void)state;
+    agent_boot hvm = {.vm_mode = "hvm"};
+    char *a = gen_ex(AGENT_HV_XEN, &hvm), *b = gen(AGENT_HV_XEN, AGENT_VIRT_AUTO);
+    assert_string_equal(a, b);
+    assert_non_null(strstr(a, ">hvm</type>"));
+    free(a);
+    free(b);
+    /* PV without a kernel boots through pygrub. */
+    agent_boot pv = {.vm_mode = "XEN"};
+    a = gen_ex(AGENT_HV_XEN, &pv);
+    assert_non_null(strstr(a, "<bootloader>/usr/lib/xen/bin/pygrub</bootloader>"));
+    assert_non_null(strstr(a, "machine='xenpv'>xen</type>"));
+    assert_null(strstr(a, "<kernel>"));
+    free(a);
+    assert_true(agent_vm_mode_is_pv("xen"));
+    assert_false(agent_vm_mode_is_pv("hvm"));
+    assert_false(agent_vm_mode_is_pv(NULL));
+}
+
+/* LXC: the extracted rootfs is mounted on '/', the image's init runs. */
+static void test_lxc_rootfs_init(void **state)
+{
+    (void)state;
+    agent_boot b = {.rootfs = "/srv/r<1>", .init = "/bin/sh"};
+    char *x = gen_ex(AGENT_HV_LXC, &b);
+    assert_non_null(strstr(x, "<init>/bin/sh</init>"));
+    assert_non_null(strstr(x, "<source dir='/srv/r&lt;1&gt;'/>"));
+    assert_non_null(strstr(x, "<filesystem type='mount'"));
+    free(x);
+}
+
+/* Live resize headroom: maximums above the flavor, current values at the flavor. */
+static void test_headroom(void **state)
+{
+    (void)state;
+    agent_boot b = {.max_vcpus = 8, .max_ram_mb = 2048};
+    char *x = gen_ex(AGENT_HV_TEST, &b);
+    assert_non_null(strstr(x, "<memory unit='MiB'>2048</memory>"));
+    assert_non_null(strstr(x, "<currentMemory unit='MiB'>512</currentMemory>"));
+    assert_non_null(strstr(x, "<vcpu placement='static' current='2'>8</vcpu>"));
+    free(x);
+    /* Headroom below the flavor is no headroom. */
+    agent_boot small = {.max_vcpus = 1, .max_ram_mb = 256};
+    char *y = gen_ex(AGENT_HV_TEST, &small), *z = gen(AGENT_HV_TEST, AGENT_VIRT_AUTO);
+    assert_string_equal(y, z);
+    free(y);
+    free(z);
+}
+
+/* Host CPU architecture and model out of capabilities XML. */
+static void test_caps_parse(void **state)
+{
+    (void)state;
+    char arch[32], model[64];
+    assert_int_equal(agent_caps_parse("<capabilities><host><uuid>x</uuid><cpu><arch>x86_64"
+                                      "</arch><model>Skylake-Client-IBRS</model><vendor>Intel"
+                                      "</vendor></cpu></host><guest><arch name='i686'/></guest>"
+                                      "</capabilities>", arch, sizeof(arch), model,
+                                      sizeof(model)), 0);
+    assert_string_equal(arch, "x86_64");
+    assert_string_equal(model, "Skylake-Client-IBRS");
+    assert_int_equal(agent_caps_parse("<capabilities><host><cpu><arch>i686</arch></cpu></host>"
+                                      "</capabilities>", arch, sizeof(arch), model,
+                                      sizeof(model)), 0);
+    assert_string_equal(arch, "i686");
+    assert_string_equal(model, "");
+    assert_int_equal(agent_caps_parse("<domain/>", arch, sizeof(arch), model, sizeof(model)),
+                     -EINVAL);
+    assert_int_equal(agent_caps_parse("not xml", arch, sizeof(arch), model, sizeof(model)),
+                     -EINVAL);
+
+    /* The test driver's own capabilities parse. */
+    virSetErrorFunc(NULL, quiet);
+    virConnectPtr c = virConnectOpen("test:///default");
+    assert_non_null(c);
+    char *caps = virConnectGetCapabilities(c);
+    assert_non_null(caps);
+    assert_int_equal(agent_caps_parse(caps, arch, sizeof(arch), model, sizeof(model)), 0);
+    assert_string_equal(arch, "i686");
+    free(caps);
+    assert_int_equal(virConnectClose(c), 0);
 }
 
 static void test_golden_test(void **state) { (void)state; check_golden(AGENT_HV_TEST); }
@@ -296,13 +416,16 @@ static void test_libvirt_accepts(void **state)
     virDomainFree(d);
     free(xml);
 
-    xml = gen(AGENT_HV_XEN, AGENT_VIRT_AUTO);
-    d = virDomainDefineXML(c, xml);
-    if (!d)
-        fail_msg("test driver refused the Xen XML: %s", virGetLastErrorMessage());
-    assert_int_equal(virDomainUndefine(d), 0);
-    virDomainFree(d);
-    free(xml);
+    for (int pv = 0; pv < 2; pv++) {
+        xml = pv ? gen_ex(AGENT_HV_XEN, &xen_pv_boot) : gen(AGENT_HV_XEN, AGENT_VIRT_AUTO);
+        d = virDomainDefineXML(c, xml);
+        if (!d)
+            fail_msg("test driver refused the Xen %s XML: %s", pv ? "PV" : "HVM",
+                     virGetLastErrorMessage());
+        assert_int_equal(virDomainUndefine(d), 0);
+        virDomainFree(d);
+        free(xml);
+    }
     assert_int_equal(virConnectClose(c), 0);
 }
 
@@ -330,10 +453,11 @@ static void test_schema_validates(void **state)
         skip();
     char dir[] = "/tmp/nube-domxml-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    const agent_hv_type hvs[] = {AGENT_HV_QEMU, AGENT_HV_XEN, AGENT_HV_LXC};
+    const agent_hv_type hvs[] = {AGENT_HV_QEMU, AGENT_HV_XEN, AGENT_HV_LXC, AGENT_HV_XEN};
     for (size_t i = 0; i < sizeof(hvs) / sizeof(hvs[0]); i++) {
         char path[256];
-        char *xml = gen(hvs[i], AGENT_VIRT_AUTO);
+        /* The last one is the Xen PV document. */
+        char *xml = i == 3 ? gen_ex(AGENT_HV_XEN, &xen_pv_boot) : gen(hvs[i], AGENT_VIRT_AUTO);
         snprintf(path, sizeof(path), "%s/%s.xml", dir, agent_hv_name(hvs[i]));
         write_file(path, xml);
         int rc = run_validator(path);
@@ -359,6 +483,11 @@ int main(void)
         cmocka_unit_test(test_golden_qemu),
         cmocka_unit_test(test_golden_xen),
         cmocka_unit_test(test_golden_lxc),
+        cmocka_unit_test(test_golden_xen_pv),
+        cmocka_unit_test(test_xen_hvm_mode),
+        cmocka_unit_test(test_lxc_rootfs_init),
+        cmocka_unit_test(test_headroom),
+        cmocka_unit_test(test_caps_parse),
         cmocka_unit_test(test_domain_types),
         cmocka_unit_test(test_bad_specs),
         cmocka_unit_test(test_escape),

@@ -394,6 +394,87 @@ static void test_lifecycle_events(void **state)
     virDomainFree(t);
 }
 
+/* host.register capabilities: the test driver's version and architecture. */
+static void test_host_caps(void **state)
+{
+    fixture *fx = *state;
+    agent_host_caps caps;
+    cl_error err = {0};
+    unsigned long want = 0;
+
+    assert_int_equal(agent_driver_host_caps(fx->drv, &caps, &err), 0);
+    assert_int_equal(virConnectGetVersion(fx->raw, &want), 0);
+    assert_true(caps.hypervisor_version > 0);
+    assert_int_equal(caps.hypervisor_version, (int64_t)want);
+    assert_string_equal(caps.cpu_arch, "i686"); /* the test driver's fake host */
+}
+
+/* Live resize within the headroom a live_resize driver defines; beyond it -ERANGE and
+ * nothing changes. */
+static void test_live_resize(void **state)
+{
+    fixture *fx = *state;
+    cl_error err = {0};
+    cl_msg_instance m;
+    agent_driver *drv = NULL;
+    agent_driver_opts o = {.uri = "test:///default", .virt_type = AGENT_VIRT_AUTO,
+                           .instances_dir = fx->dir, .live_resize = true};
+    assert_int_equal(agent_driver_open(&o, &drv, &err), 0);
+
+    make_spec(&m, UUID2, "grow");
+    assert_int_equal(agent_driver_spawn(drv, &m, &err), 0);
+    virDomainPtr d = virDomainLookupByUUIDString(fx->raw, UUID2);
+    assert_non_null(d);
+    virDomainInfo info;
+    assert_int_equal(virDomainGetInfo(d, &info), 0);
+    assert_int_equal(info.nrVirtCpu, 1);
+    assert_int_equal(info.memory, 256 * 1024);
+    assert_int_equal(info.maxMem, 4 * 256 * 1024); /* headroom: 4x the flavor */
+
+    m.flavor.vcpus = 4;
+    m.flavor.ram_mb = 768;
+    cl_strlcpy(m.flavor.name, "m1.bigger", sizeof(m.flavor.name));
+    if (agent_driver_live_resize(drv, &m, &err) != 0)
+        fail_msg("live resize: %s", err.message);
+    assert_int_equal(virDomainGetInfo(d, &info), 0);
+    assert_int_equal(info.state, VIR_DOMAIN_RUNNING); /* never stopped */
+    assert_int_equal(info.nrVirtCpu, 4);
+    assert_int_equal(info.memory, 768 * 1024);
+    /* The persistent definition and the metadata follow. */
+    assert_int_equal(virDomainGetVcpusFlags(d, VIR_DOMAIN_AFFECT_CONFIG), 4);
+    cl_msg_instance back;
+    assert_int_equal(agent_driver_metadata(drv, UUID2, &back, &err), 0);
+    assert_string_equal(back.flavor.name, "m1.bigger");
+    assert_int_equal(back.flavor.ram_mb, 768);
+
+    /* Beyond the maximums: refused, unchanged. */
+    m.flavor.ram_mb = 4096;
+    assert_int_equal(agent_driver_live_resize(drv, &m, &err), -ERANGE);
+    assert_non_null(strstr(err.message, "maximum memory"));
+    m.flavor.ram_mb = 768;
+    m.flavor.vcpus = 4096;
+    assert_int_equal(agent_driver_live_resize(drv, &m, &err), -ERANGE);
+    assert_int_equal(virDomainGetInfo(d, &info), 0);
+    assert_int_equal(info.nrVirtCpu, 4);
+
+    /* A domain defined without headroom cannot grow live. */
+    cl_msg_instance plain;
+    make_spec(&plain, UUID1, "plain");
+    assert_int_equal(agent_driver_spawn(fx->drv, &plain, &err), 0);
+    plain.flavor.vcpus = 2;
+    assert_int_equal(agent_driver_live_resize(fx->drv, &plain, &err), -ERANGE);
+    /* ... but can shrink memory live (balloon). */
+    plain.flavor.vcpus = 1;
+    plain.flavor.ram_mb = 128;
+    assert_int_equal(agent_driver_live_resize(fx->drv, &plain, &err), 0);
+
+    make_spec(&m, "aaaaaaaa-2222-4333-8444-555555555555", "none");
+    assert_int_equal(agent_driver_live_resize(drv, &m, &err), -ENOENT);
+    virDomainFree(d);
+    assert_int_equal(agent_driver_destroy(drv, UUID2, &err), 0);
+    agent_driver_free(drv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -405,6 +486,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_special_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spawn_bad_spec, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_caps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_live_resize, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

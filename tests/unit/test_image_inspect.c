@@ -24,37 +24,37 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "inspect.h"
+#include "image_inspect.h"
 
 #define GiB (1024ULL * 1024 * 1024)
 #define LIMIT (1024 * GiB)
 
 typedef struct verdict {
     int rc;
-    img_format fmt;
+    cl_img_format fmt;
     uint64_t vsize;
-    char reason[IMG_REASON_MAX];
+    char reason[CL_IMG_REASON_MAX];
 } verdict;
 
 /* Feed buf in chunks of `chunk` bytes, stop at the first refusal, then finish. */
-static verdict inspect_chunked(img_format declared, const void *buf, size_t len,
+static verdict inspect_chunked(cl_img_format declared, const void *buf, size_t len,
                                size_t chunk, uint64_t limit)
 {
-    verdict v = {.rc = 0, .fmt = IMG_FMT_MAX, .vsize = 0};
-    img_inspector *insp = img_inspector_new(declared, limit);
+    verdict v = {.rc = 0, .fmt = CL_IMG_FMT_MAX, .vsize = 0};
+    cl_img_inspector *insp = cl_img_inspector_new(declared, limit);
     const unsigned char *p = buf;
 
     assert_non_null(insp);
     for (size_t off = 0; off < len && v.rc == 0; off += chunk)
-        v.rc = img_inspector_feed(insp, p + off, len - off < chunk ? len - off : chunk);
+        v.rc = cl_img_inspector_feed(insp, p + off, len - off < chunk ? len - off : chunk);
     if (v.rc == 0)
-        v.rc = img_inspector_finish(insp, &v.fmt, &v.vsize);
-    snprintf(v.reason, sizeof(v.reason), "%s", img_inspector_reason(insp));
-    img_inspector_free(insp);
+        v.rc = cl_img_inspector_finish(insp, &v.fmt, &v.vsize);
+    snprintf(v.reason, sizeof(v.reason), "%s", cl_img_inspector_reason(insp));
+    cl_img_inspector_free(insp);
     return v;
 }
 
-static verdict inspect(img_format declared, const void *buf, size_t len)
+static verdict inspect(cl_img_format declared, const void *buf, size_t len)
 {
     return inspect_chunked(declared, buf, len, 4093, LIMIT);
 }
@@ -118,17 +118,17 @@ static void assert_refused(verdict v, const char *needle)
 
 static void test_format_parse(void **state)
 {
-    img_format f;
+    cl_img_format f;
 
-    assert_int_equal(img_format_parse("qcow2", &f), 0);
-    assert_int_equal(f, IMG_FMT_QCOW2);
-    assert_int_equal(img_format_parse("ami", &f), 0);
-    assert_int_equal(f, IMG_FMT_RAW);
-    assert_int_equal(img_format_parse("vhd", &f), -ENOTSUP);
-    assert_int_equal(img_format_parse("gpt", &f), -EINVAL);
-    assert_int_equal(img_format_parse("bogus", &f), -EINVAL);
-    assert_string_equal(img_format_name(IMG_FMT_ARI), "ari");
-    assert_null(img_format_name(IMG_FMT_MAX));
+    assert_int_equal(cl_img_format_parse("qcow2", &f), 0);
+    assert_int_equal(f, CL_IMG_FMT_QCOW2);
+    assert_int_equal(cl_img_format_parse("ami", &f), 0);
+    assert_int_equal(f, CL_IMG_FMT_RAW);
+    assert_int_equal(cl_img_format_parse("vhd", &f), -ENOTSUP);
+    assert_int_equal(cl_img_format_parse("gpt", &f), -EINVAL);
+    assert_int_equal(cl_img_format_parse("bogus", &f), -EINVAL);
+    assert_string_equal(cl_img_format_name(CL_IMG_FMT_ARI), "ari");
+    assert_null(cl_img_format_name(CL_IMG_FMT_MAX));
 }
 
 static void test_qcow2_genuine(void **state)
@@ -136,12 +136,12 @@ static void test_qcow2_genuine(void **state)
     for (uint32_t ver = 2; ver <= 3; ver++) {
         unsigned char *b = make_qcow2(ver, 0, ver == 3 ? 1 /* dirty: harmless */ : 0,
                                       10 * GiB);
-        verdict v = inspect(IMG_FMT_QCOW2, b, IMG_LEN);
+        verdict v = inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN);
         assert_int_equal(v.rc, 0);
-        assert_int_equal(v.fmt, IMG_FMT_QCOW2);
+        assert_int_equal(v.fmt, CL_IMG_FMT_QCOW2);
         assert_int_equal(v.vsize, 10 * GiB);
         /* Byte-at-a-time feeding reaches the same verdict. */
-        v = inspect_chunked(IMG_FMT_QCOW2, b, IMG_LEN, 1, LIMIT);
+        v = inspect_chunked(CL_IMG_FMT_QCOW2, b, IMG_LEN, 1, LIMIT);
         assert_int_equal(v.rc, 0);
         free(b);
     }
@@ -150,44 +150,44 @@ static void test_qcow2_genuine(void **state)
 static void test_qcow2_backing_file(void **state)
 {
     unsigned char *b = make_qcow2(3, 512, 0, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "backing file");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "backing file");
     free(b);
     b = make_qcow2(2, 512, 0, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "backing file");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "backing file");
     free(b);
 }
 
 static void test_qcow2_data_file(void **state)
 {
     unsigned char *b = make_qcow2(3, 0, 1ULL << 2, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "external data file");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "external data file");
     free(b);
 }
 
 static void test_qcow2_features_and_version(void **state)
 {
     unsigned char *b = make_qcow2(3, 0, 1ULL << 9, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "unknown incompatible features");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "unknown incompatible features");
     free(b);
     b = make_qcow2(3, 0, 1ULL << 1, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "marked corrupt");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "marked corrupt");
     free(b);
     b = make_qcow2(3, 0, (1ULL << 3) | (1ULL << 4), GiB); /* zstd + extended L2: fine */
-    assert_int_equal(inspect(IMG_FMT_QCOW2, b, IMG_LEN).rc, 0);
+    assert_int_equal(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN).rc, 0);
     free(b);
     b = make_qcow2(1, 0, 0, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "version 1");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "version 1");
     free(b);
     b = make_qcow2(4, 0, 0, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "Unknown qcow2 version");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "Unknown qcow2 version");
     free(b);
     b = make_qcow2(3, 0, 0, GiB);
     put_be32(b + 32, 1); /* AES */
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "Encrypted");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "Encrypted");
     free(b);
     /* A truncated header cannot be judged, so it is refused. */
     b = make_qcow2(3, 0, 0, GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, 80), "truncated");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, 80), "truncated");
     free(b);
 }
 
@@ -195,18 +195,18 @@ static void test_qcow2_declared_raw(void **state)
 {
     /* CVE-2024-40767: qcow2 bytes behind a raw declaration. */
     unsigned char *b = make_qcow2(3, 0, 0, GiB);
-    assert_refused(inspect(IMG_FMT_RAW, b, IMG_LEN), "declared disk_format 'raw'");
-    assert_refused(inspect(IMG_FMT_ISO, b, IMG_LEN), "qcow2");
+    assert_refused(inspect(CL_IMG_FMT_RAW, b, IMG_LEN), "declared disk_format 'raw'");
+    assert_refused(inspect(CL_IMG_FMT_ISO, b, IMG_LEN), "qcow2");
     free(b);
 }
 
 static void test_qcow2_virtual_size(void **state)
 {
     unsigned char *b = make_qcow2(3, 0, 0, 2048 * GiB);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "virtual size");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "virtual size");
     free(b);
     b = make_qcow2(3, 0, 0, UINT64_MAX);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "virtual size");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "virtual size");
     free(b);
 }
 
@@ -214,9 +214,9 @@ static void test_polyglot_iso_qcow2(void **state)
 {
     unsigned char *b = make_qcow2(3, 0, 0, GiB);
     memcpy(b + 0x8001, "CD001", 5);
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "more than one format");
-    assert_refused(inspect(IMG_FMT_ISO, b, IMG_LEN), "qcow2, iso");
-    assert_refused(inspect(IMG_FMT_RAW, b, IMG_LEN), "more than one format");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "more than one format");
+    assert_refused(inspect(CL_IMG_FMT_ISO, b, IMG_LEN), "qcow2, iso");
+    assert_refused(inspect(CL_IMG_FMT_RAW, b, IMG_LEN), "more than one format");
     free(b);
 }
 
@@ -227,18 +227,18 @@ static void test_iso_and_hybrid(void **state)
 
     assert_non_null(b);
     memcpy(b + 0x8001, "CD001", 5);
-    v = inspect(IMG_FMT_ISO, b, IMG_LEN);
+    v = inspect(CL_IMG_FMT_ISO, b, IMG_LEN);
     assert_int_equal(v.rc, 0);
-    assert_int_equal(v.fmt, IMG_FMT_ISO);
+    assert_int_equal(v.fmt, CL_IMG_FMT_ISO);
     assert_int_equal(v.vsize, IMG_LEN);
     /* isohybrid: MBR + GPT in front of the ISO is still an ISO. */
     b[510] = 0x55;
     b[511] = 0xaa;
     memcpy(b + 512, "EFI PART", 8);
-    v = inspect(IMG_FMT_ISO, b, IMG_LEN);
+    v = inspect(CL_IMG_FMT_ISO, b, IMG_LEN);
     assert_int_equal(v.rc, 0);
-    assert_int_equal(v.fmt, IMG_FMT_ISO);
-    assert_refused(inspect(IMG_FMT_RAW, b, IMG_LEN), "ISO 9660");
+    assert_int_equal(v.fmt, CL_IMG_FMT_ISO);
+    assert_refused(inspect(CL_IMG_FMT_RAW, b, IMG_LEN), "ISO 9660");
     free(b);
 }
 
@@ -251,23 +251,23 @@ static void test_raw_and_gpt(void **state)
     for (size_t i = 0; i < IMG_LEN; i++)
         b[i] = (unsigned char)(i * 7 + 3);
     b[0] = 0; /* not a gzip magic by chance */
-    v = inspect(IMG_FMT_RAW, b, IMG_LEN);
+    v = inspect(CL_IMG_FMT_RAW, b, IMG_LEN);
     assert_int_equal(v.rc, 0);
-    assert_int_equal(v.fmt, IMG_FMT_RAW);
+    assert_int_equal(v.fmt, CL_IMG_FMT_RAW);
     assert_int_equal(v.vsize, IMG_LEN);
     memcpy(b + 512, "EFI PART", 8);
-    v = inspect(IMG_FMT_RAW, b, IMG_LEN);
+    v = inspect(CL_IMG_FMT_RAW, b, IMG_LEN);
     assert_int_equal(v.rc, 0);
-    assert_int_equal(v.fmt, IMG_FMT_GPT);
+    assert_int_equal(v.fmt, CL_IMG_FMT_GPT);
     /* A raw disk over the limit: its size is its virtual size. */
-    assert_refused(inspect_chunked(IMG_FMT_RAW, b, IMG_LEN, 65536, 100 * 1024),
+    assert_refused(inspect_chunked(CL_IMG_FMT_RAW, b, IMG_LEN, 65536, 100 * 1024),
                    "virtual size");
     /* A tiny raw image (shorter than every header) is raw. */
-    v = inspect(IMG_FMT_RAW, "hello", 5);
+    v = inspect(CL_IMG_FMT_RAW, "hello", 5);
     assert_int_equal(v.rc, 0);
     assert_int_equal(v.vsize, 5);
-    assert_refused(inspect(IMG_FMT_RAW, "", 0), "empty");
-    assert_refused(inspect(IMG_FMT_QCOW2, b, IMG_LEN), "declared disk_format 'qcow2'");
+    assert_refused(inspect(CL_IMG_FMT_RAW, "", 0), "empty");
+    assert_refused(inspect(CL_IMG_FMT_QCOW2, b, IMG_LEN), "declared disk_format 'qcow2'");
     free(b);
 }
 
@@ -280,16 +280,16 @@ static void test_kernel_ramdisk(void **state)
     b[510] = 0x55;
     b[511] = 0xaa;
     memcpy(b + 0x202, "HdrS", 4);
-    v = inspect(IMG_FMT_AKI, b, IMG_LEN);
+    v = inspect(CL_IMG_FMT_AKI, b, IMG_LEN);
     assert_int_equal(v.rc, 0);
-    assert_int_equal(v.fmt, IMG_FMT_AKI);
-    assert_refused(inspect(IMG_FMT_RAW, b, IMG_LEN), "Linux kernel");
+    assert_int_equal(v.fmt, CL_IMG_FMT_AKI);
+    assert_refused(inspect(CL_IMG_FMT_RAW, b, IMG_LEN), "Linux kernel");
     memset(b, 0, IMG_LEN);
     put_be32(b + 0x38, 0x41524d64); /* arm64 Image: "ARM\x64" */
-    assert_int_equal(inspect(IMG_FMT_AKI, b, IMG_LEN).rc, 0);
+    assert_int_equal(inspect(CL_IMG_FMT_AKI, b, IMG_LEN).rc, 0);
     memset(b, 0, IMG_LEN);
-    assert_refused(inspect(IMG_FMT_AKI, b, IMG_LEN), "no Linux kernel header");
-    assert_refused(inspect(IMG_FMT_ARI, b, IMG_LEN), "not a gzip");
+    assert_refused(inspect(CL_IMG_FMT_AKI, b, IMG_LEN), "no Linux kernel header");
+    assert_refused(inspect(CL_IMG_FMT_ARI, b, IMG_LEN), "not a gzip");
 
     static const struct {
         const char *bytes;
@@ -298,9 +298,9 @@ static void test_kernel_ramdisk(void **state)
     for (size_t i = 0; i < sizeof(magics) / sizeof(magics[0]); i++) {
         memset(b, 0, IMG_LEN);
         memcpy(b, magics[i].bytes, magics[i].len);
-        v = inspect(IMG_FMT_ARI, b, 4096);
+        v = inspect(CL_IMG_FMT_ARI, b, 4096);
         assert_int_equal(v.rc, 0);
-        assert_int_equal(v.fmt, IMG_FMT_ARI);
+        assert_int_equal(v.fmt, CL_IMG_FMT_ARI);
     }
     free(b);
 }
@@ -329,58 +329,58 @@ static unsigned char *make_vmdk(const char *create_type, const char *extent,
 static void test_vmdk(void **state)
 {
     unsigned char *b = make_vmdk("monolithicSparse", "RW 2097152 SPARSE \"disk.vmdk\"", "");
-    verdict v = inspect(IMG_FMT_VMDK, b, IMG_LEN);
+    verdict v = inspect(CL_IMG_FMT_VMDK, b, IMG_LEN);
     assert_int_equal(v.rc, 0);
-    assert_int_equal(v.fmt, IMG_FMT_VMDK);
+    assert_int_equal(v.fmt, CL_IMG_FMT_VMDK);
     assert_int_equal(v.vsize, GiB);
     free(b);
     b = make_vmdk("streamOptimized", "RW 2097152 SPARSE \"disk.vmdk\"", "");
-    assert_int_equal(inspect(IMG_FMT_VMDK, b, IMG_LEN).rc, 0);
+    assert_int_equal(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN).rc, 0);
     free(b);
 
     /* CVE-2022-47951 family: flat extents, paths, other create types, parents. */
     b = make_vmdk("monolithicSparse", "RW 2097152 FLAT \"/etc/shadow\" 0", "");
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "FLAT extent");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "FLAT extent");
     free(b);
     b = make_vmdk("monolithicSparse", "RW 2097152 SPARSE \"/var/lib/nova/x.vmdk\"", "");
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "names a path");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "names a path");
     free(b);
     b = make_vmdk("monolithicSparse", "RW 2097152 SPARSE \"../x.vmdk\"", "");
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "names a path");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "names a path");
     free(b);
     b = make_vmdk("monolithicSparse",
                   "RW 1048576 SPARSE \"a.vmdk\"\nRW 1048576 SPARSE \"b.vmdk\"", "");
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "2 extents");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "2 extents");
     free(b);
     b = make_vmdk("twoGbMaxExtentSparse", "RW 2097152 SPARSE \"disk-s001.vmdk\"", "");
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "createType is not accepted");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "createType is not accepted");
     free(b);
     b = make_vmdk("monolithicSparse", "RW 2097152 SPARSE \"d.vmdk\"",
                   "parentFileNameHint=\"base.vmdk\"");
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "delta of a parent");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "delta of a parent");
     free(b);
     b = make_vmdk("monolithicSparse", "RW 2097152 SPARSE \"disk.vmdk\"", "");
     put_le64(b + 28, 4096); /* descriptor at 2 MiB: beyond what is inspected */
-    assert_refused(inspect(IMG_FMT_VMDK, b, IMG_LEN), "beyond the first");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "beyond the first");
     free(b);
 
     /* A descriptor-only VMDK (monolithicFlat, twoGbMaxExtent*) is text. */
     static const char desc[] = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n"
                                "RW 2097152 FLAT \"/etc/passwd\" 0\n";
-    assert_refused(inspect(IMG_FMT_VMDK, desc, sizeof(desc) - 1), "descriptor files");
-    assert_refused(inspect(IMG_FMT_RAW, desc, sizeof(desc) - 1), "VMDK");
+    assert_refused(inspect(CL_IMG_FMT_VMDK, desc, sizeof(desc) - 1), "descriptor files");
+    assert_refused(inspect(CL_IMG_FMT_RAW, desc, sizeof(desc) - 1), "VMDK");
 }
 
 /* Early refusal: once the head is in, feed() already says no. */
 static void test_early_refusal(void **state)
 {
     unsigned char *b = make_qcow2(3, 512, 0, GiB);
-    img_inspector *insp = img_inspector_new(IMG_FMT_QCOW2, LIMIT);
-    assert_int_equal(img_inspector_feed(insp, b, IMG_INSPECT_HEAD - 1), 0);
-    assert_int_equal(img_inspector_feed(insp, b + IMG_INSPECT_HEAD - 1, 1), -EINVAL);
-    assert_int_equal(img_inspector_feed(insp, b, 10), -EINVAL);
-    assert_non_null(strstr(img_inspector_reason(insp), "backing file"));
-    img_inspector_free(insp);
+    cl_img_inspector *insp = cl_img_inspector_new(CL_IMG_FMT_QCOW2, LIMIT);
+    assert_int_equal(cl_img_inspector_feed(insp, b, CL_IMG_INSPECT_HEAD - 1), 0);
+    assert_int_equal(cl_img_inspector_feed(insp, b + CL_IMG_INSPECT_HEAD - 1, 1), -EINVAL);
+    assert_int_equal(cl_img_inspector_feed(insp, b, 10), -EINVAL);
+    assert_non_null(strstr(cl_img_inspector_reason(insp), "backing file"));
+    cl_img_inspector_free(insp);
     free(b);
 }
 
@@ -406,22 +406,22 @@ static int run(char *const argv[])
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static verdict inspect_file(img_format declared, const char *path)
+static verdict inspect_file(cl_img_format declared, const char *path)
 {
     FILE *f = fopen(path, "rbe");
     unsigned char buf[65521]; /* odd size on purpose */
-    img_inspector *insp = img_inspector_new(declared, LIMIT);
+    cl_img_inspector *insp = cl_img_inspector_new(declared, LIMIT);
     verdict v = {.rc = 0};
     size_t n;
 
     assert_non_null(f);
     while (v.rc == 0 && (n = fread(buf, 1, sizeof(buf), f)) > 0)
-        v.rc = img_inspector_feed(insp, buf, n);
+        v.rc = cl_img_inspector_feed(insp, buf, n);
     fclose(f);
     if (v.rc == 0)
-        v.rc = img_inspector_finish(insp, &v.fmt, &v.vsize);
-    snprintf(v.reason, sizeof(v.reason), "%s", img_inspector_reason(insp));
-    img_inspector_free(insp);
+        v.rc = cl_img_inspector_finish(insp, &v.fmt, &v.vsize);
+    snprintf(v.reason, sizeof(v.reason), "%s", cl_img_inspector_reason(insp));
+    cl_img_inspector_free(insp);
     return v;
 }
 
@@ -439,41 +439,41 @@ static void test_qemu_img_constructions(void **state)
 
     char *create_base[] = {QEMU_IMG, "create", "-f", "raw", base, "1M", NULL};
     assert_int_equal(run(create_base), 0);
-    assert_int_equal(inspect_file(IMG_FMT_RAW, base).rc, 0);
+    assert_int_equal(inspect_file(CL_IMG_FMT_RAW, base).rc, 0);
 
     char *genuine[] = {QEMU_IMG, "create", "-f", "qcow2", img, "1G", NULL};
     assert_int_equal(run(genuine), 0);
-    verdict v = inspect_file(IMG_FMT_QCOW2, img);
+    verdict v = inspect_file(CL_IMG_FMT_QCOW2, img);
     assert_int_equal(v.rc, 0);
     assert_int_equal(v.vsize, GiB);
-    assert_refused(inspect_file(IMG_FMT_RAW, img), "qcow2");
+    assert_refused(inspect_file(CL_IMG_FMT_RAW, img), "qcow2");
 
     char *backing[] = {QEMU_IMG, "create", "-f", "qcow2", "-b", base, "-F", "raw", img, NULL};
     assert_int_equal(run(backing), 0);
-    assert_refused(inspect_file(IMG_FMT_QCOW2, img), "backing file");
+    assert_refused(inspect_file(CL_IMG_FMT_QCOW2, img), "backing file");
 
     snprintf(opt, sizeof(opt), "data_file=%s", data);
     char *datafile[] = {QEMU_IMG, "create", "-f", "qcow2", "-o", opt, img, "1M", NULL};
     assert_int_equal(run(datafile), 0);
-    assert_refused(inspect_file(IMG_FMT_QCOW2, img), "external data file");
+    assert_refused(inspect_file(CL_IMG_FMT_QCOW2, img), "external data file");
 
     char *v2[] = {QEMU_IMG, "create", "-f", "qcow2", "-o", "compat=0.10", img, "1M", NULL};
     assert_int_equal(run(v2), 0);
-    assert_int_equal(inspect_file(IMG_FMT_QCOW2, img).rc, 0);
+    assert_int_equal(inspect_file(CL_IMG_FMT_QCOW2, img).rc, 0);
 
     char *flat[] = {QEMU_IMG, "create", "-f", "vmdk", "-o", "subformat=monolithicFlat",
                     img, "1M", NULL};
     assert_int_equal(run(flat), 0);
-    assert_refused(inspect_file(IMG_FMT_VMDK, img), "descriptor files");
+    assert_refused(inspect_file(CL_IMG_FMT_VMDK, img), "descriptor files");
 
     char *split[] = {QEMU_IMG, "create", "-f", "vmdk", "-o",
                      "subformat=twoGbMaxExtentSparse", img, "1M", NULL};
     assert_int_equal(run(split), 0);
-    assert_refused(inspect_file(IMG_FMT_VMDK, img), "descriptor files");
+    assert_refused(inspect_file(CL_IMG_FMT_VMDK, img), "descriptor files");
 
     char *sparse[] = {QEMU_IMG, "create", "-f", "vmdk", img, "1M", NULL};
     assert_int_equal(run(sparse), 0);
-    assert_int_equal(inspect_file(IMG_FMT_VMDK, img).rc, 0);
+    assert_int_equal(inspect_file(CL_IMG_FMT_VMDK, img).rc, 0);
 
     char *rm[] = {"/bin/rm", "-rf", dir, NULL};
     assert_int_equal(run(rm), 0);

@@ -7,7 +7,8 @@
  * with their reason, interrupted uploads leaving nothing behind, restart after a crash
  * mid-upload, listing with pagination, PATCH, tags, delete, blob de-duplication, auth,
  * quotas, and the visibility rules (called directly and through img_db_list with
- * non-admin identities).
+ * non-admin identities, and through HTTP with tokens sealed for two projects with the
+ * shared key, as nube-api issues them), including the members API.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -32,6 +33,7 @@
 #include "img.h"
 #include "json.h"
 #include "log.h"
+#include "token.h"
 
 #define TOKEN "test-admin-token"
 
@@ -785,6 +787,179 @@ static void test_concurrent_uploads(void **state)
     }
 }
 
+/* ---- sealed tokens from nube-api's key, two projects, members ---- */
+
+#define P_ALICE "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+#define P_BOB "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+
+static void seal(const cl_token_key *key, const char *project, unsigned roles, int64_t ttl_ms,
+                 char *out)
+{
+    cl_auth a = {.roles = roles, .issued_ms = cl_now_ms(), .expires_ms = cl_now_ms() + ttl_ms};
+    cl_error err = {0};
+
+    cl_strlcpy(a.user_id, "0123456789abcdef0123456789abcdef", sizeof(a.user_id));
+    cl_strlcpy(a.domain_id, "default", sizeof(a.domain_id));
+    cl_strlcpy(a.project_id, project, sizeof(a.project_id));
+    assert_int_equal(cl_token_issue(key, &a, out, CL_TOKEN_MAX, &err), 0);
+}
+
+/* One request with a given token; returns the status, *out the parsed body (or NULL). */
+static long as(fixture *f, const char *token, const char *method, const char *path,
+               const char *body, json_object **out)
+{
+    char url[512], hdr[CL_TOKEN_MAX + 32];
+    const char *hdrs[3] = {hdr, "Content-Type: application/json", NULL};
+    cl_http_result res;
+    cl_error err = {0};
+    long st;
+
+    snprintf(hdr, sizeof(hdr), "X-Auth-Token: %s", token);
+    snprintf(url, sizeof(url), "%s%s", f->base, path);
+    memset(&res, 0, sizeof(res));
+    assert_int_equal(cl_http_request(method, url, hdrs, body, body ? strlen(body) : 0, 10000,
+                                     &res, &err), 0);
+    st = res.status;
+    if (out) {
+        *out = NULL;
+        if (res.body_len)
+            assert_int_equal(cl_json_parse(res.body, res.body_len, out, NULL), 0);
+    }
+    cl_http_result_free(&res);
+    return st;
+}
+
+static size_t list_len(fixture *f, const char *token, const char *path)
+{
+    json_object *o;
+    size_t n;
+
+    assert_int_equal(as(f, token, "GET", path, NULL, &o), 200);
+    n = json_object_array_length(cl_json_path(o, "images"));
+    json_object_put(o);
+    return n;
+}
+
+static void test_sealed_tokens_and_members(void **state)
+{
+    fixture *f = *state;
+    char keypath[128], alice[CL_TOKEN_MAX], bob[CL_TOKEN_MAX], bob_reader[CL_TOKEN_MAX],
+        admin[CL_TOKEN_MAX], expired[CL_TOKEN_MAX], other[CL_TOKEN_MAX], id[CL_UUID_LEN],
+        path[256];
+    cl_token_key key, wrong;
+    cl_error err = {0};
+    json_object *o;
+    const unsigned member = CL_ROLE_BIT(CL_ROLE_MEMBER) | CL_ROLE_BIT(CL_ROLE_READER);
+
+    /* nube-api's key at the default path (<state_dir>/token.key): restart to load it. */
+    snprintf(keypath, sizeof(keypath), "%s/token.key", f->dir);
+    assert_int_equal(cl_token_key_load(keypath, true, &key, &err), 0);
+    img_service_stop(f->svc);
+    start(f);
+    seal(&key, P_ALICE, member, 60000, alice);
+    seal(&key, P_BOB, member, 60000, bob);
+    seal(&key, P_BOB, CL_ROLE_BIT(CL_ROLE_READER), 60000, bob_reader);
+    seal(&key, "5a0c5e2b9b6f4f3e8d1c2b3a4f5e6d7c", CL_ROLE_BIT(CL_ROLE_ADMIN) | member, 60000,
+         admin);
+    seal(&key, P_ALICE, member, -1000, expired);
+    memset(&wrong, 0x5a, sizeof(wrong));
+    seal(&wrong, P_ALICE, member, 60000, other);
+
+    /* Bad tokens: expired, sealed with another key, garbage. */
+    assert_int_equal(as(f, expired, "GET", "/v2/images", NULL, NULL), 401);
+    assert_int_equal(as(f, other, "GET", "/v2/images", NULL, NULL), 401);
+    assert_int_equal(as(f, "nb1_AAAA", "GET", "/v2/images", NULL, NULL), 401);
+
+    /* Alice creates and uploads an image: it is hers (owner = her project). */
+    assert_int_equal(as(f, alice, "POST", "/v2/images", "{\"name\": \"a\", \"disk_format\": "
+                        "\"raw\", \"container_format\": \"bare\", \"visibility\": "
+                        "\"private\"}", &o), 201);
+    assert_string_equal(jstr(o, "owner"), P_ALICE);
+    cl_strlcpy(id, jstr(o, "id"), sizeof(id));
+    json_object_put(o);
+    snprintf(path, sizeof(path), "/v2/images/%s", id);
+
+    /* Private: bob neither lists nor sees it (404, not 403); admin sees everything. */
+    assert_int_equal(list_len(f, alice, "/v2/images"), 1);
+    assert_int_equal(list_len(f, bob, "/v2/images"), 0);
+    assert_int_equal(list_len(f, admin, "/v2/images"), 1);
+    assert_int_equal(as(f, bob, "GET", path, NULL, NULL), 404);
+    assert_int_equal(as(f, admin, "GET", path, NULL, NULL), 200);
+    assert_int_equal(as(f, bob, "DELETE", path, NULL, NULL), 404);
+    /* A reader may not create; a member may not make an image public. */
+    assert_int_equal(as(f, bob_reader, "POST", "/v2/images", "{\"name\": \"r\"}", NULL), 403);
+    assert_int_equal(as(f, bob, "POST", "/v2/images", "{\"name\": \"p\", \"visibility\": "
+                        "\"public\"}", NULL), 403);
+
+    /* Members only on shared images. */
+    snprintf(path, sizeof(path), "/v2/images/%s/members", id);
+    assert_int_equal(as(f, alice, "POST", path, "{\"member\": \"" P_BOB "\"}", NULL), 403);
+    snprintf(path, sizeof(path), "/v2/images/%s", id);
+    {
+        char hdr[CL_TOKEN_MAX + 32], url[512];
+        const char *hdrs[3] = {hdr, "Content-Type: application/openstack-images-v2.1-json-"
+                                    "patch", NULL};
+        const char *patch = "[{\"op\": \"replace\", \"path\": \"/visibility\", "
+                            "\"value\": \"shared\"}]";
+        cl_http_result res = {0};
+        snprintf(hdr, sizeof(hdr), "X-Auth-Token: %s", alice);
+        snprintf(url, sizeof(url), "%s%s", f->base, path);
+        assert_int_equal(cl_http_request("PATCH", url, hdrs, patch, strlen(patch), 10000, &res,
+                                         &err), 0);
+        assert_int_equal(res.status, 200);
+        cl_http_result_free(&res);
+    }
+    snprintf(path, sizeof(path), "/v2/images/%s/members", id);
+    /* Bob cannot add himself; alice adds bob: pending, still invisible to bob. */
+    assert_int_equal(as(f, bob, "POST", path, "{\"member\": \"" P_BOB "\"}", NULL), 404);
+    assert_int_equal(as(f, alice, "POST", path, "{\"member\": \"" P_BOB "\"}", &o), 200);
+    assert_string_equal(jstr(o, "status"), "pending");
+    assert_string_equal(jstr(o, "member_id"), P_BOB);
+    assert_string_equal(jstr(o, "image_id"), id);
+    json_object_put(o);
+    assert_int_equal(as(f, alice, "POST", path, "{\"member\": \"" P_BOB "\"}", NULL), 409);
+    assert_int_equal(as(f, alice, "POST", path, "{\"member\": 7}", NULL), 400);
+    assert_int_equal(list_len(f, bob, "/v2/images"), 0);
+    assert_int_equal(as(f, alice, "GET", path, NULL, &o), 200);
+    assert_int_equal(json_object_array_length(cl_json_path(o, "members")), 1);
+    json_object_put(o);
+    /* Bob (pending) sees his own entry, and only he decides. */
+    assert_int_equal(as(f, bob, "GET", path, NULL, &o), 200);
+    assert_int_equal(json_object_array_length(cl_json_path(o, "members")), 1);
+    json_object_put(o);
+    snprintf(path, sizeof(path), "/v2/images/%s/members/%s", id, P_BOB);
+    assert_int_equal(as(f, alice, "PUT", path, "{\"status\": \"accepted\"}", NULL), 403);
+    assert_int_equal(as(f, bob, "PUT", path, "{\"status\": \"maybe\"}", NULL), 400);
+    assert_int_equal(as(f, bob_reader, "PUT", path, "{\"status\": \"accepted\"}", NULL), 403);
+    assert_int_equal(as(f, bob, "PUT", path, "{\"status\": \"accepted\"}", &o), 200);
+    assert_string_equal(jstr(o, "status"), "accepted");
+    json_object_put(o);
+    assert_int_equal(as(f, bob, "GET", path, NULL, &o), 200);
+    assert_string_equal(jstr(o, "status"), "accepted");
+    json_object_put(o);
+    /* Accepted: bob lists and shows it, but cannot change it or its member list. */
+    assert_int_equal(list_len(f, bob, "/v2/images"), 1);
+    snprintf(path, sizeof(path), "/v2/images/%s", id);
+    assert_int_equal(as(f, bob, "GET", path, NULL, NULL), 200);
+    assert_int_equal(as(f, bob, "DELETE", path, NULL, NULL), 403);
+    snprintf(path, sizeof(path), "/v2/images/%s/members/%s", id, P_BOB);
+    assert_int_equal(as(f, bob, "DELETE", path, NULL, NULL), 403);
+    /* Rejected: gone from bob's list again. */
+    assert_int_equal(as(f, bob, "PUT", path, "{\"status\": \"rejected\"}", NULL), 200);
+    assert_int_equal(list_len(f, bob, "/v2/images"), 0);
+    /* Alice removes him: he no longer sees anything of it. */
+    assert_int_equal(as(f, alice, "DELETE", path, NULL, NULL), 204);
+    assert_int_equal(as(f, alice, "DELETE", path, NULL, NULL), 404);
+    assert_int_equal(as(f, bob, "GET", path, NULL, NULL), 404);
+    snprintf(path, sizeof(path), "/v2/images/%s", id);
+    assert_int_equal(as(f, bob, "GET", path, NULL, NULL), 404);
+    /* The static admin token still works next to sealed tokens. */
+    assert_int_equal(list_len(f, TOKEN, "/v2/images"), 1);
+    assert_int_equal(as(f, TOKEN, "GET", "/v2/schemas/member", NULL, &o), 200);
+    assert_string_equal(jstr(o, "name"), "member");
+    json_object_put(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -799,6 +974,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quota, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visibility_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_uploads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sealed_tokens_and_members, setup, teardown),
     };
     cl_log_init("test_image_store", CL_LOG_WARN, false);
     cl_http_client_global_init();

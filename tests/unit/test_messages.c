@@ -392,6 +392,56 @@ static void test_host_array_cap(void **state)
     free(list);
 }
 
+/* Image properties ride along an instance.spawn body, optional and typed. */
+static void test_spawn_image_props(void **state)
+{
+    (void)state;
+    cl_msg_instance in = sample_instance();
+    cl_msg_image_props p = {0}, out;
+    cl_error err = {0};
+    bool present = true;
+
+    _cleanup_json_ json_object *o = cl_msg_spawn_encode(&in);
+    assert_non_null(o);
+    /* Absent: nothing, and not present. */
+    assert_int_equal(cl_msg_spawn_get_image_props(o, &out, &present, &err), 0);
+    assert_false(present);
+    assert_string_equal(out.vm_mode, "");
+    assert_false(cl_msg_image_props_is_container(&out));
+
+    snprintf(p.vm_mode, sizeof p.vm_mode, "xen");
+    snprintf(p.os_command_line, sizeof p.os_command_line, "console=hvc0");
+    snprintf(p.init, sizeof p.init, "/bin/sh");
+    p.lxc = true;
+    assert_int_equal(cl_msg_spawn_set_image_props(o, &p), 0);
+    _cleanup_json_ json_object *back = parse(json_object_to_json_string(o));
+    json_object *ip = NULL;
+    assert_true(json_object_object_get_ex(back, "image_properties", &ip));
+    /* Only the fields that say something. */
+    assert_false(json_object_object_get_ex(ip, "architecture", NULL));
+    assert_int_equal(cl_msg_spawn_get_image_props(back, &out, &present, &err), 0);
+    assert_true(present);
+    assert_string_equal(out.vm_mode, "xen");
+    assert_string_equal(out.os_command_line, "console=hvc0");
+    assert_string_equal(out.init, "/bin/sh");
+    assert_true(out.lxc);
+    assert_true(cl_msg_image_props_is_container(&out));
+    /* The spawn itself still decodes. */
+    cl_msg_instance inst;
+    assert_int_equal(cl_msg_spawn_decode(back, &inst, &err), 0);
+
+    /* Wrong types are refused, naming the field. */
+    _cleanup_json_ json_object *bad =
+        parse("{\"image_properties\":{\"vm_mode\":7}}");
+    assert_true(cl_msg_spawn_get_image_props(bad, &out, &present, &err) < 0);
+    assert_non_null(strstr(err.message, "vm_mode"));
+    _cleanup_json_ json_object *bad2 = parse("{\"image_properties\":[]}");
+    assert_true(cl_msg_spawn_get_image_props(bad2, &out, &present, &err) < 0);
+    cl_msg_image_props c = {0};
+    snprintf(c.disk_format, sizeof c.disk_format, "TAR");
+    assert_true(cl_msg_image_props_is_container(&c));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,7 +449,7 @@ int main(void)
         cmocka_unit_test(test_spawn_roundtrip), cmocka_unit_test(test_spawn_reject),
         cmocka_unit_test(test_state_roundtrip), cmocka_unit_test(test_state_reject),
         cmocka_unit_test(test_host_roundtrip),  cmocka_unit_test(test_host_reject),
-        cmocka_unit_test(test_host_array_cap),
+        cmocka_unit_test(test_host_array_cap), cmocka_unit_test(test_spawn_image_props),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

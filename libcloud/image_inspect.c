@@ -1,5 +1,5 @@
 /*
- * inspect.c - the streaming format inspector (see inspect.h for the contract).
+ * image_inspect.c - the streaming format inspector (see image_inspect.h for the contract).
  *
  * Why nube inspects images itself instead of asking `qemu-img info`: every image CVE of
  * OpenStack's history (CVE-2015-5163 qcow2 backing files, CVE-2022-47951 VMDK flat
@@ -16,7 +16,7 @@
  *  4. the detected format's own rules apply (qcow2_check(), vmdk_check());
  *  5. the virtual size must be within the limit.
  * Steps 1-4 run as soon as the head buffer is full, so a refused upload can be stopped
- * early; img_inspector_finish() runs them for short images and adds the size checks.
+ * early; cl_img_inspector_finish() runs them for short images and adds the size checks.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -26,7 +26,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "inspect.h"
+#include "image_inspect.h"
 
 /* QCOW2 header fields (docs/interop/qcow2.txt in QEMU), all big-endian. */
 #define QCOW2_MAGIC "QFI\xfb"
@@ -68,61 +68,61 @@
 
 #define SECTOR 512ULL
 
-struct img_inspector {
-    img_format declared;
+struct cl_img_inspector {
+    cl_img_format declared;
     uint64_t max_virtual_size;
     uint64_t total;       /* bytes fed */
     size_t head_len;      /* bytes of head[] filled */
     bool judged;          /* the head verdict has been reached */
     bool refused;
-    img_format detected;  /* valid once judged and not refused */
+    cl_img_format detected;  /* valid once judged and not refused */
     uint64_t virtual_size; /* from the header; 0 = the file size (raw-like formats) */
-    char reason[IMG_REASON_MAX];
-    unsigned char head[IMG_INSPECT_HEAD];
+    char reason[CL_IMG_REASON_MAX];
+    unsigned char head[CL_IMG_INSPECT_HEAD];
 };
 
-static const char *const format_names[IMG_FMT_MAX] = {
-    [IMG_FMT_RAW] = "raw", [IMG_FMT_QCOW2] = "qcow2", [IMG_FMT_VMDK] = "vmdk",
-    [IMG_FMT_ISO] = "iso", [IMG_FMT_AKI] = "aki",     [IMG_FMT_ARI] = "ari",
-    [IMG_FMT_GPT] = "gpt",
+static const char *const format_names[CL_IMG_FMT_MAX] = {
+    [CL_IMG_FMT_RAW] = "raw", [CL_IMG_FMT_QCOW2] = "qcow2", [CL_IMG_FMT_VMDK] = "vmdk",
+    [CL_IMG_FMT_ISO] = "iso", [CL_IMG_FMT_AKI] = "aki",     [CL_IMG_FMT_ARI] = "ari",
+    [CL_IMG_FMT_GPT] = "gpt",
 };
 
 /* What the user is told the detected content is, in refusal messages. */
-static const char *const format_descr[IMG_FMT_MAX] = {
-    [IMG_FMT_RAW] = "raw disk data",
-    [IMG_FMT_QCOW2] = "a qcow2 image",
-    [IMG_FMT_VMDK] = "a VMDK image",
-    [IMG_FMT_ISO] = "an ISO 9660 image",
-    [IMG_FMT_AKI] = "a Linux kernel",
-    [IMG_FMT_ARI] = "a compressed archive or initramfs (ramdisk)",
-    [IMG_FMT_GPT] = "a raw disk with a GPT partition table",
+static const char *const format_descr[CL_IMG_FMT_MAX] = {
+    [CL_IMG_FMT_RAW] = "raw disk data",
+    [CL_IMG_FMT_QCOW2] = "a qcow2 image",
+    [CL_IMG_FMT_VMDK] = "a VMDK image",
+    [CL_IMG_FMT_ISO] = "an ISO 9660 image",
+    [CL_IMG_FMT_AKI] = "a Linux kernel",
+    [CL_IMG_FMT_ARI] = "a compressed archive or initramfs (ramdisk)",
+    [CL_IMG_FMT_GPT] = "a raw disk with a GPT partition table",
 };
 
 /**
- * img_format_name - the short name of a format ("qcow2"), or NULL when out of range.
+ * cl_img_format_name - the short name of a format ("qcow2"), or NULL when out of range.
  */
-const char *img_format_name(img_format fmt)
+const char *cl_img_format_name(cl_img_format fmt)
 {
-    return (unsigned)fmt < IMG_FMT_MAX ? format_names[fmt] : NULL;
+    return (unsigned)fmt < CL_IMG_FMT_MAX ? format_names[fmt] : NULL;
 }
 
 /**
- * img_format_parse - map a Glance disk_format to the content nube expects for it.
+ * cl_img_format_parse - map a Glance disk_format to the content nube expects for it.
  */
-int img_format_parse(const char *disk_format, img_format *out)
+int cl_img_format_parse(const char *disk_format, cl_img_format *out)
 {
     static const char *const refused[] = {"vhd", "vhdx", "vdi", "ploop"};
 
     if (!disk_format)
         return -EINVAL;
     if (strcmp(disk_format, "ami") == 0) {
-        *out = IMG_FMT_RAW;
+        *out = CL_IMG_FMT_RAW;
         return 0;
     }
-    for (size_t i = 0; i < IMG_FMT_MAX; i++) {
+    for (size_t i = 0; i < CL_IMG_FMT_MAX; i++) {
         /* "gpt" is a detection result, not a disk_format a user declares. */
-        if (i != IMG_FMT_GPT && strcmp(disk_format, format_names[i]) == 0) {
-            *out = (img_format)i;
+        if (i != CL_IMG_FMT_GPT && strcmp(disk_format, format_names[i]) == 0) {
+            *out = (cl_img_format)i;
             return 0;
         }
     }
@@ -133,11 +133,11 @@ int img_format_parse(const char *disk_format, img_format *out)
 }
 
 /**
- * img_inspector_new - a fresh inspector for an upload declared as `declared`.
+ * cl_img_inspector_new - a fresh inspector for an upload declared as `declared`.
  */
-img_inspector *img_inspector_new(img_format declared, uint64_t max_virtual_size)
+cl_img_inspector *cl_img_inspector_new(cl_img_format declared, uint64_t max_virtual_size)
 {
-    img_inspector *insp = calloc(1, sizeof(*insp));
+    cl_img_inspector *insp = calloc(1, sizeof(*insp));
 
     if (!insp)
         return NULL;
@@ -147,14 +147,14 @@ img_inspector *img_inspector_new(img_format declared, uint64_t max_virtual_size)
 }
 
 /**
- * img_inspector_free - release an inspector; accepts NULL.
+ * cl_img_inspector_free - release an inspector; accepts NULL.
  */
-void img_inspector_free(img_inspector *insp)
+void cl_img_inspector_free(cl_img_inspector *insp)
 {
     free(insp);
 }
 
-__attribute__((format(printf, 2, 3))) static int refuse(img_inspector *insp,
+__attribute__((format(printf, 2, 3))) static int refuse(cl_img_inspector *insp,
                                                        const char *fmt, ...)
 {
     va_list ap;
@@ -186,12 +186,12 @@ static uint64_t le64(const unsigned char *p)
 }
 
 /* True when the head holds `magic` (n bytes) at offset off. */
-static bool has(const img_inspector *insp, size_t off, const char *magic, size_t n)
+static bool has(const cl_img_inspector *insp, size_t off, const char *magic, size_t n)
 {
     return insp->head_len >= off + n && memcmp(insp->head + off, magic, n) == 0;
 }
 
-static bool is_ramdisk(const img_inspector *insp)
+static bool is_ramdisk(const cl_img_inspector *insp)
 {
     return has(insp, 0, "\x1f\x8b", 2) ||            /* gzip */
            has(insp, 0, "070701", 6) || has(insp, 0, "070702", 6) ||
@@ -202,32 +202,32 @@ static bool is_ramdisk(const img_inspector *insp)
 }
 
 /* Step 1: a bit per format whose signature is present. */
-static unsigned sniff(const img_inspector *insp)
+static unsigned sniff(const cl_img_inspector *insp)
 {
     unsigned m = 0;
 
     if (has(insp, 0, QCOW2_MAGIC, 4))
-        m |= 1u << IMG_FMT_QCOW2;
+        m |= 1u << CL_IMG_FMT_QCOW2;
     if (has(insp, 0, VMDK_MAGIC, 4) || has(insp, 0, "COWD", 4) ||
         has(insp, 0, VMDK_DESCRIPTOR_TEXT, strlen(VMDK_DESCRIPTOR_TEXT)))
-        m |= 1u << IMG_FMT_VMDK;
+        m |= 1u << CL_IMG_FMT_VMDK;
     /* The primary volume descriptor is at sector 16; some mastering tools put a boot
      * record or supplementary descriptor first, so sectors 17 and 18 count too. */
     if (has(insp, 0x8001, ISO_MAGIC, 5) || has(insp, 0x8801, ISO_MAGIC, 5) ||
         has(insp, 0x9001, ISO_MAGIC, 5))
-        m |= 1u << IMG_FMT_ISO;
+        m |= 1u << CL_IMG_FMT_ISO;
     if (has(insp, BZIMAGE_OFFSET, BZIMAGE_MAGIC, 4) ||
         has(insp, ARM64_IMAGE_OFFSET, ARM64_IMAGE_MAGIC, 4))
-        m |= 1u << IMG_FMT_AKI;
+        m |= 1u << CL_IMG_FMT_AKI;
     if (is_ramdisk(insp))
-        m |= 1u << IMG_FMT_ARI;
+        m |= 1u << CL_IMG_FMT_ARI;
     if (has(insp, GPT_OFFSET, GPT_MAGIC, 8))
-        m |= 1u << IMG_FMT_GPT;
+        m |= 1u << CL_IMG_FMT_GPT;
     return m;
 }
 
 /* Step 4 for qcow2: the header must describe a self-contained image. */
-static int qcow2_check(img_inspector *insp)
+static int qcow2_check(cl_img_inspector *insp)
 {
     const unsigned char *h = insp->head;
     uint32_t version, cluster_bits;
@@ -297,7 +297,7 @@ static bool next_line(const char *text, size_t end, size_t *pos, char *line, siz
 
 /* One extent line: ACCESS SECTORS TYPE "FILE" [OFFSET]. Only a single SPARSE extent
  * whose file name is a bare name (the image itself) is allowed. */
-static int vmdk_extent_check(img_inspector *insp, const char *line)
+static int vmdk_extent_check(cl_img_inspector *insp, const char *line)
 {
     char access[16], type[16], file[256];
     const char *q1, *q2;
@@ -321,7 +321,7 @@ static int vmdk_extent_check(img_inspector *insp, const char *line)
 
 /* Step 4 for vmdk: a hosted sparse extent with an embedded descriptor of type
  * monolithicSparse or streamOptimized, a single extent, no parent. */
-static int vmdk_check(img_inspector *insp)
+static int vmdk_check(cl_img_inspector *insp)
 {
     const unsigned char *h = insp->head;
     uint64_t doff, dsize, end;
@@ -342,10 +342,10 @@ static int vmdk_check(img_inspector *insp)
     if (doff == 0 || dsize == 0)
         return refuse(insp, "The VMDK image has no embedded descriptor; only "
                             "monolithicSparse and streamOptimized images are accepted");
-    if (doff > IMG_INSPECT_HEAD / SECTOR || dsize > IMG_INSPECT_HEAD / SECTOR ||
-        (end = (doff + dsize) * SECTOR) > IMG_INSPECT_HEAD)
+    if (doff > CL_IMG_INSPECT_HEAD / SECTOR || dsize > CL_IMG_INSPECT_HEAD / SECTOR ||
+        (end = (doff + dsize) * SECTOR) > CL_IMG_INSPECT_HEAD)
         return refuse(insp, "The VMDK descriptor lies beyond the first %d KiB of the "
-                            "image; convert it with qemu-img", IMG_INSPECT_HEAD / 1024);
+                            "image; convert it with qemu-img", CL_IMG_INSPECT_HEAD / 1024);
     if (end > insp->head_len)
         return refuse(insp, "The VMDK descriptor is truncated; upload the complete image");
     text = (const char *)h + doff * SECTOR;
@@ -386,22 +386,22 @@ static int vmdk_check(img_inspector *insp)
 }
 
 /* Steps 1-4 on the head. */
-static int judge_head(img_inspector *insp)
+static int judge_head(cl_img_inspector *insp)
 {
     unsigned m = sniff(insp);
-    img_format det = IMG_FMT_RAW;
+    cl_img_format det = CL_IMG_FMT_RAW;
     char names[128] = "";
     int n = 0;
 
     insp->judged = true;
     /* A hybrid ISO (isohybrid, xorriso) carries an MBR and a GPT so it can boot from a
      * USB stick: that GPT belongs to the ISO. */
-    if ((m & (1u << IMG_FMT_ISO)) && (m & (1u << IMG_FMT_GPT)))
-        m &= ~(1u << IMG_FMT_GPT);
-    for (int i = 0; i < IMG_FMT_MAX; i++) {
+    if ((m & (1u << CL_IMG_FMT_ISO)) && (m & (1u << CL_IMG_FMT_GPT)))
+        m &= ~(1u << CL_IMG_FMT_GPT);
+    for (int i = 0; i < CL_IMG_FMT_MAX; i++) {
         if (!(m & (1u << i)))
             continue;
-        det = (img_format)i;
+        det = (cl_img_format)i;
         size_t used = strlen(names);
         snprintf(names + used, sizeof(names) - used, "%s%s", n ? ", " : "", format_names[i]);
         n++;
@@ -410,12 +410,12 @@ static int judge_head(img_inspector *insp)
         return refuse(insp, "The image matches more than one format (%s); such "
                             "polyglot images are refused", names);
 
-    if (insp->declared == IMG_FMT_RAW ? !(det == IMG_FMT_RAW || det == IMG_FMT_GPT)
+    if (insp->declared == CL_IMG_FMT_RAW ? !(det == CL_IMG_FMT_RAW || det == CL_IMG_FMT_GPT)
                                       : det != insp->declared) {
-        if (det == IMG_FMT_RAW && (insp->declared == IMG_FMT_AKI))
+        if (det == CL_IMG_FMT_RAW && (insp->declared == CL_IMG_FMT_AKI))
             return refuse(insp, "The image was declared disk_format 'aki' but has no "
                                 "Linux kernel header (bzImage or arm64 Image)");
-        if (det == IMG_FMT_RAW && (insp->declared == IMG_FMT_ARI))
+        if (det == CL_IMG_FMT_RAW && (insp->declared == CL_IMG_FMT_ARI))
             return refuse(insp, "The image was declared disk_format 'ari' but is not a "
                                 "gzip, xz, zstd, lz4 or cpio ramdisk");
         return refuse(insp, "The image was declared disk_format '%s' but its content is "
@@ -423,15 +423,15 @@ static int judge_head(img_inspector *insp)
                       format_names[insp->declared], format_descr[det]);
     }
     insp->detected = det;
-    if (det == IMG_FMT_QCOW2)
+    if (det == CL_IMG_FMT_QCOW2)
         return qcow2_check(insp);
-    if (det == IMG_FMT_VMDK)
+    if (det == CL_IMG_FMT_VMDK)
         return vmdk_check(insp);
     return 0;
 }
 
 /* Step 5. Formats without a header size are as large as their data. */
-static int size_check(img_inspector *insp)
+static int size_check(cl_img_inspector *insp)
 {
     uint64_t vs = insp->virtual_size ? insp->virtual_size : insp->total;
 
@@ -442,21 +442,21 @@ static int size_check(img_inspector *insp)
 }
 
 /**
- * img_inspector_feed - account a chunk; judge the head once it is complete.
+ * cl_img_inspector_feed - account a chunk; judge the head once it is complete.
  */
-int img_inspector_feed(img_inspector *insp, const void *data, size_t len)
+int cl_img_inspector_feed(cl_img_inspector *insp, const void *data, size_t len)
 {
     if (insp->refused)
         return -EINVAL;
-    if (insp->head_len < IMG_INSPECT_HEAD) {
-        size_t n = IMG_INSPECT_HEAD - insp->head_len;
+    if (insp->head_len < CL_IMG_INSPECT_HEAD) {
+        size_t n = CL_IMG_INSPECT_HEAD - insp->head_len;
         if (n > len)
             n = len;
         memcpy(insp->head + insp->head_len, data, n);
         insp->head_len += n;
     }
     insp->total += len;
-    if (!insp->judged && insp->head_len == IMG_INSPECT_HEAD && judge_head(insp) < 0)
+    if (!insp->judged && insp->head_len == CL_IMG_INSPECT_HEAD && judge_head(insp) < 0)
         return -EINVAL;
     if (insp->judged)
         return size_check(insp);
@@ -464,9 +464,9 @@ int img_inspector_feed(img_inspector *insp, const void *data, size_t len)
 }
 
 /**
- * img_inspector_finish - the final verdict once every byte has been fed.
+ * cl_img_inspector_finish - the final verdict once every byte has been fed.
  */
-int img_inspector_finish(img_inspector *insp, img_format *out_fmt,
+int cl_img_inspector_finish(cl_img_inspector *insp, cl_img_format *out_fmt,
                          uint64_t *out_virtual_size)
 {
     if (insp->refused)
@@ -483,17 +483,17 @@ int img_inspector_finish(img_inspector *insp, img_format *out_fmt,
 }
 
 /**
- * img_inspector_reason - why the image was refused, or "".
+ * cl_img_inspector_reason - why the image was refused, or "".
  */
-const char *img_inspector_reason(const img_inspector *insp)
+const char *cl_img_inspector_reason(const cl_img_inspector *insp)
 {
     return insp->reason;
 }
 
 /**
- * img_inspector_bytes - how many bytes have been fed.
+ * cl_img_inspector_bytes - how many bytes have been fed.
  */
-uint64_t img_inspector_bytes(const img_inspector *insp)
+uint64_t cl_img_inspector_bytes(const cl_img_inspector *insp)
 {
     return insp->total;
 }

@@ -1,0 +1,26 @@
+/*
+ * migrate_actions.h - live migration in the Compute API (migrate_actions.c): the
+ * os-migrateLive server action and the server migrations sub-resource (list, show,
+ * abort, force_complete).
+ */
+#ifndef API_MIGRATE_ACTIONS_H
+#define API_MIGRATE_ACTIONS_H
+
+#include <json-c/json.h>
+
+#include "api_int.h"
+
+/* POST /servers/{id}/action {"os-migrateLive": {...}} (called by actions.c with the
+ * loaded server): admin only; 202, or 400/403/409 as Nova. */
+void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
+                      const cl_instance *inst, json_object *arg);
+
+/* GET /v2.1/servers/{id}/migrations and /{mid}: live migrations with their progress. */
+void api_server_migrations_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
+void api_server_migration_show(const cl_http_req *req, cl_http_resp *resp, void *ud);
+/* DELETE /v2.1/servers/{id}/migrations/{mid}: abort (202). */
+void api_server_migration_delete(const cl_http_req *req, cl_http_resp *resp, void *ud);
+/* POST /v2.1/servers/{id}/migrations/{mid}/action {"force_complete": null} (202). */
+void api_server_migration_action(const cl_http_req *req, cl_http_resp *resp, void *ud);
+
+#endif

@@ -1,0 +1,860 @@
+/*
+ * migrate.c - live migration on the agent (migrate.h): both the destination's steps
+ * (prepare the disk, confirm and adopt, or clean a half-copied arrival) and the source's
+ * run (virDomainMigrateToURI3 in a thread, with a job monitor).
+ *
+ * Why the destination prepares the disk: libvirt only pre-creates the target volumes of
+ * storage pools, and nube's disks are plain files (a qcow2 overlay on a cached base), so
+ * for an incremental block migration the overlay must exist on the destination, over
+ * the destination's own copy of the base, before QEMU starts mirroring into it.
+ *
+ * Why the XML is rewritten: the domain's paths (disk, console log, kernel) are those of
+ * the source's instances_dir/image_dir. The destination tells its own directories in
+ * migration.prepared; the source sends its migratable XML with those prefixes replaced
+ * as both the destination XML and the persistent XML, so the guest's ABI is unchanged
+ * (same devices, addresses, MAC) and only file locations move.
+ *
+ * Outcome: after the libvirt call returns (whatever it returned) the source looks its
+ * domain up again and says what it holds; the scheduler then asks the destination
+ * (migration.check). Only "absent here, running there" moves the instance. A source
+ * left paused by a failed force-complete is resumed.
+ *
+ * Downtime steps (as Nova's live_migration_downtime_steps): the allowed downtime starts
+ * at max/steps and grows to max over the first half of the completion timeout; most
+ * small TCG guests converge at the first step.
+ */
+#include "migrate.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "json.h"
+#include "log.h"
+#include "migration_msg.h"
+#include "util.h"
+
+#define MOD "agent.migrate"
+
+#define MIG_MAX 16            /* migrations in flight on one host (either role) */
+#define OPS_CAP 64            /* queued destination/cleanup steps */
+#define DOWNTIME_STEPS 5
+#define PATH_MAX_LEN 4096
+
+enum { REQ_NONE, REQ_ABORT, REQ_FORCE };
+
+typedef struct mig_entry {
+    bool used;
+    bool source;               /* this host is the source */
+    bool shared;               /* the disk is on shared storage: nothing copied/removed */
+    char mig[CL_UUID_LEN];
+    char uuid[CL_UUID_LEN];
+    /* source only */
+    bool thread;               /* th must be joined */
+    bool finished;             /* the run ended (done sent) */
+    pthread_t th;
+    atomic_int request;        /* REQ_* from migration.abort or stop */
+    bool block;
+    char dest_uri[256];
+    char dest_addr[128];
+    char dest_inst[PATH_MAX_LEN];
+    char dest_img[PATH_MAX_LEN];
+} mig_entry;
+
+typedef struct op {
+    char type[64];
+    json_object *body;
+    struct op *next;
+} op;
+
+struct agent_mig {
+    agent_mig_opts o;
+    char *uri, *inst_dir, *img_dir, *mig_uri, *mig_addr;
+    agent_mig_hooks h;
+
+    pthread_mutex_t lock;      /* entries, ops queue */
+    pthread_cond_t cond;
+    mig_entry e[MIG_MAX];
+    op *qhead, *qtail;
+    size_t qlen;
+    bool stop;
+    pthread_t worker;
+    bool worker_started;
+};
+
+/* ---- small helpers ---- */
+
+static void conn_closep(virConnectPtr *c)
+{
+    if (*c)
+        virConnectClose(*c);
+}
+static void dom_freep(virDomainPtr *d)
+{
+    if (*d)
+        virDomainFree(*d);
+}
+#define _cleanup_vconn_ __attribute__((cleanup(conn_closep)))
+#define _cleanup_vdom_ __attribute__((cleanup(dom_freep)))
+
+static const char *lv_msg(void)
+{
+    const char *m = virGetLastErrorMessage();
+    return m ? m : "unknown libvirt error";
+}
+
+static mig_entry *find_locked(agent_mig *m, const char *mig)
+{
+    for (size_t i = 0; i < MIG_MAX; i++)
+        if (m->e[i].used && strcmp(m->e[i].mig, mig) == 0)
+            return &m->e[i];
+    return NULL;
+}
+
+static mig_entry *alloc_locked(agent_mig *m, const char *mig, const char *uuid)
+{
+    mig_entry *e = find_locked(m, mig);
+    if (e)
+        return e;
+    for (size_t i = 0; i < MIG_MAX; i++) {
+        if (!m->e[i].used) {
+            e = &m->e[i];
+            /* A finished run whose thread was not joined yet (it no longer takes the
+             * lock after marking itself finished, so this join is short). */
+            if (e->thread)
+                pthread_join(e->th, NULL);
+            memset(e, 0, sizeof(*e));
+            e->used = true;
+            cl_strlcpy(e->mig, mig, sizeof(e->mig));
+            cl_strlcpy(e->uuid, uuid, sizeof(e->uuid));
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static const char *jstr(json_object *body, const char *key)
+{
+    const char *s = NULL;
+    if (cl_json_get_str(body, key, false, &s, NULL) < 0 || !s)
+        return "";
+    return s;
+}
+
+static bool jbool(json_object *body, const char *key)
+{
+    bool b = false;
+    (void)cl_json_get_bool(body, key, false, &b, NULL);
+    return b;
+}
+
+static int send_msg(agent_mig *m, const char *type, json_object *body, bool reliable)
+{
+    if (!body)
+        return -ENOMEM;
+    return m->h.send(m->h.ud, type, body, reliable);
+}
+
+static bool is_file(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* Run argv without a shell; 0 when it exited 0. */
+static int run(char *const argv[], cl_error *err)
+{
+    extern char **environ;
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int status;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    int r = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (r != 0)
+        return cl_error_set(err, CL_E_INTERNAL, "cannot run %s: %s", argv[0], strerror(r)), -r;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return cl_error_set(err, CL_E_INTERNAL, "waitpid: %s", strerror(errno)), -EIO;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return cl_error_set(err, CL_E_INTERNAL, "%s failed (status %d)", argv[0], status),
+               -EIO;
+    return 0;
+}
+
+/* Remove the files an instance keeps in instances_dir (by name: never recursive). */
+static void remove_files(const char *dir, const char *uuid)
+{
+    static const char *const files[] = {"console.log", "disk"};
+    char path[PATH_MAX_LEN + 64];
+    for (size_t i = 0; i < CL_ARRAY_SIZE(files); i++) {
+        snprintf(path, sizeof(path), "%s/%s/%s", dir, uuid, files[i]);
+        (void)unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/%s", dir, uuid);
+    (void)rmdir(path);
+}
+
+/* Replace every occurrence of from by to in s (new string, NULL on ENOMEM). */
+static char *replace_all(const char *s, const char *from, const char *to)
+{
+    size_t fl = strlen(from), tl = strlen(to), n = 0;
+    if (fl == 0)
+        return strdup(s);
+    for (const char *p = strstr(s, from); p; p = strstr(p + fl, from))
+        n++;
+    size_t len = strlen(s) + n * tl + 1;
+    char *out = malloc(len > n * fl ? len : 1);
+    if (!out)
+        return NULL;
+    char *w = out;
+    const char *p = s, *q;
+    while ((q = strstr(p, from))) {
+        memcpy(w, p, (size_t)(q - p));
+        w += q - p;
+        memcpy(w, to, tl);
+        w += tl;
+        p = q + fl;
+    }
+    memcpy(w, p, strlen(p) + 1);
+    return out;
+}
+
+/* ---- destination: prepare ---- */
+
+static void do_prepare(agent_mig *m, json_object *body)
+{
+    const char *mig = jstr(body, "migration_uuid");
+    const char *block = jstr(body, "block");
+    const char *src_dir = jstr(body, "source_instances_dir");
+    cl_msg_instance spec;
+    cl_error err = {0};
+    char dir[PATH_MAX_LEN + 64], disk[PATH_MAX_LEN + 80], base[PATH_MAX_LEN + 200];
+    bool shared = false;
+    int r = cl_msg_spawn_decode(body, &spec, &err);
+
+    if (r == 0) {
+        snprintf(dir, sizeof(dir), "%s/%s", m->inst_dir, spec.uuid);
+        snprintf(disk, sizeof(disk), "%s/disk", dir);
+        bool same_path = strcmp(src_dir, m->inst_dir) == 0;
+        if (mkdir(m->inst_dir, 0755) < 0 && errno != EEXIST)
+            r = -errno;
+        else if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+            r = -errno;
+        if (r < 0)
+            cl_error_set(&err, CL_E_INTERNAL, "cannot create %s: %s", dir, strerror(-r));
+        else if (same_path && is_file(disk)) {
+            /* The source's own disk is visible here at the same path: shared storage. */
+            if (strcmp(block, "true") == 0)
+                r = cl_error_set(&err, CL_E_BAD_REQUEST, "block migration requested but "
+                                 "the instance's disk is on shared storage");
+            shared = true;
+        } else {
+            if (strcmp(block, "false") == 0)
+                r = cl_error_set(&err, CL_E_BAD_REQUEST, "block_migration false but the "
+                                 "destination does not share the source's storage");
+            (void)unlink(disk); /* a stale leftover of an earlier attempt */
+        }
+    }
+    if (r == 0 && !shared) {
+        char size[32];
+        snprintf(size, sizeof(size), "%" PRId64 "G",
+                 spec.flavor.disk_gb > 0 ? spec.flavor.disk_gb : 1);
+        snprintf(base, sizeof(base), "%s/%s/disk.qcow2", m->img_dir, spec.image_ref);
+        if (spec.image_ref[0] && !strchr(spec.image_ref, '/') && is_file(base)) {
+            char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                            base, disk, size, NULL};
+            r = run(argv, &err);
+        } else {
+            char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", disk, size, NULL};
+            r = run(argv, &err);
+        }
+    }
+    if (r == 0) {
+        pthread_mutex_lock(&m->lock);
+        mig_entry *e = alloc_locked(m, mig, spec.uuid);
+        if (e) {
+            e->source = false;
+            e->shared = shared;
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (!e)
+            r = cl_error_set(&err, CL_E_CONFLICT, "too many migrations in flight");
+    }
+    if (r < 0 && spec.uuid[0] && !shared)
+        remove_files(m->inst_dir, spec.uuid);
+    json_object *rep = json_object_new_object();
+    json_object_object_add(rep, "migration_uuid", json_object_new_string(mig));
+    json_object_object_add(rep, "ok", json_object_new_boolean(r == 0));
+    json_object_object_add(rep, "fault", json_object_new_string(r == 0 ? "" : err.message));
+    json_object_object_add(rep, "shared", json_object_new_boolean(shared));
+    json_object_object_add(rep, "uri", json_object_new_string(m->mig_uri));
+    json_object_object_add(rep, "address", json_object_new_string(m->mig_addr));
+    json_object_object_add(rep, "instances_dir", json_object_new_string(m->inst_dir));
+    json_object_object_add(rep, "image_dir", json_object_new_string(m->img_dir));
+    cl_info(MOD, "migration %s: prepared %s (%s)%s%s", mig, spec.uuid,
+            shared ? "shared storage" : "overlay created", r ? ": " : "", r ? err.message : "");
+    (void)send_msg(m, CL_MSG_MIGRATION_PREPARED, rep, true);
+}
+
+/* ---- destination: check (and adopt or clean) ---- */
+
+static int64_t job_param(virTypedParameterPtr p, int n, const char *name)
+{
+    unsigned long long v = 0;
+    if (virTypedParamsGetULLong(p, n, name, &v) != 1)
+        return 0;
+    return (int64_t)v;
+}
+
+static void do_check(agent_mig *m, json_object *body)
+{
+    const char *mig = jstr(body, "migration_uuid");
+    bool source_has = jbool(body, "source_has");
+    cl_msg_instance spec;
+    cl_error err = {0};
+    bool here = false, shared = false;
+    int64_t downtime = 0, elapsed = 0;
+    char fault[512] = "";
+
+    if (cl_msg_spawn_decode(body, &spec, &err) < 0) {
+        cl_warn(MOD, "bad migration.check: %s", err.message);
+        return;
+    }
+    pthread_mutex_lock(&m->lock);
+    mig_entry *e = find_locked(m, mig);
+    shared = e && e->shared;
+    pthread_mutex_unlock(&m->lock);
+
+    _cleanup_vconn_ virConnectPtr c = virConnectOpen(m->uri);
+    _cleanup_vdom_ virDomainPtr dom = c ? virDomainLookupByUUIDString(c, spec.uuid) : NULL;
+    int st = VIR_DOMAIN_NOSTATE;
+    if (!c)
+        snprintf(fault, sizeof(fault), "cannot connect to libvirt: %s", lv_msg());
+    else if (dom && virDomainGetState(dom, &st, NULL, 0) == 0)
+        here = st == VIR_DOMAIN_RUNNING || st == VIR_DOMAIN_PAUSED || st == VIR_DOMAIN_BLOCKED;
+    if (here && !source_has) {
+        virTypedParameterPtr p = NULL;
+        int n = 0, type = 0;
+        if (virDomainGetJobStats(dom, &type, &p, &n, VIR_DOMAIN_JOB_STATS_COMPLETED) == 0) {
+            downtime = job_param(p, n, VIR_DOMAIN_JOB_DOWNTIME);
+            elapsed = job_param(p, n, VIR_DOMAIN_JOB_TIME_ELAPSED);
+            virTypedParamsFree(p, n);
+        }
+        /* A force-complete pauses the guest; the destination resumes it, but make sure. */
+        if (st == VIR_DOMAIN_PAUSED && virDomainResume(dom) < 0)
+            cl_warn(MOD, "migration %s: cannot resume %s: %s", mig, spec.uuid, lv_msg());
+    } else {
+        /* Not ours (the source still runs it, or it never arrived): remove what came. */
+        if (dom) {
+            if (virDomainIsActive(dom) == 1)
+                (void)virDomainDestroy(dom);
+            (void)virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE);
+        }
+        if (!shared)
+            remove_files(m->inst_dir, spec.uuid);
+        here = false;
+    }
+    pthread_mutex_lock(&m->lock);
+    e = find_locked(m, mig);
+    if (e)
+        e->used = false;
+    pthread_mutex_unlock(&m->lock);
+
+    json_object *rep = json_object_new_object();
+    json_object_object_add(rep, "migration_uuid", json_object_new_string(mig));
+    json_object_object_add(rep, "here", json_object_new_boolean(here));
+    json_object_object_add(rep, "fault", json_object_new_string(fault));
+    json_object_object_add(rep, "downtime_ms", json_object_new_int64(downtime));
+    json_object_object_add(rep, "elapsed_ms", json_object_new_int64(elapsed));
+    cl_info(MOD, "migration %s: instance %s %s (downtime %" PRId64 " ms)", mig, spec.uuid,
+            here ? "arrived and runs here" : "is not here; cleaned", downtime);
+    (void)send_msg(m, CL_MSG_MIGRATION_CHECKED, rep, true);
+    if (here)
+        m->h.adopt(m->h.ud, &spec);
+}
+
+/* ---- source: cleanup after the move ---- */
+
+static void do_cleanup(agent_mig *m, json_object *body)
+{
+    const char *mig = jstr(body, "migration_uuid");
+    const char *uuid = jstr(body, "instance_uuid");
+    bool shared = false;
+
+    if (!cl_uuid_valid(uuid))
+        return;
+    pthread_mutex_lock(&m->lock);
+    mig_entry *e = find_locked(m, mig);
+    shared = e && e->shared;
+    pthread_mutex_unlock(&m->lock);
+    /* UNDEFINE_SOURCE removed the definition; a leftover (inactive) one goes too. */
+    _cleanup_vconn_ virConnectPtr c = virConnectOpen(m->uri);
+    _cleanup_vdom_ virDomainPtr dom = c ? virDomainLookupByUUIDString(c, uuid) : NULL;
+    if (dom && virDomainIsActive(dom) == 0)
+        (void)virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE);
+    if (dom && virDomainIsActive(dom) == 1) {
+        cl_warn(MOD, "migration %s: %s still runs here; not cleaning", mig, uuid);
+        return;
+    }
+    if (!shared)
+        remove_files(m->inst_dir, uuid);
+    m->h.forget(m->h.ud, uuid);
+    pthread_mutex_lock(&m->lock);
+    e = find_locked(m, mig);
+    bool join = e && e->thread;
+    pthread_t th;
+    if (join) {
+        th = e->th;
+        e->thread = false;
+    }
+    if (e)
+        e->used = false;
+    pthread_mutex_unlock(&m->lock);
+    if (join)
+        pthread_join(th, NULL);
+    cl_info(MOD, "migration %s: %s cleaned from this host", mig, uuid);
+}
+
+/* ---- source: the run ---- */
+
+typedef struct call_ctx {
+    virDomainPtr dom;
+    const char *dconnuri;
+    virTypedParameterPtr params;
+    int nparams;
+    unsigned flags;
+    int rc;
+    char fault[512];
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+} call_ctx;
+
+static void *call_main(void *arg)
+{
+    call_ctx *cc = arg;
+    int rc = virDomainMigrateToURI3(cc->dom, cc->dconnuri, cc->params, (unsigned)cc->nparams,
+                                    cc->flags);
+    pthread_mutex_lock(&cc->mu);
+    cc->rc = rc;
+    if (rc < 0)
+        cl_strlcpy(cc->fault, lv_msg(), sizeof(cc->fault));
+    cc->done = true;
+    pthread_cond_signal(&cc->cv);
+    pthread_mutex_unlock(&cc->mu);
+    return NULL;
+}
+
+static void send_progress(agent_mig *m, const char *mig, virTypedParameterPtr p, int n)
+{
+    json_object *b = json_object_new_object();
+    static const struct {
+        const char *key, *param;
+    } f[] = {
+        {"elapsed_ms", VIR_DOMAIN_JOB_TIME_ELAPSED},
+        {"memory_total", VIR_DOMAIN_JOB_MEMORY_TOTAL},
+        {"memory_processed", VIR_DOMAIN_JOB_MEMORY_PROCESSED},
+        {"memory_remaining", VIR_DOMAIN_JOB_MEMORY_REMAINING},
+        {"disk_total", VIR_DOMAIN_JOB_DISK_TOTAL},
+        {"disk_processed", VIR_DOMAIN_JOB_DISK_PROCESSED},
+        {"disk_remaining", VIR_DOMAIN_JOB_DISK_REMAINING},
+    };
+    json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
+    for (size_t i = 0; i < CL_ARRAY_SIZE(f); i++)
+        json_object_object_add(b, f[i].key, json_object_new_int64(job_param(p, n, f[i].param)));
+    (void)send_msg(m, CL_MSG_MIGRATION_PROGRESS, b, false);
+}
+
+static void *run_main(void *arg);
+
+typedef struct run_arg {
+    agent_mig *m;
+    mig_entry *e;
+} run_arg;
+
+static void *run_main(void *arg)
+{
+    run_arg *ra = arg;
+    agent_mig *m = ra->m;
+    mig_entry *e = ra->e;
+    free(ra);
+    char fault[600] = "";
+    const char *source = "absent";
+    virTypedParameterPtr params = NULL;
+    int np = 0, maxp = 0;
+    _cleanup_free_ char *xml = NULL, *x1 = NULL, *dxml = NULL;
+    char from[PATH_MAX_LEN + 64], to[PATH_MAX_LEN + 64], mig_uri[200];
+    int64_t t0 = cl_now_ms();
+    bool forced = false;
+
+    _cleanup_vconn_ virConnectPtr c = virConnectOpen(m->uri);
+    _cleanup_vdom_ virDomainPtr dom = c ? virDomainLookupByUUIDString(c, e->uuid) : NULL;
+    if (!dom) {
+        snprintf(fault, sizeof(fault), "the domain is not on the source: %s", lv_msg());
+        goto decide;
+    }
+    xml = virDomainGetXMLDesc(dom, VIR_DOMAIN_XML_MIGRATABLE | VIR_DOMAIN_XML_SECURE);
+    if (!xml) {
+        snprintf(fault, sizeof(fault), "cannot read the domain XML: %s", lv_msg());
+        goto decide;
+    }
+    snprintf(from, sizeof(from), "%s/%s/", m->inst_dir, e->uuid);
+    snprintf(to, sizeof(to), "%s/%s/", e->dest_inst[0] ? e->dest_inst : m->inst_dir, e->uuid);
+    x1 = replace_all(xml, from, to);
+    snprintf(from, sizeof(from), "%s/", m->img_dir);
+    snprintf(to, sizeof(to), "%s/", e->dest_img[0] ? e->dest_img : m->img_dir);
+    dxml = x1 ? replace_all(x1, from, to) : NULL;
+    if (!dxml) {
+        cl_strlcpy(fault, "out of memory", sizeof(fault));
+        goto decide;
+    }
+    if (virTypedParamsAddString(&params, &np, &maxp, VIR_MIGRATE_PARAM_DEST_XML, dxml) < 0 ||
+        virTypedParamsAddString(&params, &np, &maxp, VIR_MIGRATE_PARAM_PERSIST_XML, dxml) < 0) {
+        cl_strlcpy(fault, "cannot build migration parameters", sizeof(fault));
+        goto decide;
+    }
+    if (e->dest_addr[0]) {
+        snprintf(mig_uri, sizeof(mig_uri), strchr(e->dest_addr, ':') ? "tcp://[%s]"
+                                                                      : "tcp://%s",
+                 e->dest_addr);
+        (void)virTypedParamsAddString(&params, &np, &maxp, VIR_MIGRATE_PARAM_URI, mig_uri);
+    }
+    unsigned flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER | VIR_MIGRATE_PERSIST_DEST |
+                     VIR_MIGRATE_UNDEFINE_SOURCE;
+    flags |= e->shared ? VIR_MIGRATE_UNSAFE : VIR_MIGRATE_NON_SHARED_INC;
+
+    call_ctx cc = {.dom = dom, .dconnuri = e->dest_uri, .params = params, .nparams = np,
+                   .flags = flags};
+    pthread_mutex_init(&cc.mu, NULL);
+    pthread_cond_init(&cc.cv, NULL);
+    pthread_t cth;
+    if (pthread_create(&cth, NULL, call_main, &cc) != 0) {
+        cl_strlcpy(fault, "cannot start the migration thread", sizeof(fault));
+        pthread_cond_destroy(&cc.cv);
+        pthread_mutex_destroy(&cc.mu);
+        goto decide;
+    }
+    cl_info(MOD, "migration %s: %s -> %s (%s)", e->mig, e->uuid, e->dest_uri,
+            e->shared ? "shared storage" : "incremental disk copy");
+    /* The monitor: job statistics, downtime steps, timeout, abort/force requests. */
+    int step = 0;
+    int64_t timeout_ms = m->o.timeout_s * 1000;
+    bool aborted = false;
+    pthread_mutex_lock(&cc.mu);
+    while (!cc.done) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + (m->o.progress_ms % 1000) * 1000000LL;
+        ts.tv_sec += m->o.progress_ms / 1000 + ns / 1000000000LL;
+        ts.tv_nsec = ns % 1000000000LL;
+        pthread_cond_timedwait(&cc.cv, &cc.mu, &ts);
+        if (cc.done)
+            break;
+        pthread_mutex_unlock(&cc.mu);
+        int64_t el = cl_now_ms() - t0;
+        virTypedParameterPtr jp = NULL;
+        int jn = 0, jt = 0;
+        if (virDomainGetJobStats(dom, &jt, &jp, &jn, 0) == 0 && jt != VIR_DOMAIN_JOB_NONE) {
+            send_progress(m, e->mig, jp, jn);
+            int want = 1 + (int)(timeout_ms > 0 ? el * 2 * DOWNTIME_STEPS / timeout_ms : 0);
+            if (want > DOWNTIME_STEPS)
+                want = DOWNTIME_STEPS;
+            if (want > step) {
+                unsigned long long d = (unsigned long long)(m->o.max_downtime_ms * want /
+                                                            DOWNTIME_STEPS);
+                if (virDomainMigrateSetMaxDowntime(dom, d, 0) == 0)
+                    step = want;
+                cl_debug(MOD, "migration %s: max downtime %llu ms", e->mig, d);
+            }
+        }
+        if (jp)
+            virTypedParamsFree(jp, jn);
+        int req = atomic_exchange(&e->request, REQ_NONE);
+        if (req == REQ_NONE && timeout_ms > 0 && el > timeout_ms && !aborted && !forced)
+            req = m->o.force_on_timeout ? REQ_FORCE : REQ_ABORT;
+        if (req == REQ_ABORT && !aborted) {
+            cl_info(MOD, "migration %s: aborting", e->mig);
+            aborted = virDomainAbortJob(dom) == 0 || aborted;
+        } else if (req == REQ_FORCE && !forced) {
+            cl_info(MOD, "migration %s: force-complete (pausing the guest)", e->mig);
+            forced = virDomainSuspend(dom) == 0;
+        }
+        pthread_mutex_lock(&cc.mu);
+    }
+    pthread_mutex_unlock(&cc.mu);
+    pthread_join(cth, NULL);
+    pthread_cond_destroy(&cc.cv);
+    pthread_mutex_destroy(&cc.mu);
+    if (cc.rc < 0)
+        snprintf(fault, sizeof(fault), "%s%s", aborted ? "aborted: " : "", cc.fault);
+    cl_info(MOD, "migration %s: libvirt call returned %d after %" PRId64 " ms%s%s", e->mig,
+            cc.rc, cl_now_ms() - t0, fault[0] ? ": " : "", fault);
+
+decide:
+    virTypedParamsFree(params, np);
+    /* Ask this host's hypervisor, not the return code. */
+    {
+        _cleanup_vdom_ virDomainPtr d2 = c ? virDomainLookupByUUIDString(c, e->uuid) : NULL;
+        int st = VIR_DOMAIN_NOSTATE;
+        if (d2 && virDomainIsActive(d2) == 1 && virDomainGetState(d2, &st, NULL, 0) == 0) {
+            if (st == VIR_DOMAIN_PAUSED && forced && virDomainResume(d2) == 0)
+                st = VIR_DOMAIN_RUNNING;
+            source = st == VIR_DOMAIN_PAUSED ? "paused" : "running";
+        } else if (d2) {
+            source = "shutoff";
+        } else if (!c) {
+            source = "unknown";
+            snprintf(fault, sizeof(fault), "cannot connect to libvirt: %s", lv_msg());
+        }
+    }
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "migration_uuid", json_object_new_string(e->mig));
+    json_object_object_add(b, "instance_uuid", json_object_new_string(e->uuid));
+    json_object_object_add(b, "source", json_object_new_string(source));
+    json_object_object_add(b, "fault", json_object_new_string(fault));
+    json_object_object_add(b, "total_ms", json_object_new_int64(cl_now_ms() - t0));
+    (void)send_msg(m, CL_MSG_MIGRATION_DONE, b, true);
+    pthread_mutex_lock(&m->lock);
+    e->finished = true;
+    /* Still here: the instance stays this host's, nothing to clean (the thread is
+     * joined when the slot is reused or at free). Gone: owned until migration.cleanup. */
+    if (strcmp(source, "running") == 0 || strcmp(source, "paused") == 0 ||
+        strcmp(source, "shutoff") == 0)
+        e->used = false;
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+static void on_start(agent_mig *m, json_object *body)
+{
+    const char *mig = jstr(body, "migration_uuid"), *uuid = jstr(body, "instance_uuid");
+    const char *fault = NULL;
+
+    if (!cl_uuid_valid(mig) || !cl_uuid_valid(uuid) || !jstr(body, "dest_uri")[0]) {
+        cl_warn(MOD, "bad migration.start");
+        return;
+    }
+    pthread_mutex_lock(&m->lock);
+    mig_entry *e = find_locked(m, mig);
+    if (e && e->source) {
+        pthread_mutex_unlock(&m->lock);
+        return; /* a resend: already running or done */
+    }
+    e = m->stop ? NULL : alloc_locked(m, mig, uuid);
+    if (!e)
+        fault = "too many migrations in flight on the source";
+    if (e) {
+        e->source = true;
+        e->shared = jbool(body, "shared");
+        e->block = !e->shared;
+        cl_strlcpy(e->dest_uri, jstr(body, "dest_uri"), sizeof(e->dest_uri));
+        cl_strlcpy(e->dest_addr, jstr(body, "dest_address"), sizeof(e->dest_addr));
+        cl_strlcpy(e->dest_inst, jstr(body, "dest_instances_dir"), sizeof(e->dest_inst));
+        cl_strlcpy(e->dest_img, jstr(body, "dest_image_dir"), sizeof(e->dest_img));
+        run_arg *ra = malloc(sizeof(*ra));
+        if (ra) {
+            ra->m = m;
+            ra->e = e;
+        }
+        if (!ra || pthread_create(&e->th, NULL, run_main, ra) != 0) {
+            free(ra);
+            e->used = false;
+            fault = "cannot start the migration thread";
+        } else {
+            e->thread = true;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (fault) {
+        json_object *b = json_object_new_object();
+        json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
+        json_object_object_add(b, "instance_uuid", json_object_new_string(uuid));
+        json_object_object_add(b, "source", json_object_new_string("running"));
+        json_object_object_add(b, "fault", json_object_new_string(fault));
+        (void)send_msg(m, CL_MSG_MIGRATION_DONE, b, true);
+    }
+}
+
+static void on_abort(agent_mig *m, json_object *body)
+{
+    const char *mig = jstr(body, "migration_uuid");
+    bool force = strcmp(jstr(body, "action"), "force_complete") == 0;
+    pthread_mutex_lock(&m->lock);
+    mig_entry *e = find_locked(m, mig);
+    if (e && e->source && !e->finished)
+        atomic_store(&e->request, force ? REQ_FORCE : REQ_ABORT);
+    pthread_mutex_unlock(&m->lock);
+    cl_info(MOD, "migration %s: %s requested%s", mig, force ? "force-complete" : "abort",
+            e ? "" : " (not running here)");
+}
+
+/* ---- the worker for short steps ---- */
+
+static void *worker_main(void *arg)
+{
+    agent_mig *m = arg;
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        while (!m->qhead && !m->stop)
+            pthread_cond_wait(&m->cond, &m->lock);
+        if (!m->qhead) {
+            pthread_mutex_unlock(&m->lock);
+            break;
+        }
+        op *o = m->qhead;
+        m->qhead = o->next;
+        if (!m->qhead)
+            m->qtail = NULL;
+        m->qlen--;
+        pthread_mutex_unlock(&m->lock);
+        if (strcmp(o->type, CL_MSG_MIGRATION_PREPARE) == 0)
+            do_prepare(m, o->body);
+        else if (strcmp(o->type, CL_MSG_MIGRATION_CHECK) == 0)
+            do_check(m, o->body);
+        else if (strcmp(o->type, CL_MSG_MIGRATION_CLEANUP) == 0)
+            do_cleanup(m, o->body);
+        json_object_put(o->body);
+        free(o);
+    }
+    return NULL;
+}
+
+static void push_op(agent_mig *m, const char *type, json_object *body)
+{
+    op *o = calloc(1, sizeof(*o));
+    if (!o)
+        return;
+    cl_strlcpy(o->type, type, sizeof(o->type));
+    o->body = json_object_get(body);
+    pthread_mutex_lock(&m->lock);
+    if (m->qlen >= OPS_CAP || m->stop) {
+        pthread_mutex_unlock(&m->lock);
+        json_object_put(o->body);
+        free(o);
+        cl_warn(MOD, "%s dropped: queue full", type);
+        return;
+    }
+    if (m->qtail)
+        m->qtail->next = o;
+    else
+        m->qhead = o;
+    m->qtail = o;
+    m->qlen++;
+    pthread_cond_signal(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* ---- public ---- */
+
+bool agent_mig_on_msg(agent_mig *m, const cl_bus_msg *msg)
+{
+    if (!m || !CL_MSG_IS_MIGRATION(msg->type))
+        return false;
+    if (strcmp(msg->type, CL_MSG_MIGRATION_START) == 0)
+        on_start(m, msg->body);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0)
+        on_abort(m, msg->body);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_PREPARE) == 0 ||
+             strcmp(msg->type, CL_MSG_MIGRATION_CHECK) == 0 ||
+             strcmp(msg->type, CL_MSG_MIGRATION_CLEANUP) == 0)
+        push_op(m, msg->type, msg->body);
+    else
+        cl_debug(MOD, "ignoring %s", msg->type);
+    return true;
+}
+
+bool agent_mig_owns(agent_mig *m, const char *uuid)
+{
+    if (!m)
+        return false;
+    pthread_mutex_lock(&m->lock);
+    bool owned = false;
+    for (size_t i = 0; i < MIG_MAX && !owned; i++)
+        owned = m->e[i].used && strcmp(m->e[i].uuid, uuid) == 0;
+    pthread_mutex_unlock(&m->lock);
+    return owned;
+}
+
+int agent_mig_new(const agent_mig_opts *opts, const agent_mig_hooks *hooks, agent_mig **out,
+                  cl_error *err)
+{
+    agent_mig *m = calloc(1, sizeof(*m));
+    if (!m)
+        return cl_error_set(err, CL_E_INTERNAL, "out of memory"), -ENOMEM;
+    m->o = *opts;
+    m->h = *hooks;
+    if (m->o.progress_ms < 50)
+        m->o.progress_ms = 500;
+    m->uri = strdup(opts->libvirt_uri ? opts->libvirt_uri : "");
+    m->inst_dir = strdup(opts->instances_dir ? opts->instances_dir : "");
+    m->img_dir = strdup(opts->image_dir ? opts->image_dir : "");
+    m->mig_addr = strdup(opts->migration_address ? opts->migration_address : "");
+    if (opts->migration_uri && *opts->migration_uri)
+        m->mig_uri = strdup(opts->migration_uri);
+    else if (m->mig_addr && *m->mig_addr &&
+             asprintf(&m->mig_uri, "qemu+tcp://%s/system", m->mig_addr) < 0)
+        m->mig_uri = NULL;
+    else if (!m->mig_uri)
+        m->mig_uri = strdup("");
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->cond, NULL);
+    if (!m->uri || !m->inst_dir || !m->img_dir || !m->mig_addr || !m->mig_uri) {
+        agent_mig_free(m);
+        return cl_error_set(err, CL_E_INTERNAL, "out of memory"), -ENOMEM;
+    }
+    int r = pthread_create(&m->worker, NULL, worker_main, m);
+    if (r != 0) {
+        agent_mig_free(m);
+        return cl_error_set(err, CL_E_INTERNAL, "cannot start the migration worker: %s",
+                            strerror(r)), -r;
+    }
+    m->worker_started = true;
+    *out = m;
+    return 0;
+}
+
+void agent_mig_free(agent_mig *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->stop = true;
+    pthread_cond_broadcast(&m->cond);
+    for (size_t i = 0; i < MIG_MAX; i++)
+        if (m->e[i].used && m->e[i].source && !m->e[i].finished)
+            atomic_store(&m->e[i].request, REQ_ABORT);
+    pthread_mutex_unlock(&m->lock);
+    if (m->worker_started)
+        pthread_join(m->worker, NULL);
+    for (size_t i = 0; i < MIG_MAX; i++)
+        if (m->e[i].thread)
+            pthread_join(m->e[i].th, NULL);
+    for (op *o = m->qhead, *n; o; o = n) {
+        n = o->next;
+        json_object_put(o->body);
+        free(o);
+    }
+    pthread_cond_destroy(&m->cond);
+    pthread_mutex_destroy(&m->lock);
+    free(m->uri);
+    free(m->inst_dir);
+    free(m->img_dir);
+    free(m->mig_uri);
+    free(m->mig_addr);
+    free(m);
+}

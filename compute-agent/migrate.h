@@ -1,0 +1,78 @@
+/*
+ * migrate.h - the agent's half of live migration (issue 8), kept apart from agent.c.
+ *
+ * The same module plays both roles (messages in libcloud/migration_msg.h):
+ *   destination  migration.prepare -> instance dir + qcow2 overlay on the local base image
+ *                (or nothing when the disk is already there: shared storage), reply with
+ *                this host's migration URI/address and directories;
+ *                migration.check -> is the domain running here? yes and the source has
+ *                none: reply here=true and adopt it (agent.c keeps the record); otherwise
+ *                destroy what arrived and remove the half-copied disk.
+ *   source       migration.start -> a thread runs virDomainMigrateToURI3 (live, p2p,
+ *                persist on the destination with the destination XML, undefine here,
+ *                incremental disk copy unless shared) while it polls the job statistics,
+ *                reports progress, raises the allowed downtime in steps and applies the
+ *                completion timeout (abort, or force-complete by pausing the guest); then
+ *                it asks its own hypervisor whether the domain is still here and sends
+ *                migration.done; migration.abort aborts or force-completes;
+ *                migration.cleanup (the destination has it) drops the record and disk.
+ *
+ * An instance with a migration in flight is "owned" here: agent.c ignores its lifecycle
+ * events and leaves it out of the periodic sync (its domain vanishing from the source is
+ * the expected outcome, not a crash).
+ *
+ * Threads: one per running migration (plus the libvirt call it waits for) and one worker
+ * for the short destination/cleanup steps, so the bus thread never blocks.
+ */
+#ifndef AGENT_MIGRATE_H
+#define AGENT_MIGRATE_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bus.h"
+#include "errors.h"
+#include "messages.h"
+
+typedef struct agent_mig agent_mig;
+
+/* What the module needs from agent.c (called from the module's threads). */
+typedef struct agent_mig_hooks {
+    void *ud;
+    /* Send a message to the scheduler (body taken over). 0 or negative errno. */
+    int (*send)(void *ud, const char *type, json_object *body, bool reliable);
+    /* Destination: the instance runs here now; record it and report its state. */
+    void (*adopt)(void *ud, const cl_msg_instance *spec);
+    /* Source: the instance left for another host; drop its record (no destroy). */
+    void (*forget)(void *ud, const char *uuid);
+} agent_mig_hooks;
+
+typedef struct agent_mig_opts {
+    const char *libvirt_uri;       /* this host's connection (as the driver's) */
+    const char *instances_dir;
+    const char *image_dir;
+    const char *migration_uri;     /* how other libvirtds reach this one (qemu+tcp://IP/
+                                    * system); "" = qemu+tcp://<migration_address>/system */
+    const char *migration_address; /* address QEMU's migration stream uses; "" = default */
+    int64_t max_downtime_ms;       /* final allowed downtime (raised to in steps) */
+    int64_t timeout_s;             /* completion timeout of one migration */
+    bool force_on_timeout;         /* timeout: force-complete (pause) instead of abort */
+    int64_t progress_ms;           /* job statistics poll / progress report interval */
+} agent_mig_opts;
+
+/* Start the module (its worker thread). Strings are copied. 0 and *out, or -errno + err. */
+int agent_mig_new(const agent_mig_opts *opts, const agent_mig_hooks *hooks, agent_mig **out,
+                  cl_error *err);
+
+/* Abort migrations still running (the guest stays on this host), join every thread and
+ * free. Accepts NULL. */
+void agent_mig_free(agent_mig *m);
+
+/* Handle a migration.* message (bus thread; never blocks). False when msg is not one. */
+bool agent_mig_on_msg(agent_mig *m, const cl_bus_msg *msg);
+
+/* True while a migration of the instance is in flight on this host (either role). */
+bool agent_mig_owns(agent_mig *m, const char *uuid);
+
+#endif

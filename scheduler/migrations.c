@@ -1,0 +1,483 @@
+/*
+ * migrations.c - the scheduler drives a live migration step by step (migrations.h).
+ *
+ *   api   --migration.live-->     sched   pre-checks, claim on the destination
+ *                                         (cl_store_migration_begin: the migration holds
+ *                                         the source allocation, the instance the dest's)
+ *   sched --migration.prepare-->  dest    instance dir + overlay; its migration URI
+ *   dest  --migration.prepared--> sched
+ *   sched --migration.start-->    src     virDomainMigrateToURI3 + monitor
+ *   src   --migration.progress--> sched   (unreliable) -> migration_progress
+ *   src   --migration.done-->     sched   what the source hypervisor holds now
+ *   sched --migration.check-->    dest    what the destination hypervisor holds
+ *   dest  --migration.checked-->  sched   cl_store_migration_finish(here), states
+ *   sched --migration.cleanup-->  src     (moved) drop record and disk
+ *
+ * Every step is idempotent and keeps its state in the controller DB (the migrations row
+ * and its status), so the handlers need no memory between messages: a resent message
+ * finds the row already past its step and does nothing.
+ *
+ * Status (Nova's live-migration statuses): preparing -> running -> completed, or
+ * error / cancelled (an abort was asked: "cancelling" in between).
+ *
+ * Progress lives in migration_progress, a table this module creates when missing
+ * (memory/disk total/processed/remaining, elapsed and downtime, the source's verdict):
+ * the placement schema step has no columns for it and is not ours to change.
+ */
+#include "scheduler/migrations.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "db.h"
+#include "json.h"
+#include "log.h"
+#include "messages.h"
+#include "migration_msg.h"
+#include "model.h"
+#include "store_placement.h"
+#include "util.h"
+
+#define LOG_MOD "sched.migrate"
+
+static const char *jstr(json_object *body, const char *key)
+{
+    const char *s = NULL;
+    if (cl_json_get_str(body, key, false, &s, NULL) < 0 || !s)
+        return "";
+    return s;
+}
+
+static bool jbool(json_object *body, const char *key)
+{
+    bool b = false;
+    (void)cl_json_get_bool(body, key, false, &b, NULL);
+    return b;
+}
+
+static int64_t jint(json_object *body, const char *key)
+{
+    int64_t v = 0;
+    (void)cl_json_get_int64(body, key, false, &v, NULL);
+    return v;
+}
+
+static int ensure_progress_table(cl_store *st)
+{
+    return cl_db_exec(cl_store_db(st),
+                      "CREATE TABLE IF NOT EXISTS migration_progress ("
+                      "  migration_uuid TEXT PRIMARY KEY,"
+                      "  memory_total INTEGER NOT NULL DEFAULT 0,"
+                      "  memory_processed INTEGER NOT NULL DEFAULT 0,"
+                      "  memory_remaining INTEGER NOT NULL DEFAULT 0,"
+                      "  disk_total INTEGER NOT NULL DEFAULT 0,"
+                      "  disk_processed INTEGER NOT NULL DEFAULT 0,"
+                      "  disk_remaining INTEGER NOT NULL DEFAULT 0,"
+                      "  elapsed_ms INTEGER NOT NULL DEFAULT 0,"
+                      "  downtime_ms INTEGER NOT NULL DEFAULT 0,"
+                      "  total_ms INTEGER NOT NULL DEFAULT 0,"
+                      "  source_state TEXT NOT NULL DEFAULT '',"
+                      "  fault TEXT NOT NULL DEFAULT '',"
+                      "  updated_ms INTEGER NOT NULL DEFAULT 0)");
+}
+
+static int set_status(cl_store *st, const char *mig, const char *status)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_prepare(cl_store_db(st),
+                          "UPDATE migrations SET status = ?2, updated_ms = ?3 WHERE uuid = ?1",
+                          &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, mig);
+    cl_db_bind_text(s, 2, status);
+    cl_db_bind_int64(s, 3, cl_now_ms());
+    return cl_db_step_done(s);
+}
+
+/* Upsert the integer columns named in keys from body (and optional text columns). */
+static void progress_put(cl_store *st, const char *mig, json_object *body,
+                         const char *const *keys, size_t nkeys, const char *source_state,
+                         const char *fault)
+{
+    char sql[1024];
+    size_t used = 0;
+    if (ensure_progress_table(st) < 0)
+        return;
+    used += (size_t)snprintf(sql + used, sizeof(sql) - used,
+                             "INSERT INTO migration_progress (migration_uuid, updated_ms) "
+                             "VALUES (?1, ?2) ON CONFLICT(migration_uuid) DO UPDATE SET "
+                             "updated_ms = ?2");
+    for (size_t i = 0; i < nkeys && used < sizeof(sql); i++)
+        used += (size_t)snprintf(sql + used, sizeof(sql) - used, ", %s = ?%zu", keys[i], i + 5);
+    if (used >= sizeof(sql))
+        return;
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    if (cl_db_prepare(cl_store_db(st), sql, &s) < 0)
+        return;
+    cl_db_bind_text(s, 1, mig);
+    cl_db_bind_int64(s, 2, cl_now_ms());
+    for (size_t i = 0; i < nkeys; i++)
+        cl_db_bind_int64(s, (int)i + 5, jint(body, keys[i]));
+    (void)cl_db_step_done(s);
+    if (source_state || fault) {
+        _cleanup_stmt_ sqlite3_stmt *s2 = NULL;
+        if (cl_db_prepare(cl_store_db(st),
+                          "UPDATE migration_progress SET source_state = COALESCE(?2, "
+                          "source_state), fault = COALESCE(?3, fault) WHERE migration_uuid = ?1",
+                          &s2) == 0) {
+            cl_db_bind_text(s2, 1, mig);
+            if (source_state)
+                cl_db_bind_text(s2, 2, source_state);
+            if (fault)
+                cl_db_bind_text(s2, 3, fault);
+            (void)cl_db_step_done(s2);
+        }
+    }
+}
+
+static void progress_source_state(cl_store *st, const char *mig, char *out, size_t len)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    out[0] = '\0';
+    if (cl_db_prepare(cl_store_db(st), "SELECT source_state FROM migration_progress WHERE "
+                                       "migration_uuid = ?", &s) < 0)
+        return;
+    cl_db_bind_text(s, 1, mig);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        cl_db_column_text(s, 0, out, len);
+}
+
+static void spec_of(const cl_instance *inst, cl_msg_instance *m)
+{
+    memset(m, 0, sizeof(*m));
+    cl_strlcpy(m->uuid, inst->uuid, sizeof(m->uuid));
+    cl_strlcpy(m->name, inst->name, sizeof(m->name));
+    cl_strlcpy(m->project_id, inst->project_id, sizeof(m->project_id));
+    cl_strlcpy(m->user_id, inst->user_id, sizeof(m->user_id));
+    cl_strlcpy(m->image_ref, inst->image_ref, sizeof(m->image_ref));
+    m->flavor = inst->flavor;
+}
+
+static int send(cl_bus *bus, const char *peer, const char *type, const cl_bus_msg *why,
+                json_object *body)
+{
+    if (!body)
+        return -ENOMEM;
+    int r = cl_bus_send(bus, peer, type, why->req[0] ? why->req : NULL, body, true, NULL);
+    if (r < 0)
+        cl_err(LOG_MOD, "cannot queue %s for %s: %s", type, peer, strerror(-r));
+    return r;
+}
+
+/* The move did not happen (before any guest state moved): give the source allocation
+ * back, clear the task, record why. */
+static void fail_early(cl_store *st, const char *mig, const char *uuid, const char *status,
+                       const char *fault)
+{
+    if (mig && mig[0]) {
+        int r = cl_store_migration_finish(st, mig, false);
+        if (r < 0 && r != -ENOENT)
+            cl_err(LOG_MOD, "migration %s: cannot undo the claim: %s", mig, strerror(-r));
+        set_status(st, mig, status);
+        progress_put(st, mig, NULL, NULL, 0, NULL, fault);
+    }
+    cl_store_instance_set_state(st, uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+    cl_warn(LOG_MOD, "live migration of %s %s: %s", uuid, status, fault);
+}
+
+/* ---- migration.live ---- */
+
+static int by_free_ram_desc(const void *a, const void *b)
+{
+    int64_t fa = cl_host_free_ram_mb(a), fb = cl_host_free_ram_mb(b);
+    return fa < fb ? 1 : fa > fb ? -1 : 0;
+}
+
+static void on_live(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    const char *uuid = jstr(msg->body, "instance_uuid");
+    const char *want = jstr(msg->body, "host");
+    const char *block = jstr(msg->body, "block");
+    cl_instance inst;
+    cl_host src;
+    cl_migration m;
+    char fault[512] = "";
+    int r;
+
+    if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0) {
+        cl_warn(LOG_MOD, "migration.live for unknown instance %s", uuid);
+        return;
+    }
+    if (inst.task_state != CL_TASK_MIGRATING || !inst.host[0]) {
+        cl_debug(LOG_MOD, "instance %s is not waiting for a migration", uuid);
+        return;
+    }
+    if (cl_store_host_get(st, inst.host, &src) < 0) {
+        fail_early(st, NULL, uuid, "error", "the source host is unknown");
+        return;
+    }
+    memset(&m, 0, sizeof(m));
+    if (want[0]) {
+        cl_host d;
+        r = cl_store_host_get(st, want, &d);
+        if (r < 0)
+            snprintf(fault, sizeof(fault), "destination %.64s is unknown", want);
+        else if (!d.up || !d.enabled)
+            snprintf(fault, sizeof(fault), "destination %.64s is %s", want,
+                     !d.up ? "down" : "disabled");
+        else if (strcmp(d.hypervisor_type, src.hypervisor_type) != 0)
+            snprintf(fault, sizeof(fault), "destination %.64s runs %s, the source %s", want,
+                     d.hypervisor_type, src.hypervisor_type);
+        else if ((r = cl_store_migration_begin(st, uuid, want, "live-migration", &m)) < 0)
+            snprintf(fault, sizeof(fault), "cannot claim on %.64s: %s", want,
+                     r == -ENOSPC ? "not enough room" : strerror(-r));
+    } else {
+        _cleanup_free_ cl_host *hosts = NULL;
+        size_t n = 0;
+        r = cl_store_host_list(st, &hosts, &n);
+        if (r == 0)
+            qsort(hosts, n, sizeof(*hosts), by_free_ram_desc);
+        r = -ENOSPC;
+        for (size_t i = 0; i < n && r < 0; i++) {
+            const cl_host *h = &hosts[i];
+            if (strcmp(h->name, src.name) == 0 || !h->up || !h->enabled ||
+                strcmp(h->hypervisor_type, src.hypervisor_type) != 0)
+                continue;
+            r = cl_store_migration_begin(st, uuid, h->name, "live-migration", &m);
+            if (r == -EBUSY)
+                break;
+        }
+        if (r < 0)
+            snprintf(fault, sizeof(fault), "no valid host to migrate to: %s",
+                     r == -EBUSY ? "a migration is in progress" : "no other up, enabled host "
+                     "of the same hypervisor type has room");
+    }
+    if (fault[0]) {
+        fail_early(st, NULL, uuid, "error", fault);
+        return;
+    }
+    set_status(st, m.uuid, "preparing");
+    cl_msg_instance spec;
+    spec_of(&inst, &spec);
+    json_object *b = cl_msg_spawn_encode(&spec);
+    if (b) {
+        json_object_object_add(b, "migration_uuid", json_object_new_string(m.uuid));
+        json_object_object_add(b, "source_host", json_object_new_string(m.source_host));
+        json_object_object_add(b, "block", json_object_new_string(block[0] ? block : "auto"));
+    }
+    if (send(bus, m.dest_host, CL_MSG_MIGRATION_PREPARE, msg, b) < 0) {
+        fail_early(st, m.uuid, uuid, "error", "cannot reach the destination");
+        return;
+    }
+    cl_info(LOG_MOD, "migration %s: %s %s -> %s claimed, preparing the destination", m.uuid,
+            uuid, m.source_host, m.dest_host);
+}
+
+/* ---- migration.prepared ---- */
+
+static void send_check(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m,
+                       bool source_has)
+{
+    cl_instance inst;
+    cl_msg_instance spec;
+    if (cl_store_instance_get(st, m->instance_uuid, &inst) < 0)
+        return;
+    spec_of(&inst, &spec);
+    json_object *b = cl_msg_spawn_encode(&spec);
+    if (b) {
+        json_object_object_add(b, "migration_uuid", json_object_new_string(m->uuid));
+        json_object_object_add(b, "source_has", json_object_new_boolean(source_has));
+    }
+    (void)send(bus, m->dest_host, CL_MSG_MIGRATION_CHECK, msg, b);
+}
+
+static void on_prepared(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    const char *mig = jstr(msg->body, "migration_uuid");
+    cl_migration m;
+
+    if (cl_store_migration_get(st, mig, &m) < 0 || strcmp(m.status, "preparing") != 0)
+        return; /* unknown or a resend */
+    if (strcmp(msg->peer, m.dest_host) != 0) {
+        cl_warn(LOG_MOD, "migration.prepared for %s from %s, not the destination", mig,
+                msg->peer);
+        return;
+    }
+    if (!jbool(msg->body, "ok")) {
+        fail_early(st, mig, m.instance_uuid, "error", jstr(msg->body, "fault"));
+        return;
+    }
+    if (!jstr(msg->body, "uri")[0]) {
+        /* Nothing was copied; the check lets the destination remove its overlay. */
+        send_check(st, bus, msg, &m, true);
+        fail_early(st, mig, m.instance_uuid, "error", "the destination advertises no "
+                   "migration URI ([agent] migration_uri / migration_address)");
+        return;
+    }
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
+    json_object_object_add(b, "instance_uuid", json_object_new_string(m.instance_uuid));
+    json_object_object_add(b, "dest_host", json_object_new_string(m.dest_host));
+    json_object_object_add(b, "dest_uri", json_object_new_string(jstr(msg->body, "uri")));
+    json_object_object_add(b, "dest_address",
+                           json_object_new_string(jstr(msg->body, "address")));
+    json_object_object_add(b, "dest_instances_dir",
+                           json_object_new_string(jstr(msg->body, "instances_dir")));
+    json_object_object_add(b, "dest_image_dir",
+                           json_object_new_string(jstr(msg->body, "image_dir")));
+    json_object_object_add(b, "shared", json_object_new_boolean(jbool(msg->body, "shared")));
+    set_status(st, mig, "running");
+    if (send(bus, m.source_host, CL_MSG_MIGRATION_START, msg, b) < 0) {
+        send_check(st, bus, msg, &m, true);
+        fail_early(st, mig, m.instance_uuid, "error", "cannot reach the source");
+        return;
+    }
+    cl_info(LOG_MOD, "migration %s: destination %s ready, source %s starts", mig, m.dest_host,
+            m.source_host);
+}
+
+/* ---- progress, done, checked ---- */
+
+static void on_progress(cl_store *st, const cl_bus_msg *msg)
+{
+    static const char *const keys[] = {"memory_total", "memory_processed", "memory_remaining",
+                                       "disk_total", "disk_processed", "disk_remaining",
+                                       "elapsed_ms"};
+    const char *mig = jstr(msg->body, "migration_uuid");
+    cl_migration m;
+    if (cl_store_migration_get(st, mig, &m) < 0 || strcmp(msg->peer, m.source_host) != 0)
+        return;
+    progress_put(st, mig, msg->body, keys, CL_ARRAY_SIZE(keys), NULL, NULL);
+}
+
+static void on_done(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    static const char *const keys[] = {"total_ms"};
+    const char *mig = jstr(msg->body, "migration_uuid");
+    const char *source = jstr(msg->body, "source");
+    cl_migration m;
+
+    if (cl_store_migration_get(st, mig, &m) < 0 || strcmp(msg->peer, m.source_host) != 0)
+        return;
+    if (strcmp(m.status, "running") != 0 && strcmp(m.status, "cancelling") != 0)
+        return;
+    progress_put(st, mig, msg->body, keys, 1, source, jstr(msg->body, "fault"));
+    bool source_has = strcmp(source, "running") == 0 || strcmp(source, "paused") == 0;
+    cl_info(LOG_MOD, "migration %s: source says %s%s%s; asking %s", mig, source,
+            jstr(msg->body, "fault")[0] ? ", " : "", jstr(msg->body, "fault"), m.dest_host);
+    send_check(st, bus, msg, &m, source_has);
+}
+
+static void on_checked(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    static const char *const keys[] = {"downtime_ms", "elapsed_ms"};
+    const char *mig = jstr(msg->body, "migration_uuid");
+    bool here = jbool(msg->body, "here");
+    char source[32];
+    cl_migration m;
+    int r;
+
+    if (cl_store_migration_get(st, mig, &m) < 0 || strcmp(msg->peer, m.dest_host) != 0)
+        return;
+    if (strcmp(m.status, "running") != 0 && strcmp(m.status, "cancelling") != 0 &&
+        strcmp(m.status, "error") != 0)
+        return;
+    bool was_error = strcmp(m.status, "error") == 0; /* a check to clean up after a failure */
+    progress_source_state(st, mig, source, sizeof(source));
+    if (here && !was_error) {
+        progress_put(st, mig, msg->body, keys, CL_ARRAY_SIZE(keys), NULL, NULL);
+        r = cl_store_migration_finish(st, mig, true);
+        if (r < 0) {
+            cl_err(LOG_MOD, "migration %s: cannot record the move: %s", mig, strerror(-r));
+            return;
+        }
+        set_status(st, mig, "completed");
+        cl_store_instance_set_state(st, m.instance_uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        json_object *b = json_object_new_object();
+        json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
+        json_object_object_add(b, "instance_uuid", json_object_new_string(m.instance_uuid));
+        (void)send(bus, m.source_host, CL_MSG_MIGRATION_CLEANUP, msg, b);
+        cl_info(LOG_MOD, "migration %s: %s now runs on %s (downtime %" PRId64 " ms)", mig,
+                m.instance_uuid, m.dest_host, jint(msg->body, "downtime_ms"));
+        return;
+    }
+    if (was_error)
+        return;
+    bool source_has = strcmp(source, "running") == 0 || strcmp(source, "paused") == 0;
+    if (!source_has) {
+        /* Neither hypervisor runs it: the guest is lost; say so instead of pretending. */
+        cl_store_migration_finish(st, mig, false);
+        set_status(st, mig, "error");
+        cl_store_instance_fail(st, m.instance_uuid, "the guest runs on neither host after "
+                               "a failed live migration", 500);
+        cl_err(LOG_MOD, "migration %s: %s runs nowhere", mig, m.instance_uuid);
+        return;
+    }
+    fail_early(st, mig, m.instance_uuid,
+               strcmp(m.status, "cancelling") == 0 ? "cancelled" : "error",
+               "the guest stayed on the source");
+}
+
+/* ---- abort / force-complete (from nube-api) ---- */
+
+static void on_abort(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    const char *mig = jstr(msg->body, "migration_uuid");
+    const char *action = jstr(msg->body, "action");
+    cl_migration m;
+
+    if (cl_store_migration_get(st, mig, &m) < 0)
+        return;
+    bool force = strcmp(action, "force_complete") == 0;
+    if (strcmp(m.status, "preparing") == 0 && !force) {
+        /* Nothing runs yet: the check makes the destination drop its overlay. */
+        send_check(st, bus, msg, &m, true);
+        fail_early(st, mig, m.instance_uuid, "cancelled", "aborted before it started");
+        return;
+    }
+    if (strcmp(m.status, "running") != 0)
+        return;
+    if (!force)
+        set_status(st, mig, "cancelling");
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
+    json_object_object_add(b, "instance_uuid", json_object_new_string(m.instance_uuid));
+    json_object_object_add(b, "action", json_object_new_string(force ? "force_complete"
+                                                                     : "abort"));
+    (void)send(bus, m.source_host, CL_MSG_MIGRATION_ABORT, msg, b);
+}
+
+bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    if (!CL_MSG_IS_MIGRATION(msg->type))
+        return false;
+    /* With bus authentication, only nube-api starts or stops a migration, and a host
+     * speaks only from its own key (the handlers compare the peer with the row). */
+    bool from_api = strcmp(msg->type, CL_MSG_MIGRATION_LIVE) == 0 ||
+                    strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0;
+    if (msg->user_id[0] && (from_api ? strcmp(msg->user_id, "nube-api") != 0
+                                     : strcmp(msg->user_id, msg->peer) != 0)) {
+        cl_warn(LOG_MOD, "refused %s from '%s'", msg->type, msg->user_id);
+        return true;
+    }
+    if (strcmp(msg->type, CL_MSG_MIGRATION_LIVE) == 0)
+        on_live(st, bus, msg);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_PREPARED) == 0)
+        on_prepared(st, bus, msg);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_PROGRESS) == 0)
+        on_progress(st, msg);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_DONE) == 0)
+        on_done(st, bus, msg);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_CHECKED) == 0)
+        on_checked(st, bus, msg);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0)
+        on_abort(st, bus, msg);
+    else
+        cl_warn(LOG_MOD, "ignoring %s from %s", msg->type, msg->peer);
+    return true;
+}
