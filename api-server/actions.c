@@ -407,6 +407,8 @@ void api_servers_action(const cl_http_req *req, cl_http_resp *resp, void *ud)
         do_console(resp, st, &inst, arg);
     else if (strcmp(key, "os-migrateLive") == 0)
         api_migrate_live(ctx, req, resp, st, &inst, arg); /* migrate_actions.c */
+    else if (strcmp(key, "evacuate") == 0)
+        api_evacuate(ctx, req, resp, st, &inst, arg); /* migrate_actions.c */
     else
         cl_http_resp_errorf(resp, CL_E_NOT_FOUND, "There is no such action: %.64s", key);
 }

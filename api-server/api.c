@@ -89,6 +89,10 @@ const cl_cfg_key api_cfg_keys[] = {
      "PBKDF2-HMAC-SHA256 rounds for new password hashes (existing hashes keep theirs)."},
     {"quota", "instances", CL_CFG_INT, "10", -1, 1000000, offsetof(api_cfg, quota_instances),
      "Default quota of servers per project (-1 = unlimited)."},
+    {"quota", "max_concurrent_builds", CL_CFG_INT, "0", 0, 1000000,
+     offsetof(api_cfg, max_concurrent_builds),
+     "Servers one project may have in BUILD at once; more creates get 403 overLimit "
+     "(0 = no cap). Bounds what one tenant can push onto the scheduler and agents."},
     {"quota", "cores", CL_CFG_INT, "20", -1, 100000000, offsetof(api_cfg, quota_cores),
      "Default quota of vCPUs per project (-1 = unlimited)."},
     {"quota", "ram", CL_CFG_INT, "51200", -1, 1000000000000, offsetof(api_cfg, quota_ram),

@@ -48,6 +48,7 @@ typedef struct api_cfg {
     char *token_key_file;      /* [auth] token_key_file ("" = <state_dir>/token.key) */
     int64_t password_iterations; /* [auth] password_iterations (PBKDF2 rounds) */
     int64_t quota_instances;   /* [quota] instances: default per project (-1 = unlimited) */
+    int64_t max_concurrent_builds; /* [quota] max_concurrent_builds per project (0 = no cap) */
     int64_t quota_cores;       /* [quota] cores */
     int64_t quota_ram;         /* [quota] ram (MB) */
     int64_t quota_key_pairs;   /* [quota] key_pairs (per user) */

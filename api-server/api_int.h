@@ -24,9 +24,9 @@
 #include "http.h"
 #include "store.h"
 
-/* Nova's microversion window. Everything between is accepted, but the answers stay
- * those of 2.1 for now except where noted (flavor description / extra_specs), because
- * the stock clients negotiate down and send 2.1 for server commands anyway. */
+/* Nova's microversion window. Everything between is accepted; answers change shape
+ * where a client needs it (flavors 2.55/2.61, key pairs 2.2/2.10, server groups 2.64,
+ * services 2.11/2.53, servers 2.3-2.73: servers.c mv_fields). */
 #define API_MV_MIN 1   /* 2.1 */
 #define API_MV_MAX 93  /* 2.93 */
 

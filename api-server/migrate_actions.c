@@ -63,15 +63,20 @@ void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
         host = json_object_get_string(v);
     }
     if (json_object_object_get_ex(arg, "block_migration", &v) && v) {
+        /* false asks for shared storage in Nova (< 2.25), and the stock client sends it
+         * by default; nube detects shared storage itself, so false means "auto": the
+         * disk is copied when the destination does not already see it. */
         if (json_object_is_type(v, json_type_boolean))
-            block = json_object_get_boolean(v) ? "true" : "false";
+            block = json_object_get_boolean(v) ? "true" : "auto";
         else if (json_object_is_type(v, json_type_string) &&
                  strcmp(json_object_get_string(v), "auto") == 0)
             block = "auto";
         else if (json_object_is_type(v, json_type_string) &&
-                 (strcmp(json_object_get_string(v), "true") == 0 ||
-                  strcmp(json_object_get_string(v), "false") == 0))
-            block = json_object_get_string(v);
+                 strcmp(json_object_get_string(v), "true") == 0)
+            block = "true";
+        else if (json_object_is_type(v, json_type_string) &&
+                 strcmp(json_object_get_string(v), "false") == 0)
+            block = "auto";
         else {
             cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
                                 "block_migration.");
@@ -134,6 +139,72 @@ void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
     cl_info(LOG_MOD, "server %s: live migration to %s requested", cur->uuid,
             host[0] ? host : "(scheduler's choice)");
     cl_http_resp_json(resp, 202, NULL);
+}
+
+void api_evacuate(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
+                  const cl_instance *cur, json_object *arg)
+{
+    const char *host = "";
+    json_object *v = NULL;
+    cl_instance inst = *cur;
+    cl_host src;
+    int rc;
+
+    if (!api_require_admin(resp, "os_compute_api:os-evacuate"))
+        return;
+    if (arg && json_object_is_type(arg, json_type_object) &&
+        json_object_object_get_ex(arg, "host", &v) && v) {
+        if (!json_object_is_type(v, json_type_string) ||
+            strlen(json_object_get_string(v)) >= CL_HOST_MAX) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
+                                "host.");
+            return;
+        }
+        host = json_object_get_string(v);
+    }
+    if (!cur->host[0] || cl_store_host_get(st, cur->host, &src) < 0) {
+        cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'evacuate' instance %s: it has no "
+                            "host.", cur->uuid);
+        return;
+    }
+    if (src.up) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute service of %s is still in use.",
+                            src.name);
+        return;
+    }
+    if (host[0]) {
+        cl_host d;
+        if (cl_store_host_get(st, host, &d) < 0 || !d.up || !d.enabled ||
+            strcmp(host, cur->host) == 0) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute host %.64s could not be "
+                                "found or is not available.", host);
+            return;
+        }
+    }
+    rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_ACTIVE) |
+                               CL_VM_BIT(CL_VM_STOPPED) | CL_VM_BIT(CL_VM_ERROR) |
+                               CL_VM_BIT(CL_VM_PAUSED), CL_TASK_MIGRATING, &inst);
+    if (rc < 0) {
+        cl_http_resp_errorf(resp, rc == -EBUSY || rc == -EPERM ? CL_E_CONFLICT : CL_E_INTERNAL,
+                            "Cannot 'evacuate' instance %s while it is in %s %s", cur->uuid,
+                            rc == -EBUSY ? "task_state" : "vm_state",
+                            rc == -EBUSY ? cl_task_state_name(inst.task_state)
+                                         : cl_vm_state_name(inst.vm_state));
+        return;
+    }
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
+    json_object_object_add(b, "host", json_object_new_string(host));
+    rc = cl_bus_send(ctx->bus, NULL, CL_MSG_MIGRATION_EVACUATE, req->request_id, b, true, NULL);
+    if (rc < 0) {
+        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
+                            "later.");
+        return;
+    }
+    cl_info(LOG_MOD, "server %s: evacuation from %s requested", cur->uuid, cur->host);
+    /* 2.14+: 200 without a body (the adminPass of older microversions is not kept). */
+    cl_http_resp_json(resp, 200, NULL);
 }
 
 /* ---- the server migrations sub-resource ---- */

@@ -15,6 +15,12 @@
 void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
                       const cl_instance *inst, json_object *arg);
 
+/* POST /servers/{id}/action {"evacuate": {"host"?}}: admin; the server's host must be
+ * down (400 "still in use" otherwise); 200. The scheduler rebuilds it from its image on
+ * another host. */
+void api_evacuate(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
+                  const cl_instance *inst, json_object *arg);
+
 /* GET /v2.1/servers/{id}/migrations and /{mid}: live migrations with their progress. */
 void api_server_migrations_list(const cl_http_req *req, cl_http_resp *resp, void *ud);
 void api_server_migration_show(const cl_http_req *req, cl_http_resp *resp, void *ud);

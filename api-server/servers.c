@@ -14,8 +14,9 @@
  * marks the row deleted once the agent destroyed the domain, and from then on GET
  * answers 404, which is what `openstack server delete --wait` polls for.
  *
- * Bodies are Nova 2.1's whatever the negotiated microversion: later shapes (2.47's
- * embedded flavor, 2.16 host_status, ...) come when a client needs them.
+ * Server bodies follow the negotiated microversion (mv_fields: 2.3 extended attributes,
+ * 2.9 locked, 2.16 host_status, 2.19 description, 2.26 tags, 2.47 embedded flavor, 2.63,
+ * 2.71 server_groups, 2.73 locked_reason): openstacksdk looks servers up at 2.73.
  *
  * Policy (libcloud/auth.h): a member creates and changes its own project's servers, a
  * reader only reads them, an admin does everything; another project's server answers
@@ -207,10 +208,90 @@ static void plain_fault(const char *fault, int code, char *out, size_t outlen)
     snprintf(out, outlen, "%.*s.", dot ? (int)(dot - fault) : 200, fault);
 }
 
-/* The full 2.1 body (server-show.txt). ex is consumed (its metadata moves into the body).
- * admin adds what Nova shows admins only (host attributes, fault details). */
-static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, extra *ex,
-                                  bool admin)
+/* What later microversions add to a server (Nova's api-ref, checked against
+ * reference/openstack-api/server-show-mv2.79.txt). The stock client sends 2.1 for the
+ * server commands it runs through novaclient, but the ones it runs through openstacksdk
+ * (pause, unpause, suspend, resume, console log show, ...) look the server up at the
+ * highest version both sides know, up to 2.73; Terraform and the SDKs do the same.
+ * show: fields Nova returns from GET /servers/{id} only (2.71 server_groups). */
+static void mv_fields(json_object *o, cl_store *st, const cl_instance *inst, int mv,
+                      bool admin, bool show)
+{
+    if (mv >= 3 && admin) {
+        _cleanup_free_ char *ud = NULL;
+        char key[256];
+        bool has_key = false;
+
+        if (cl_store_instance_extra_get(st, inst->uuid, key, sizeof(key), &has_key, &ud) < 0)
+            ud = NULL;
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:reservation_id",
+                               json_object_new_string(""));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:launch_index", json_object_new_int(0));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:hostname", json_object_new_string(inst->name));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:kernel_id", json_object_new_string(""));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:ramdisk_id", json_object_new_string(""));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:root_device_name",
+                               json_object_new_string("/dev/vda"));
+        json_object_object_add(o, "OS-EXT-SRV-ATTR:user_data",
+                               ud ? json_object_new_string(ud) : NULL);
+    }
+    if (mv >= 9)
+        json_object_object_add(o, "locked", json_object_new_boolean(false));
+    if (mv >= 16 && admin) {
+        /* Nova: UP, DOWN, MAINTENANCE (service disabled), UNKNOWN; "" before a host. */
+        cl_host h;
+        const char *hs = "";
+
+        if (inst->host[0])
+            hs = cl_store_host_get(st, inst->host, &h) < 0 ? "UNKNOWN"
+                 : !h.enabled                                ? "MAINTENANCE"
+                 : h.up                                      ? "UP"
+                                                             : "DOWN";
+        json_object_object_add(o, "host_status", json_object_new_string(hs));
+    }
+    if (mv >= 19) /* Nova's default description is the name (the recording shows it) */
+        json_object_object_add(o, "description", json_object_new_string(inst->name));
+    if (mv >= 26)
+        json_object_object_add(o, "tags", json_object_new_array());
+    if (mv >= 47) {
+        /* The flavor as the server holds it, instead of a link to the flavor. */
+        _cleanup_free_ cl_kv *specs = NULL;
+        json_object *f = json_object_new_object();
+        json_object *es = json_object_new_object();
+        size_t n = 0;
+
+        json_object_object_add(f, "vcpus", json_object_new_int64(inst->flavor.vcpus));
+        json_object_object_add(f, "ram", json_object_new_int64(inst->flavor.ram_mb));
+        json_object_object_add(f, "disk", json_object_new_int64(inst->flavor.disk_gb));
+        json_object_object_add(f, "ephemeral", json_object_new_int64(inst->flavor.ephemeral_gb));
+        json_object_object_add(f, "swap", json_object_new_int64(inst->flavor.swap_mb));
+        json_object_object_add(f, "original_name", json_object_new_string(inst->flavor.name));
+        if (cl_store_flavor_specs(st, inst->flavor.id, &specs, &n) == 0)
+            for (size_t i = 0; i < n; i++)
+                json_object_object_add(es, specs[i].key,
+                                       json_object_new_string(specs[i].value));
+        json_object_object_add(f, "extra_specs", es);
+        json_object_object_add(o, "flavor", f);
+    }
+    if (mv >= 63)
+        json_object_object_add(o, "trusted_image_certificates", NULL);
+    if (mv >= 71 && show) {
+        json_object *groups = json_object_new_array();
+        cl_server_group g;
+
+        if (cl_store_group_of(st, inst->uuid, &g) == 0)
+            json_object_array_add(groups, json_object_new_string(g.uuid));
+        json_object_object_add(o, "server_groups", groups);
+    }
+    if (mv >= 73)
+        json_object_object_add(o, "locked_reason", NULL);
+}
+
+/* The full 2.1 body (server-show.txt) plus what microversion mv adds (mv_fields). ex is
+ * consumed (its metadata moves into the body). admin adds what Nova shows admins only
+ * (host attributes, fault details). */
+static json_object *server_detail(const api_ctx *ctx, cl_store *st, const cl_instance *inst,
+                                  extra *ex, bool admin, int mv, bool show)
 {
     json_object *o = json_object_new_object();
     char hid[EVP_MAX_MD_SIZE * 2 + 1];
@@ -290,6 +371,7 @@ static json_object *server_detail(const api_ctx *ctx, const cl_instance *inst, e
         }
         json_object_object_add(o, "fault", f);
     }
+    mv_fields(o, st, inst, mv, admin, show);
     return o;
 }
 
@@ -725,6 +807,33 @@ static bool create_flavor(cl_store *st, const cl_auth *a, const char *id, cl_fla
     return true;
 }
 
+/* [quota] max_concurrent_builds: refuse (403 overLimit) when the project already has
+ * that many servers in BUILD. Checked before the create transaction, so a burst of
+ * parallel creates may overshoot by the number of API workers: a cheap bound on what one
+ * tenant can queue, not an exact quota. True when resp was answered. */
+static bool over_build_cap(api_ctx *ctx, cl_store *st, const char *project, int64_t want,
+                           cl_http_resp *resp)
+{
+    int64_t cap = ctx->cfg->max_concurrent_builds, building = 0;
+    _cleanup_stmt_ sqlite3_stmt *q = NULL;
+
+    if (cap <= 0)
+        return false;
+    if (cl_db_prepare(cl_store_db(st), "SELECT count(*) FROM instances WHERE project_id = ?1"
+                      " AND vm_state = 'building'", &q) < 0)
+        return false; /* the create itself reports a broken database */
+    cl_db_bind_text(q, 1, project);
+    if (sqlite3_step(q) == SQLITE_ROW)
+        building = sqlite3_column_int64(q, 0);
+    if (building + want <= cap)
+        return false;
+    cl_http_resp_errorf(resp, CL_E_OVER_LIMIT,
+                        "Too many servers building in this project: %lld building, %lld "
+                        "requested, at most %lld at once; retry when some are ACTIVE.",
+                        (long long)building, (long long)want, (long long)cap);
+    return true;
+}
+
 /* POST /v2.1/servers */
 void api_servers_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
@@ -829,6 +938,8 @@ void api_servers_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
             cl_http_resp_error(resp, &err);
             return;
         }
+    if (over_build_cap(ctx, st, a->project_id, (int64_t)cr.min_count, resp))
+        return;
     rc = api_quota_limits(ctx, st, a->project_id, &q);
     if (rc == 0)
         rc = cl_store_instances_create_quota(st, insts, n, (size_t)cr.min_count, &ex, &q,
@@ -1039,24 +1150,304 @@ static bool load_extras(cl_store *st, const cl_instance *rows, const size_t *sho
     return true;
 }
 
+/* ---- list: rendering without a whole-page tree, and a per-thread answer cache ----
+ *
+ * A page of 1,000 detailed servers is ~1.3 MB of JSON. Building it as one json-c tree
+ * and freeing that tree cost more than the rendering (malloc consolidation of ~40,000
+ * small objects), so each server is rendered, appended to a flat buffer and freed at
+ * once, while it is still hot in the cache.
+ *
+ * Clients poll lists (`server list`, `--wait`, dashboards); between two polls the data
+ * rarely changes. Each worker thread keeps its last answer, keyed by everything the
+ * answer depends on: the query values read here, the caller's project and admin view,
+ * and the state of the database as its own connection sees it — PRAGMA data_version
+ * (changes committed by any other connection, other processes included) and
+ * sqlite3_total_changes64 (changes made by this connection). Policy checks run before
+ * the lookup, so a hit never skips them.
+ *
+ * Any write to the database moves those versions — host heartbeats too, which arrive
+ * all the time — so when they moved, the page's rows and extras are read again (cheap)
+ * and hashed: if they are what the kept answer was rendered from, it is still the
+ * answer (the render reads nothing else below microversion 2.3). */
+#define LIST_CACHE_BODY_MAX (32u << 20) /* answers larger than this are not kept */
+
+typedef struct list_cache {
+    cl_store *st;        /* the connection whose versions these are */
+    int64_t data_version;
+    int64_t changes;
+    uint64_t sig;        /* page_sig of the rows rendered (when sig_ok) */
+    bool sig_ok;
+    char *key;
+    char *body;
+    size_t len;
+} list_cache;
+
+static pthread_key_t list_cache_key;
+static bool list_cache_ok;
+static pthread_once_t list_cache_once = PTHREAD_ONCE_INIT;
+
+static void list_cache_free(void *p)
+{
+    list_cache *c = p;
+
+    if (!c)
+        return;
+    free(c->key);
+    free(c->body);
+    free(c);
+}
+
+static void list_cache_init(void)
+{
+    /* The destructor frees a worker's entry when MHD joins the thread. */
+    list_cache_ok = pthread_key_create(&list_cache_key, list_cache_free) == 0;
+}
+
+/* The database's version as st's connection sees it; false when it cannot tell (then
+ * nothing is cached). */
+static bool db_version(cl_store *st, int64_t *data_version, int64_t *changes)
+{
+    cl_db *db = cl_store_db(st);
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+
+    if (cl_db_prepare(db, "PRAGMA data_version", &s) < 0 || sqlite3_step(s) != SQLITE_ROW)
+        return false;
+    *data_version = sqlite3_column_int64(s, 0);
+    *changes = (int64_t)sqlite3_total_changes64(cl_db_handle(db));
+    return true;
+}
+
+/* A growable text buffer; oom latches so callers check once at the end. */
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        char *p;
+
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void sb_str(sbuf *b, const char *s)
+{
+    sb_put(b, s, strlen(s));
+}
+
+/* Serialize obj onto b and release it. */
+static void sb_json(sbuf *b, json_object *obj)
+{
+    size_t n = 0;
+    const char *t = obj ? json_object_to_json_string_length(
+                              obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n)
+                        : NULL;
+
+    if (t)
+        sb_put(b, t, n);
+    else
+        b->oom = true;
+    json_object_put(obj);
+}
+
+/* "len:value" for each part, so no value can imitate a separator. */
+static void key_part(sbuf *b, const char *v)
+{
+    char n[32];
+
+    snprintf(n, sizeof(n), "%zu:", v ? strlen(v) + 1 : 0);
+    sb_str(b, n);
+    if (v)
+        sb_str(b, v);
+}
+
+static char *list_cache_make_key(const cl_http_req *req, const cl_auth *a, bool detail,
+                                 int mv)
+{
+    static const char *const params[] = {"all_tenants", "changes-since", "project_id",
+                                         "tenant_id", "name", "status", "host", "limit",
+                                         "marker"};
+    sbuf b = {0};
+
+    char mvs[16];
+
+    snprintf(mvs, sizeof(mvs), "%d", mv);
+    key_part(&b, detail ? "detail" : "list");
+    key_part(&b, mvs);
+    key_part(&b, cl_auth_is_admin(a) ? "admin" : "user");
+    key_part(&b, a->project_id);
+    for (size_t i = 0; i < CL_ARRAY_SIZE(params); i++)
+        key_part(&b, cl_http_req_query(req, params[i]));
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* FNV-1a over what a page renders from: every shown row's fields and extras. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t fnv_str(uint64_t h, const char *s)
+{
+    return fnv(h, s, strlen(s) + 1);
+}
+
+static uint64_t fnv_int(uint64_t h, int64_t v)
+{
+    return fnv(h, &v, sizeof(v));
+}
+
+static uint64_t page_sig(const cl_instance *rows, const size_t *shown, size_t count,
+                         const page_extras *ex, bool detail, bool more)
+{
+    uint64_t h = fnv_int(0xcbf29ce484222325ull, (int64_t)count * 2 + more);
+
+    for (size_t c = 0; c < count; c++) {
+        const cl_instance *i = &rows[shown[c]];
+
+        h = fnv_str(h, i->uuid);
+        h = fnv_str(h, i->name);
+        h = fnv_str(h, i->project_id);
+        h = fnv_str(h, i->user_id);
+        h = fnv_str(h, i->image_ref);
+        h = fnv_str(h, i->flavor.id);
+        h = fnv_str(h, i->flavor.name);
+        h = fnv_str(h, i->host);
+        h = fnv_str(h, i->fault);
+        h = fnv_int(h, i->flavor.vcpus);
+        h = fnv_int(h, i->flavor.ram_mb);
+        h = fnv_int(h, i->flavor.disk_gb);
+        h = fnv_int(h, i->flavor.ephemeral_gb);
+        h = fnv_int(h, i->flavor.swap_mb);
+        h = fnv_int(h, i->vm_state);
+        h = fnv_int(h, i->task_state);
+        h = fnv_int(h, i->power_state);
+        h = fnv_int(h, i->fault_code);
+        h = fnv_int(h, i->fault_at_ms);
+        h = fnv_int(h, i->created_ms);
+        h = fnv_int(h, i->updated_ms);
+        h = fnv_int(h, i->launched_ms);
+        h = fnv_int(h, i->deleted_ms);
+        if (detail) {
+            h = fnv_int(h, ex->has_key[c]);
+            h = fnv_str(h, ex->keys[c]);
+        }
+    }
+    for (size_t m = 0; detail && m < ex->n_md; m++) {
+        h = fnv_int(h, (int64_t)ex->md[m].idx);
+        h = fnv_str(h, ex->md[m].kv.key);
+        h = fnv_str(h, ex->md[m].kv.value);
+    }
+    return h;
+}
+
+/* The thread's kept answer for key when it was rendered from rows hashing to sig; it
+ * is then marked current at the new versions. NULL otherwise. */
+static const list_cache *list_cache_same_rows(cl_store *st, const char *key, uint64_t sig,
+                                              int64_t dv, int64_t ch)
+{
+    list_cache *c;
+
+    if (!list_cache_ok || !key)
+        return NULL;
+    c = pthread_getspecific(list_cache_key);
+    if (!c || c->st != st || !c->sig_ok || c->sig != sig || !c->key || strcmp(c->key, key) != 0)
+        return NULL;
+    c->data_version = dv;
+    c->changes = ch;
+    return c;
+}
+
+/* The thread's cached answer for key at the current database version, or NULL. */
+static const list_cache *list_cache_find(cl_store *st, const char *key, int64_t dv,
+                                         int64_t ch)
+{
+    const list_cache *c;
+
+    if (!list_cache_ok || !key)
+        return NULL;
+    c = pthread_getspecific(list_cache_key);
+    if (c && c->st == st && c->data_version == dv && c->changes == ch && c->key &&
+        strcmp(c->key, key) == 0)
+        return c;
+    return NULL;
+}
+
+/* Keep body (taken) as the thread's answer for key; frees it when it cannot. */
+static void list_cache_store(cl_store *st, char *key, char *body, size_t len, int64_t dv,
+                             int64_t ch, uint64_t sig, bool sig_ok)
+{
+    list_cache *c;
+
+    if (!list_cache_ok || !key || len > LIST_CACHE_BODY_MAX) {
+        free(key);
+        free(body);
+        return;
+    }
+    c = pthread_getspecific(list_cache_key);
+    if (!c) {
+        c = calloc(1, sizeof(*c));
+        if (!c || pthread_setspecific(list_cache_key, c) != 0) {
+            free(c);
+            free(key);
+            free(body);
+            return;
+        }
+    }
+    free(c->key);
+    free(c->body);
+    *c = (list_cache){.st = st, .data_version = dv, .changes = ch, .sig = sig, .sig_ok = sig_ok,
+                      .key = key, .body = body, .len = len};
+}
+
 static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bool detail)
 {
     api_ctx *ctx = ud;
     _cleanup_free_ cl_instance *rows = NULL;
     _cleanup_free_ size_t *shown = NULL;
     page_extras ex = {0};
+    _cleanup_free_ char *key = NULL;
+    sbuf out = {0};
+    int mv = API_MV_MIN;
+    int64_t dv = 0, ch = 0;
+    uint64_t sig;
+    bool versioned, sig_ok;
     bool more = false;
     size_t n = 0, count = 0;
     cl_instance_filter sf = {0};
     list_filter lf;
     int64_t limit;
     const char *marker;
-    json_object *body, *list;
     const cl_auth *a;
     cl_store *st;
     int rc;
 
-    if (!api_compute_begin(ctx, req, resp, true, NULL))
+    if (!api_compute_begin(ctx, req, resp, true, &mv))
         return;
     a = api_auth_current();
     if (!a || !cl_auth_can_read(a, a->project_id)) {
@@ -1068,6 +1459,14 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
     st = api_store(ctx, resp);
     if (!st)
         return;
+    pthread_once(&list_cache_once, list_cache_init);
+    versioned = db_version(st, &dv, &ch);
+    key = versioned ? list_cache_make_key(req, a, detail, mv) : NULL;
+    const list_cache *hit = list_cache_find(st, key, dv, ch);
+    if (hit) {
+        cl_http_resp_raw(resp, 200, "application/json", hit->body, hit->len);
+        return;
+    }
     /* The caller's project unless an admin asked for all_tenants. */
     sf.project_id = lf.all_tenants ? lf.project : a->project_id;
     sf.host = lf.host;
@@ -1105,11 +1504,21 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
         cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot read server extras.");
         return;
     }
-    body = json_object_new_object();
-    list = json_object_new_array();
+    /* From 2.3 on the render reads more than these rows (mv_fields): versions only. */
+    sig_ok = mv < 3;
+    sig = sig_ok ? page_sig(rows, shown, count, &ex, detail, more) : 0;
+    const list_cache *same = sig_ok ? list_cache_same_rows(st, key, sig, dv, ch) : NULL;
+    if (same) {
+        extras_clear(&ex);
+        cl_http_resp_raw(resp, 200, "application/json", same->body, same->len);
+        return;
+    }
+    sb_str(&out, "{\"servers\":[");
     for (size_t c = 0, m = 0; c < count; c++) {
         const cl_instance *inst = &rows[shown[c]];
 
+        if (c > 0)
+            sb_put(&out, ",", 1);
         if (detail) {
             extra e = {.has_key = ex.has_key[c], .metadata = json_object_new_object()};
 
@@ -1117,12 +1526,13 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
             for (; m < ex.n_md && ex.md[m].idx == c; m++)
                 json_object_object_add(e.metadata, ex.md[m].kv.key,
                                        json_object_new_string(ex.md[m].kv.value));
-            json_object_array_add(list, server_detail(ctx, inst, &e, cl_auth_is_admin(a)));
+            sb_json(&out, server_detail(ctx, st, inst, &e, cl_auth_is_admin(a), mv, false));
             extra_clear(&e);
         } else {
-            json_object_array_add(list, server_brief(ctx, inst));
+            sb_json(&out, server_brief(ctx, inst));
         }
     }
+    sb_put(&out, "]", 1);
     if (more && count > 0) {
         json_object *links = json_object_new_array();
         _cleanup_free_ char *href = NULL;
@@ -1135,11 +1545,18 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
                      keep) < 0)
             href = NULL;
         json_object_array_add(links, api_link("next", href ? href : ""));
-        json_object_object_add(body, "servers_links", links);
+        sb_str(&out, ",\"servers_links\":");
+        sb_json(&out, links);
     }
-    json_object_object_add(body, "servers", list);
+    sb_put(&out, "}", 1);
     extras_clear(&ex);
-    cl_http_resp_json(resp, 200, body);
+    if (out.oom) {
+        free(out.p);
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Out of memory.");
+        return;
+    }
+    cl_http_resp_raw(resp, 200, "application/json", out.p, out.len);
+    list_cache_store(st, TAKE_PTR(key), out.p, out.len, dv, ch, sig, sig_ok);
 }
 
 /* GET /v2.1/servers */
@@ -1206,7 +1623,7 @@ bool api_server_load(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, b
     return true;
 }
 
-static void respond_server(api_ctx *ctx, cl_store *st, const cl_instance *inst,
+static void respond_server(api_ctx *ctx, cl_store *st, const cl_instance *inst, int mv,
                            cl_http_resp *resp)
 {
     const cl_auth *a = api_auth_current();
@@ -1214,7 +1631,8 @@ static void respond_server(api_ctx *ctx, cl_store *st, const cl_instance *inst,
     extra ex;
 
     extra_get(st, inst->uuid, &ex);
-    json_object_object_add(body, "server", server_detail(ctx, inst, &ex, a && cl_auth_is_admin(a)));
+    json_object_object_add(body, "server",
+                           server_detail(ctx, st, inst, &ex, a && cl_auth_is_admin(a), mv, true));
     extra_clear(&ex);
     cl_http_resp_json(resp, 200, body);
 }
@@ -1226,15 +1644,16 @@ void api_servers_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
     const char *id = cl_http_req_param(req, "id");
     cl_instance inst;
     cl_store *st;
+    int mv = API_MV_MIN;
 
     if (id && strcmp(id, "detail") == 0) {
         api_servers_detail(req, resp, ud);
         return;
     }
-    if (!api_compute_begin(ctx, req, resp, true, NULL) ||
+    if (!api_compute_begin(ctx, req, resp, true, &mv) ||
         !api_server_load(ctx, req, resp, false, "os_compute_api:servers:show", &st, &inst))
         return;
-    respond_server(ctx, st, &inst, resp);
+    respond_server(ctx, st, &inst, mv, resp);
 }
 
 /* PUT /v2.1/servers/{id}: rename (accessIPv4/6 and diskConfig are accepted and kept as
@@ -1280,7 +1699,7 @@ void api_servers_update(const cl_http_req *req, cl_http_resp *resp, void *ud)
         if (cl_store_instance_get(st, inst.uuid, &inst) < 0)
             cl_strlcpy(inst.name, name, sizeof(inst.name));
     }
-    respond_server(ctx, st, &inst, resp);
+    respond_server(ctx, st, &inst, mv, resp);
 }
 
 /* DELETE /v2.1/servers/{id} */

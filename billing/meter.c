@@ -515,7 +515,10 @@ int bill_store_open(const char *path, bill_store **out, cl_error *err)
     }
     /* The samples' indexes (random uuids among them) outgrow SQLite's 2 MB default
      * page cache quickly; ingest speed falls off a cliff when they do. */
-    if ((r = cl_db_exec(st->db, "PRAGMA cache_size = -65536")) < 0 ||
+    /* synchronous=FULL: an acknowledged sample is a promise (the agent forgets it), so
+     * a commit must survive a power loss, not only a crash (deploy/OPERATIONS.md). */
+    if ((r = cl_db_exec(st->db, "PRAGMA synchronous = FULL")) < 0 ||
+        (r = cl_db_exec(st->db, "PRAGMA cache_size = -65536")) < 0 ||
         (r = cl_db_exec(st->db, "PRAGMA wal_autocheckpoint = 16384")) < 0 ||
         (r = cl_db_prepare(st->db, SQL_INSERT, &st->st_insert)) < 0 ||
         (r = cl_db_prepare(st->db, SQL_PREV, &st->st_prev)) < 0 ||

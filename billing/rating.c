@@ -396,35 +396,85 @@ static int insert_row(rate_ctx *rc, int64_t hour_s, const char *project, const c
     return cl_db_step_done(q);
 }
 
-/* Counters: the window's deltas summed per hour, project and instance. */
+/* Counters: the window's deltas summed per hour, project and instance.
+ *
+ * The walk goes instance by instance along the samples' primary key (inst, ts, id): one
+ * range seek per instance, then rows in time order, summed here per hour. (A GROUP BY
+ * over the ts index instead fetched every row out of order from the table and sorted
+ * the groups: 4-5x slower on 10 M samples.) An instance's samples normally carry one
+ * project; should one hour hold several, each gets its own sums. */
+#define CTR_PROJECTS_MAX 8
+
+typedef struct ctr_group {
+    char project[CL_ID_MAX];
+    int64_t sum[5];
+} ctr_group;
+
+static int flush_counters(rate_ctx *rc, int64_t hour_s, const char *inst, ctr_group *g,
+                          size_t ng)
+{
+    static const meter_kind order[] = {MT_CPU, MT_NET_IN, MT_NET_OUT, MT_DISK_READ,
+                                       MT_DISK_WRITE};
+    for (size_t k = 0; k < ng; k++)
+        for (size_t i = 0; i < CL_ARRAY_SIZE(order); i++) {
+            int rr = insert_row(rc, hour_s, g[k].project, inst, order[i], "", g[k].sum[i]);
+            if (rr < 0)
+                return rr;
+        }
+    return 0;
+}
+
 static int rate_counters(rate_ctx *rc)
 {
     _cleanup_stmt_ sqlite3_stmt *q = NULL;
-    static const meter_kind order[] = {MT_CPU, MT_NET_IN, MT_NET_OUT, MT_DISK_READ,
-                                       MT_DISK_WRITE};
+    ctr_group g[CTR_PROJECTS_MAX];
+    size_t ng = 0;
+    int64_t cur_inst = -1, cur_hour = -1;
+    char inst_uuid[CL_UUID_LEN] = "";
     int r = cl_db_prepare(rc->st->db,
-                          "SELECT s.ts / 3600000 AS h, s.project_id, i.uuid, sum(s.d_cpu),"
-                          " sum(s.d_rx), sum(s.d_tx), sum(s.d_rd), sum(s.d_wr)"
-                          " FROM samples s JOIN instances i ON i.n = s.inst"
-                          " WHERE s.kind = 0 AND s.ts >= ?1 AND s.ts < ?2"
-                          " GROUP BY h, s.project_id, s.inst",
+                          "SELECT i.n, i.uuid, s.ts / 3600000, s.project_id, s.d_cpu,"
+                          " s.d_rx, s.d_tx, s.d_rd, s.d_wr"
+                          " FROM instances i CROSS JOIN samples s ON s.inst = i.n"
+                          " WHERE s.ts >= ?1 AND s.ts < ?2 AND s.kind = 0"
+                          " ORDER BY i.n, s.ts",
                           &q);
     if (r < 0)
         return r;
     cl_db_bind_int64(q, 1, rc->ws_s * 1000);
     cl_db_bind_int64(q, 2, rc->we_s * 1000);
     while ((r = sqlite3_step(q)) == SQLITE_ROW) {
-        int64_t h = sqlite3_column_int64(q, 0) * HOUR_S;
-        const char *proj = (const char *)sqlite3_column_text(q, 1);
-        const char *inst = (const char *)sqlite3_column_text(q, 2);
-        for (size_t i = 0; i < CL_ARRAY_SIZE(order); i++) {
-            int rr = insert_row(rc, h, proj, inst, order[i], "",
-                                sqlite3_column_int64(q, 3 + (int)i));
-            if (rr < 0)
-                return rr;
+        int64_t inst = sqlite3_column_int64(q, 0);
+        int64_t hour = sqlite3_column_int64(q, 2);
+        const char *proj = (const char *)sqlite3_column_text(q, 3);
+        size_t k;
+
+        if (inst != cur_inst || hour != cur_hour) {
+            if (ng && (r = flush_counters(rc, cur_hour * HOUR_S, inst_uuid, g, ng)) < 0)
+                return r;
+            ng = 0;
+            if (inst != cur_inst)
+                cl_strlcpy(inst_uuid, (const char *)sqlite3_column_text(q, 1),
+                           sizeof inst_uuid);
+            cur_inst = inst;
+            cur_hour = hour;
         }
+        if (!proj)
+            proj = "";
+        for (k = 0; k < ng && strcmp(g[k].project, proj) != 0; k++)
+            ;
+        if (k == ng) {
+            if (ng == CTR_PROJECTS_MAX)
+                return -EOVERFLOW;
+            memset(&g[ng], 0, sizeof g[ng]);
+            cl_strlcpy(g[ng].project, proj, sizeof g[ng].project);
+            ng++;
+        }
+        for (int i = 0; i < 5; i++)
+            g[k].sum[i] += sqlite3_column_int64(q, 4 + i);
     }
-    return r == SQLITE_DONE ? 0 : cl_db_errno(r);
+    if (r != SQLITE_DONE)
+        return cl_db_errno(r);
+    return ng ? flush_counters(rc, cur_hour * HOUR_S, inst_uuid, g, ng) : 0;
 }
 
 static int acc_add(rate_ctx *rc, int64_t hour_s, meter_kind m, const char *flavor, int64_t qty)

@@ -16,9 +16,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "billing.h"
 #include "cleanup.h"
 #include "clouds.h"
 #include "commands.h"
+#include "host_ops.h"
 #include "http.h"
 #include "nube-version.h"
 #include "output.h"
@@ -49,6 +51,16 @@ static const char main_help[] =
     "        List hypervisor hosts with their capacity and usage (needs admin).\n"
     "    flavor list\n"
     "        List flavors.\n"
+    "    billing export --format csv|json [--project P] [--start T] [--end T]\n"
+    "        Rated usage, one row per hour, project, resource and meter, streamed to\n"
+    "        stdout (default window: this month so far).\n"
+    "    billing invoice [--project P] [--month YYYY-MM]\n"
+    "        The month's invoice with its line items (default: this month).\n"
+    "    usage [--project P] [--start T] [--end T]\n"
+    "        Metered quantities per resource and meter.\n"
+    "\n"
+    "    Billing commands use the catalog's billing endpoint ($NUBE_BILLING_URL\n"
+    "    overrides it); a project sees its own figures, an admin any with --project.\n"
     "\n"
     "    A server or flavor may be named by ID or by name: nube asks for the ID first and\n"
     "    falls back to an exact name match, like the openstack client.\n"
@@ -100,13 +112,21 @@ static const char main_help[] =
 
 enum {
     OPT_OS_CLOUD = 0x100, OPT_VERSION, OPT_ALL_PROJECTS, OPT_FLAVOR, OPT_IMAGE, OPT_WAIT,
-    OPT_TIMEOUT,
+    OPT_TIMEOUT, OPT_PROJECT, OPT_START, OPT_END, OPT_MONTH,
+    OPT_REASON, OPT_PARALLEL, OPT_LIVE, OPT_HOST, /* host_ops.c */
 };
 
 /* Which command-specific options a command accepts. */
 #define ALLOW_ALL_PROJECTS (1u << 0)
 #define ALLOW_FLAVOR_IMAGE (1u << 1)
 #define ALLOW_WAIT (1u << 2)
+#define ALLOW_PROJECT (1u << 3)
+#define ALLOW_WINDOW (1u << 4) /* --start, --end */
+#define ALLOW_MONTH (1u << 5)
+#define ALLOW_CSV (1u << 6)    /* --format csv */
+#define ALLOW_REASON (1u << 7)   /* --reason (host disable, drain) */
+#define ALLOW_PARALLEL (1u << 8) /* --parallel (host drain) */
+#define ALLOW_MIGRATE (1u << 9)  /* --live, --host (server migrate) */
 
 typedef struct cli_args {
     const char *cloud;
@@ -120,6 +140,12 @@ typedef struct cli_args {
     const char *image;
     int64_t timeout_s;
     bool timeout_set;
+    bool csv;                   /* --format csv (billing export only) */
+    cli_billing_args billing;   /* --project, --start, --end, --month */
+    const char *reason;         /* --reason */
+    int64_t parallel;           /* --parallel */
+    bool live;                  /* --live */
+    const char *host;           /* --host */
 } cli_args;
 
 typedef struct cmd_spec {
@@ -159,12 +185,49 @@ static const cmd_spec commands[] = {
       "OPTIONS\n    --wait          wait until every server is gone (the API answers 404)\n"
       "    --timeout S     with --wait, give up after S seconds (default 600)\n\n"
       "    Every server is tried; the exit status is that of the first failure.\n" },
+    { "host", "disable", ALLOW_REASON, 1, 1,
+      "NAME\n    nube host disable - stop scheduling onto a host\n\n"
+      "SYNOPSIS\n    nube host disable [--reason TEXT] <host>\n" },
+    { "host", "enable", 0, 1, 1,
+      "NAME\n    nube host enable - schedule onto a host again\n\n"
+      "SYNOPSIS\n    nube host enable <host>\n" },
+    { "host", "drain", ALLOW_REASON | ALLOW_PARALLEL | ALLOW_WAIT, 1, 1,
+      "NAME\n    nube host drain - disable a host and live-migrate every server off it\n\n"
+      "SYNOPSIS\n    nube host drain [--parallel N] [--reason TEXT] [--timeout S] <host>\n\n"
+      "OPTIONS\n    --parallel N    migrations at once (default 2)\n"
+      "    --reason TEXT   disabled reason (default \"drain\")\n"
+      "    --timeout S     give up after S seconds (default 600)\n\n"
+      "    Progress goes to stderr, one result line per server to stdout. Exit 0 when\n"
+      "    every server moved, 1 when some stayed, 5 on timeout.\n" },
+    { "server", "migrate", ALLOW_MIGRATE | ALLOW_WAIT, 1, 1,
+      "NAME\n    nube server migrate - move a server to another host\n\n"
+      "SYNOPSIS\n    nube server migrate --live [--host H] [--wait] [--timeout S] <id|name>\n\n"
+      "OPTIONS\n    --live          live migration (the guest keeps running)\n"
+      "    --host H        destination (default: the scheduler picks)\n"
+      "    --wait          wait until it finished and print where it runs\n" },
     { "host", "list", 0, 0, 0,
       "NAME\n    nube host list - list hypervisor hosts (GET /os-hypervisors/detail)\n\n"
       "SYNOPSIS\n    nube host list [-f table|json]\n" },
     { "flavor", "list", 0, 0, 0,
       "NAME\n    nube flavor list - list flavors, private ones included for admins\n\n"
       "SYNOPSIS\n    nube flavor list [-f table|json]\n" },
+    { "billing", "export", ALLOW_PROJECT | ALLOW_WINDOW | ALLOW_CSV, 0, 0,
+      "NAME\n    nube billing export - rated usage as CSV or JSON, streamed to stdout\n\n"
+      "SYNOPSIS\n    nube billing export --format csv|json [--project P] [--start T] [--end T]\n\n"
+      "OPTIONS\n    --format F      csv or json (required)\n"
+      "    --project P     a project id (admin); default the token's project\n"
+      "    --start T       ISO 8601 UTC (2026-01-01, 2026-01-01T10:00:00Z) or unix ms;\n"
+      "                    default the first day of this month\n"
+      "    --end T         exclusive; default now\n\n"
+      "    Columns: period, project, resource, meter, quantity, unit, price, cost,\n"
+      "    price_unit, currency (price and cost in micro-units of the currency).\n"
+      "    An export cut short exits 1.\n" },
+    { "billing", "invoice", ALLOW_PROJECT | ALLOW_MONTH, 0, 0,
+      "NAME\n    nube billing invoice - a month's invoice with its line items\n\n"
+      "SYNOPSIS\n    nube billing invoice [--project P] [--month YYYY-MM] [-f table|json]\n" },
+    { "usage", "", ALLOW_PROJECT | ALLOW_WINDOW, 0, 0,
+      "NAME\n    nube usage - metered quantities per resource and meter\n\n"
+      "SYNOPSIS\n    nube usage [--project P] [--start T] [--end T] [-f table|json]\n" },
 };
 
 static const struct option long_opts[] = {
@@ -177,6 +240,14 @@ static const struct option long_opts[] = {
     { "image", required_argument, NULL, OPT_IMAGE },
     { "wait", no_argument, NULL, OPT_WAIT },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "project", required_argument, NULL, OPT_PROJECT },
+    { "start", required_argument, NULL, OPT_START },
+    { "end", required_argument, NULL, OPT_END },
+    { "month", required_argument, NULL, OPT_MONTH },
+    { "reason", required_argument, NULL, OPT_REASON },
+    { "parallel", required_argument, NULL, OPT_PARALLEL },
+    { "live", no_argument, NULL, OPT_LIVE },
+    { "host", required_argument, NULL, OPT_HOST },
     { NULL, 0, NULL, 0 },
 };
 
@@ -208,9 +279,38 @@ static int parse_opts(int argc, char **argv, bool stop_at_operand, cli_args *a)
             a->cloud = optarg;
             break;
         case 'f':
-            if (cli_format_parse(optarg, &a->fmt) < 0)
+            /* csv is billing export's; check_allowed() refuses it elsewhere. */
+            a->csv = strcmp(optarg, "csv") == 0;
+            if (!a->csv && cli_format_parse(optarg, &a->fmt) < 0)
                 return usage_error("unknown format '%s' (use table or json)", optarg);
             a->fmt_set = true;
+            break;
+        case OPT_PROJECT:
+            a->billing.project = optarg;
+            break;
+        case OPT_START:
+            a->billing.start = optarg;
+            break;
+        case OPT_END:
+            a->billing.end = optarg;
+            break;
+        case OPT_REASON:
+            a->reason = optarg;
+            break;
+        case OPT_PARALLEL:
+            if (cl_parse_int64(optarg, &a->parallel) < 0 || a->parallel < 1 ||
+                a->parallel > 64)
+                return usage_error("--parallel wants a number between 1 and 64, not '%s'",
+                                   optarg);
+            break;
+        case OPT_LIVE:
+            a->live = true;
+            break;
+        case OPT_HOST:
+            a->host = optarg;
+            break;
+        case OPT_MONTH:
+            a->billing.month = optarg;
             break;
         case 'h':
             a->help = true;
@@ -259,10 +359,27 @@ static int check_allowed(const cmd_spec *cmd, const cli_args *a)
         return usage_error("--flavor and --image do not apply to '%s'", name);
     if ((a->wait || a->timeout_set) && !(cmd->allow & ALLOW_WAIT))
         return usage_error("--wait and --timeout do not apply to '%s'", name);
-    if (a->timeout_set && !a->wait)
+    if (a->reason && !(cmd->allow & ALLOW_REASON))
+        return usage_error("--reason does not apply to '%s'", name);
+    if (a->parallel && !(cmd->allow & ALLOW_PARALLEL))
+        return usage_error("--parallel does not apply to '%s'", name);
+    if ((a->live || a->host) && !(cmd->allow & ALLOW_MIGRATE))
+        return usage_error("--live and --host do not apply to '%s'", name);
+    /* A drain always waits; its --timeout bounds it. */
+    if (a->timeout_set && !a->wait && !(cmd->allow & ALLOW_PARALLEL))
         return usage_error("--timeout needs --wait");
     if ((cmd->allow & ALLOW_FLAVOR_IMAGE) && (!a->flavor || !a->image))
         return usage_error("'%s' needs --flavor and --image", name);
+    if (a->csv && !(cmd->allow & ALLOW_CSV))
+        return usage_error("unknown format 'csv' (use table or json)");
+    if ((cmd->allow & ALLOW_CSV) && !a->fmt_set)
+        return usage_error("'%s' needs --format csv or --format json", name);
+    if (a->billing.project && !(cmd->allow & ALLOW_PROJECT))
+        return usage_error("--project does not apply to '%s'", name);
+    if ((a->billing.start || a->billing.end) && !(cmd->allow & ALLOW_WINDOW))
+        return usage_error("--start and --end do not apply to '%s'", name);
+    if (a->billing.month && !(cmd->allow & ALLOW_MONTH))
+        return usage_error("--month does not apply to '%s'", name);
     return 0;
 }
 
@@ -294,14 +411,33 @@ static int run(const cmd_spec *cmd, cli_ctx *ctx, const cli_args *a, char **pos,
             return cli_cmd_server_list(ctx, a->all_projects, err);
         if (strcmp(cmd->verb, "show") == 0)
             return cli_cmd_server_show(ctx, pos[0], err);
+        if (strcmp(cmd->verb, "migrate") == 0)
+            return cli_cmd_server_migrate(ctx, pos[0], a->live, a->host, a->wait, timeout,
+                                          err);
         if (strcmp(cmd->verb, "create") == 0)
             return cli_cmd_server_create(ctx, pos[0], a->flavor, a->image, a->wait, timeout,
                                          err);
         return cli_cmd_server_delete(ctx, (const char *const *)pos, (size_t)npos, a->wait,
                                      timeout, err);
     }
+    if (strcmp(cmd->noun, "host") == 0 && strcmp(cmd->verb, "list") != 0) {
+        if (strcmp(cmd->verb, "drain") == 0)
+            return cli_cmd_host_drain(ctx, pos[0], a->parallel ? a->parallel : 2, a->reason,
+                                      timeout, err);
+        return cli_cmd_host_set_enabled(ctx, pos[0], strcmp(cmd->verb, "enable") == 0,
+                                        a->reason, err);
+    }
     if (strcmp(cmd->noun, "host") == 0)
         return cli_cmd_host_list(ctx, err);
+    if (strcmp(cmd->noun, "usage") == 0)
+        return cli_cmd_usage(ctx, &a->billing, err);
+    if (strcmp(cmd->noun, "billing") == 0) {
+        cli_billing_args b = a->billing;
+        b.csv = a->csv;
+        if (strcmp(cmd->verb, "export") == 0)
+            return cli_cmd_billing_export(ctx, &b, err);
+        return cli_cmd_billing_invoice(ctx, &b, err);
+    }
     return cli_cmd_flavor_list(ctx, err);
 }
 
@@ -335,6 +471,9 @@ int main(int argc, char **argv)
         if (optind + 1 < argc && strcmp(commands[i].noun, argv[optind]) == 0 &&
             strcmp(commands[i].verb, argv[optind + 1]) == 0)
             cmd = &commands[i];
+        /* One-word commands (usage) have an empty verb. */
+        if (!commands[i].verb[0] && strcmp(commands[i].noun, argv[optind]) == 0)
+            cmd = &commands[i];
     }
     if (!cmd) {
         if (a.help) {
@@ -346,8 +485,8 @@ int main(int argc, char **argv)
     }
     /* Re-parse what follows the two command words, options and operands mixed;
      * sub[0] stands in for the program name as getopt expects. */
-    sub = argv + optind + 1;
-    nsub = argc - optind - 1;
+    sub = argv + optind + (cmd->verb[0] ? 1 : 0);
+    nsub = argc - optind - (cmd->verb[0] ? 1 : 0);
     r = parse_opts(nsub, sub, false, &a);
     if (r)
         return r;

@@ -1745,9 +1745,13 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
         a->sample_every_ms = cfg->sample_interval_s * 1000;
         a->next_sample_ms = cl_now_ms() + a->sample_every_ms;
     }
+    char mig_cache[4200] = "";
+    if (a->images)
+        snprintf(mig_cache, sizeof(mig_cache), "%.4000s/image-cache", cfg->common.state_dir);
     agent_mig_opts mo = {
         .libvirt_uri = cfg->libvirt_uri, .instances_dir = a->instances_dir,
-        .image_dir = a->image_dir, .migration_uri = cfg->migration_uri,
+        .image_dir = a->image_dir, .images = a->images, .cache_dir = mig_cache,
+        .migration_uri = cfg->migration_uri,
         .migration_address = cfg->migration_address,
         .max_downtime_ms = cfg->migration_max_downtime_ms,
         .timeout_s = cfg->migration_timeout_s,

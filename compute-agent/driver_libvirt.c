@@ -1207,7 +1207,7 @@ int agent_driver_action(agent_driver *drv, const char *uuid, cl_action action,
         cl_info(MOD, "domain %s did not shut down for a soft reboot (%s); rebooting hard",
                 virDomainGetName(dom), virGetLastErrorMessage());
         virResetLastError();
-        /* fall through */
+        __attribute__((fallthrough)); /* a soft reboot that timed out becomes a hard one */
     case CL_ACTION_REBOOT_HARD:
         if (virDomainIsActive(dom) == 1 && virDomainDestroy(dom) < 0 &&
             virDomainIsActive(dom) == 1) {

@@ -6,7 +6,10 @@
  *   <sha256>             a verified image file, mode 0444, shared by every instance
  *   index/<sha512>       symlink to ../<sha256>: how an image the store names by its
  *                        os_hash_value is found without downloading it again
- *   refs/<uuid>          the sha256 of each file instance <uuid> boots from
+ *   refs/<uuid>          the instances_dir of <uuid> (a "# " line), then the sha256 of
+ *                        each file instance <uuid> boots from
+ *   .lock                flock()ed around every change, so agents sharing a state_dir
+ *                        (simulated and real hosts of one machine) share one cache
  *   tmp.XXXXXX           a download in progress (removed at open after a crash)
  * A file only gets its sha256 name after the size, the sha512 and the format inspector
  * agreed, so whatever carries a 64-hex name has been verified. The name is the content's
@@ -30,7 +33,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -59,6 +64,7 @@ struct agent_image_cache {
     bool have_key;
     cl_token_key key;
     pthread_mutex_t lock;
+    int lock_fd;                /* <dir>/.lock: other agents on the same cache dir */
     /* Entries a resolve in flight has fetched but not yet recorded in a refs file: the
      * sweep keeps them. Under lock. */
     char pinned[MAX_PINNED][SHA256_HEX];
@@ -72,6 +78,21 @@ static bool is_hex(const char *s, size_t len)
         if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
             return false;
     return i == len;
+}
+
+/* The cache lock: the mutex for this process's threads, flock for other agents. */
+static void cache_lock(agent_image_cache *c)
+{
+    pthread_mutex_lock(&c->lock);
+    while (c->lock_fd >= 0 && flock(c->lock_fd, LOCK_EX) < 0 && errno == EINTR)
+        ;
+}
+
+static void cache_unlock(agent_image_cache *c)
+{
+    if (c->lock_fd >= 0)
+        flock(c->lock_fd, LOCK_UN);
+    pthread_mutex_unlock(&c->lock);
 }
 
 static int mkdir_p0700(const char *path)
@@ -100,6 +121,7 @@ int agent_image_cache_open(const agent_image_cache_opts *opts, agent_image_cache
     if (!c)
         return cl_error_set(err, CL_E_INTERNAL, "out of memory");
     pthread_mutex_init(&c->lock, NULL);
+    c->lock_fd = -1;
     c->endpoint = strdup(opts->endpoint);
     c->token = strdup(opts->token ? opts->token : "");
     c->dir = strdup(opts->cache_dir);
@@ -130,10 +152,21 @@ int agent_image_cache_open(const agent_image_cache_opts *opts, agent_image_cache
                      strerror(-r));
         goto fail;
     }
-    /* Downloads a crash interrupted never got a verified name: drop them. */
+    snprintf(path, sizeof(path), "%s/.lock", c->dir);
+    c->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (c->lock_fd < 0) {
+        r = cl_error_set(err, CL_E_INTERNAL, "cannot open %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    /* Downloads a crash interrupted never got a verified name: drop them (another agent
+     * on this cache may be downloading: only files older than a stalled download). */
     d = opendir(c->dir);
     while (d && (e = readdir(d))) {
-        if (strncmp(e->d_name, "tmp.", 4) == 0 && unlinkat(dirfd(d), e->d_name, 0) == 0)
+        struct stat sb;
+        if (strncmp(e->d_name, "tmp.", 4) == 0 &&
+            fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+            sb.st_mtime < time(NULL) - 2 * STALL_SECONDS &&
+            unlinkat(dirfd(d), e->d_name, 0) == 0)
             cl_debug(MOD, "removed interrupted download %s", e->d_name);
     }
     if (d)
@@ -154,6 +187,8 @@ void agent_image_cache_free(agent_image_cache *c)
     if (!c)
         return;
     OPENSSL_cleanse(&c->key, sizeof(c->key));
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
     free(c->endpoint);
     free(c->token);
     free(c->dir);
@@ -417,7 +452,7 @@ static int download_verify(agent_image_cache *c, const char *auth, const char *i
     snprintf(link, sizeof(link), "%s/index/%s", c->dir, sha512);
     snprintf(ltmp, sizeof(ltmp), "%s/index/tmp.%s", c->dir, sha256);
     snprintf(target, sizeof(target), "../%s", sha256);
-    pthread_mutex_lock(&c->lock);
+    cache_lock(c);
     if (rename(tmp, final) < 0) {
         r = -errno;
     } else {
@@ -428,7 +463,7 @@ static int download_verify(agent_image_cache *c, const char *auth, const char *i
         else
             pin(c, sha256);
     }
-    pthread_mutex_unlock(&c->lock);
+    cache_unlock(c);
     if (r < 0) {
         cl_error_set(err, CL_E_INTERNAL, "cannot add image %s to the cache: %s", id,
                      strerror(-r));
@@ -492,11 +527,11 @@ static int fetch(agent_image_cache *c, const char *auth, const char *id, const c
         return cl_error_set(err, CL_E_INTERNAL, "%s %s: nube-image gives no sha512 and size",
                             what, id), -EPROTO;
 
-    pthread_mutex_lock(&c->lock);
+    cache_lock(c);
     hit = lookup_locked(c, sha512, (uint64_t)size, sha256);
     if (hit)
         pin(c, sha256);
-    pthread_mutex_unlock(&c->lock);
+    cache_unlock(c);
     if (hit) {
         atomic_fetch_add(&c->hits, 1);
         cl_debug(MOD, "%s %s found in the cache (%s)", what, id, sha256);
@@ -523,6 +558,7 @@ static int write_refs_locked(agent_image_cache *c, const char *uuid, char sha[][
     f = fopen(tmp, "we");
     if (!f)
         return -errno;
+    fprintf(f, "# %s\n", c->instances_dir);
     for (size_t i = 0; i < n; i++)
         if (sha[i][0])
             fprintf(f, "%s\n", sha[i]);
@@ -597,18 +633,18 @@ int agent_image_cache_resolve(agent_image_cache *c, const cl_msg_instance *inst,
     }
     cl_strlcpy(out->cmdline, cmd && cmd[0] ? cmd : "console=ttyS0", sizeof(out->cmdline));
 
-    pthread_mutex_lock(&c->lock);
+    cache_lock(c);
     r = write_refs_locked(c, inst->uuid, sha, 3);
-    pthread_mutex_unlock(&c->lock);
+    cache_unlock(c);
     if (r < 0)
         cl_error_set(err, CL_E_INTERNAL, "cannot record the image use of %s: %s", inst->uuid,
                      strerror(-r));
 out:
-    pthread_mutex_lock(&c->lock);
+    cache_lock(c);
     for (size_t i = 0; i < 3; i++)
         if (sha[i][0])
             unpin(c, sha[i]);
-    pthread_mutex_unlock(&c->lock);
+    cache_unlock(c);
     OPENSSL_cleanse(auth, sizeof(auth));
     return r;
 }
@@ -671,32 +707,46 @@ static bool shaset_has(const shaset *s, const char *sha)
     return false;
 }
 
-/* Read refs/<name>; with touch, mark its entries used now (the instance just went). */
+/* Read refs/<name>: entries in use go to into; when the instance is gone (its
+ * directory, named in the file, no longer exists) they are marked used now instead (the
+ * idle time starts) and *gone is set. */
 static void read_refs(agent_image_cache *c, int dfd, const char *name, shaset *into,
-                      bool touch)
+                      bool *gone)
 {
-    char line[128], path[4200];
+    char line[4200], path[4600], sha[MAX_REFS][SHA256_HEX];
     int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
     FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
-    int n = 0;
+    const char *idir = c->instances_dir;
+    size_t n = 0;
+    struct stat sb;
 
+    *gone = false;
     if (!f) {
         if (fd >= 0)
             close(fd);
         return;
     }
-    while (n++ < MAX_REFS && fgets(line, sizeof(line), f)) {
+    while (fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\n")] = '\0';
-        if (!is_hex(line, 64))
-            continue;
-        if (touch) {
-            snprintf(path, sizeof(path), "%s/%s", c->dir, line);
-            utimensat(AT_FDCWD, path, NULL, 0);
-        } else {
-            shaset_add(into, line);
+        if (strncmp(line, "# ", 2) == 0 && n == 0) {
+            snprintf(path, sizeof(path), "%.4100s/%.64s", line + 2, name);
+            idir = NULL;
+        } else if (is_hex(line, 64) && n < MAX_REFS) {
+            cl_strlcpy(sha[n++], line, SHA256_HEX);
         }
     }
     fclose(f);
+    if (idir)
+        snprintf(path, sizeof(path), "%.4100s/%.64s", idir, name);
+    *gone = (idir == NULL || idir[0]) && stat(path, &sb) < 0 && errno == ENOENT;
+    for (size_t i = 0; i < n; i++) {
+        if (*gone) {
+            snprintf(path, sizeof(path), "%.4100s/%.64s", c->dir, sha[i]);
+            utimensat(AT_FDCWD, path, NULL, 0);
+        } else {
+            shaset_add(into, sha[i]);
+        }
+    }
 }
 
 /**
@@ -711,19 +761,17 @@ int agent_image_cache_sweep(agent_image_cache *c, int64_t now_ms)
     DIR *d;
     int removed = 0;
 
-    pthread_mutex_lock(&c->lock);
+    cache_lock(c);
     snprintf(path, sizeof(path), "%s/refs", c->dir);
     d = opendir(path);
     while (d && (e = readdir(d))) {
+        bool gone;
         if (!cl_uuid_valid(e->d_name))
             continue;
-        snprintf(path, sizeof(path), "%s/%s", c->instances_dir, e->d_name);
-        if (c->instances_dir[0] && stat(path, &sb) < 0 && errno == ENOENT) {
-            read_refs(c, dirfd(d), e->d_name, NULL, true);
+        read_refs(c, dirfd(d), e->d_name, &used, &gone);
+        if (gone) {
             unlinkat(dirfd(d), e->d_name, 0);
             cl_debug(MOD, "instance %s is gone: its images are released", e->d_name);
-        } else {
-            read_refs(c, dirfd(d), e->d_name, &used, false);
         }
     }
     if (d)
@@ -766,7 +814,7 @@ int agent_image_cache_sweep(agent_image_cache *c, int64_t now_ms)
     }
     if (d)
         closedir(d);
-    pthread_mutex_unlock(&c->lock);
+    cache_unlock(c);
     free(used.v);
     return removed;
 }

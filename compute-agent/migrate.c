@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "image_cache.h"
 #include "json.h"
 #include "log.h"
 #include "migration_msg.h"
@@ -71,6 +72,7 @@ typedef struct mig_entry {
     char dest_addr[128];
     char dest_inst[PATH_MAX_LEN];
     char dest_img[PATH_MAX_LEN];
+    char dest_cache[PATH_MAX_LEN];
 } mig_entry;
 
 typedef struct op {
@@ -81,7 +83,7 @@ typedef struct op {
 
 struct agent_mig {
     agent_mig_opts o;
-    char *uri, *inst_dir, *img_dir, *mig_uri, *mig_addr;
+    char *uri, *inst_dir, *img_dir, *mig_uri, *mig_addr, *cache_dir;
     agent_mig_hooks h;
 
     pthread_mutex_t lock;      /* entries, ops queue */
@@ -240,7 +242,6 @@ static void do_prepare(agent_mig *m, json_object *body)
 {
     const char *mig = jstr(body, "migration_uuid");
     const char *block = jstr(body, "block");
-    const char *src_dir = jstr(body, "source_instances_dir");
     cl_msg_instance spec;
     cl_error err = {0};
     char dir[PATH_MAX_LEN + 64], disk[PATH_MAX_LEN + 80], base[PATH_MAX_LEN + 200];
@@ -250,33 +251,45 @@ static void do_prepare(agent_mig *m, json_object *body)
     if (r == 0) {
         snprintf(dir, sizeof(dir), "%s/%s", m->inst_dir, spec.uuid);
         snprintf(disk, sizeof(disk), "%s/disk", dir);
-        bool same_path = strcmp(src_dir, m->inst_dir) == 0;
         if (mkdir(m->inst_dir, 0755) < 0 && errno != EEXIST)
             r = -errno;
         else if (mkdir(dir, 0755) < 0 && errno != EEXIST)
             r = -errno;
         if (r < 0)
             cl_error_set(&err, CL_E_INTERNAL, "cannot create %s: %s", dir, strerror(-r));
-        else if (same_path && is_file(disk)) {
-            /* The source's own disk is visible here at the same path: shared storage. */
+        else if (is_file(disk)) {
+            /* Never overwritten: a disk already at this path is the source's own, seen
+             * through shared storage (failed attempts remove what they created). */
             if (strcmp(block, "true") == 0)
                 r = cl_error_set(&err, CL_E_BAD_REQUEST, "block migration requested but "
                                  "the instance's disk is on shared storage");
             shared = true;
-        } else {
-            if (strcmp(block, "false") == 0)
-                r = cl_error_set(&err, CL_E_BAD_REQUEST, "block_migration false but the "
-                                 "destination does not share the source's storage");
-            (void)unlink(disk); /* a stale leftover of an earlier attempt */
+        } else if (strcmp(block, "false") == 0) {
+            r = cl_error_set(&err, CL_E_BAD_REQUEST, "block_migration false but the "
+                             "destination does not share the source's storage");
         }
+    }
+    /* The base image: from nube-image into this host's cache (the incremental copy
+     * moves only the overlay, so the destination needs the same base), else image_dir. */
+    char fmt[16] = "qcow2";
+    base[0] = '\0';
+    if (r == 0 && !shared && m->o.images) {
+        _cleanup_free_ agent_image_files *files = calloc(1, sizeof(*files)); /* ~13 KB */
+        int rr = files ? agent_image_cache_resolve(m->o.images, &spec, files, &err) : -ENOMEM;
+        if (rr == 0 && files->disk[0]) {
+            cl_strlcpy(base, files->disk, sizeof(base));
+            cl_strlcpy(fmt, files->disk_format[0] ? files->disk_format : "qcow2", sizeof(fmt));
+        } else if (rr < 0 && rr != -ENOENT)
+            r = rr;
     }
     if (r == 0 && !shared) {
         char size[32];
         snprintf(size, sizeof(size), "%" PRId64 "G",
                  spec.flavor.disk_gb > 0 ? spec.flavor.disk_gb : 1);
-        snprintf(base, sizeof(base), "%s/%s/disk.qcow2", m->img_dir, spec.image_ref);
-        if (spec.image_ref[0] && !strchr(spec.image_ref, '/') && is_file(base)) {
-            char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+        if (!base[0])
+            snprintf(base, sizeof(base), "%s/%s/disk.qcow2", m->img_dir, spec.image_ref);
+        if (base[0] == '/' && !strstr(base, "/../") && is_file(base)) {
+            char *argv[] = {"qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
                             base, disk, size, NULL};
             r = run(argv, &err);
         } else {
@@ -306,6 +319,7 @@ static void do_prepare(agent_mig *m, json_object *body)
     json_object_object_add(rep, "address", json_object_new_string(m->mig_addr));
     json_object_object_add(rep, "instances_dir", json_object_new_string(m->inst_dir));
     json_object_object_add(rep, "image_dir", json_object_new_string(m->img_dir));
+    json_object_object_add(rep, "cache_dir", json_object_new_string(m->cache_dir));
     cl_info(MOD, "migration %s: prepared %s (%s)%s%s", mig, spec.uuid,
             shared ? "shared storage" : "overlay created", r ? ": " : "", r ? err.message : "");
     (void)send_msg(m, CL_MSG_MIGRATION_PREPARED, rep, true);
@@ -497,7 +511,7 @@ static void *run_main(void *arg)
     const char *source = "absent";
     virTypedParameterPtr params = NULL;
     int np = 0, maxp = 0;
-    _cleanup_free_ char *xml = NULL, *x1 = NULL, *dxml = NULL;
+    _cleanup_free_ char *xml = NULL, *x1 = NULL, *x2 = NULL, *dxml = NULL;
     char from[PATH_MAX_LEN + 64], to[PATH_MAX_LEN + 64], mig_uri[200];
     int64_t t0 = cl_now_ms();
     bool forced = false;
@@ -518,7 +532,15 @@ static void *run_main(void *arg)
     x1 = replace_all(xml, from, to);
     snprintf(from, sizeof(from), "%s/", m->img_dir);
     snprintf(to, sizeof(to), "%s/", e->dest_img[0] ? e->dest_img : m->img_dir);
-    dxml = x1 ? replace_all(x1, from, to) : NULL;
+    x2 = x1 ? replace_all(x1, from, to) : NULL;
+    if (m->cache_dir[0] && e->dest_cache[0]) {
+        /* Cache entries are named by their content's hash: same name on every host. */
+        snprintf(from, sizeof(from), "%s/", m->cache_dir);
+        snprintf(to, sizeof(to), "%s/", e->dest_cache);
+        dxml = x2 ? replace_all(x2, from, to) : NULL;
+    } else {
+        dxml = TAKE_PTR(x2);
+    }
     if (!dxml) {
         cl_strlcpy(fault, "out of memory", sizeof(fault));
         goto decide;
@@ -666,6 +688,7 @@ static void on_start(agent_mig *m, json_object *body)
         cl_strlcpy(e->dest_addr, jstr(body, "dest_address"), sizeof(e->dest_addr));
         cl_strlcpy(e->dest_inst, jstr(body, "dest_instances_dir"), sizeof(e->dest_inst));
         cl_strlcpy(e->dest_img, jstr(body, "dest_image_dir"), sizeof(e->dest_img));
+        cl_strlcpy(e->dest_cache, jstr(body, "dest_cache_dir"), sizeof(e->dest_cache));
         run_arg *ra = malloc(sizeof(*ra));
         if (ra) {
             ra->m = m;
@@ -803,6 +826,7 @@ int agent_mig_new(const agent_mig_opts *opts, const agent_mig_hooks *hooks, agen
     m->uri = strdup(opts->libvirt_uri ? opts->libvirt_uri : "");
     m->inst_dir = strdup(opts->instances_dir ? opts->instances_dir : "");
     m->img_dir = strdup(opts->image_dir ? opts->image_dir : "");
+    m->cache_dir = strdup(opts->cache_dir ? opts->cache_dir : "");
     m->mig_addr = strdup(opts->migration_address ? opts->migration_address : "");
     if (opts->migration_uri && *opts->migration_uri)
         m->mig_uri = strdup(opts->migration_uri);
@@ -813,7 +837,8 @@ int agent_mig_new(const agent_mig_opts *opts, const agent_mig_hooks *hooks, agen
         m->mig_uri = strdup("");
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cond, NULL);
-    if (!m->uri || !m->inst_dir || !m->img_dir || !m->mig_addr || !m->mig_uri) {
+    if (!m->uri || !m->inst_dir || !m->img_dir || !m->mig_addr || !m->mig_uri ||
+        !m->cache_dir) {
         agent_mig_free(m);
         return cl_error_set(err, CL_E_INTERNAL, "out of memory"), -ENOMEM;
     }
@@ -854,6 +879,7 @@ void agent_mig_free(agent_mig *m)
     free(m->uri);
     free(m->inst_dir);
     free(m->img_dir);
+    free(m->cache_dir);
     free(m->mig_uri);
     free(m->mig_addr);
     free(m);

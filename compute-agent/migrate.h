@@ -52,6 +52,9 @@ typedef struct agent_mig_opts {
     const char *libvirt_uri;       /* this host's connection (as the driver's) */
     const char *instances_dir;
     const char *image_dir;
+    struct agent_image_cache *images; /* nube-image cache (image_cache.h), NULL = none:
+                                       * the destination fetches the base image there */
+    const char *cache_dir;         /* its directory ("" = none), rewritten in the XML */
     const char *migration_uri;     /* how other libvirtds reach this one (qemu+tcp://IP/
                                     * system); "" = qemu+tcp://<migration_address>/system */
     const char *migration_address; /* address QEMU's migration stream uses; "" = default */

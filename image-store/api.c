@@ -11,7 +11,17 @@
  *   PUT  /v2/images/{id}/file       streamed upload: queued -> saving -> active | killed
  *   GET  /v2/images/{id}/file       streamed download, Content-MD5, single Range
  *   PUT|DELETE /v2/images/{id}/tags/{tag}
+ *   POST|GET /v2/images/{id}/members, GET|PUT|DELETE /v2/images/{id}/members/{member}
+ *                                   sharing: the owner offers (pending), only the member
+ *                                   accepts or rejects; a member sees the image by id,
+ *                                   and lists it once accepted
+ *   GET  /v2/schemas/member(s)
  *   GET  /healthz, /metrics         (cl_http_server built-ins, with our callbacks)
+ *
+ * Callers are who img_auth() says (service.c): the static admin token, or a token sealed
+ * by nube-api (project, roles). Admin sees all; a member of the owner project changes its
+ * images; a reader only looks; other projects see public, community and accepted shared
+ * images, and get 404 for the rest.
  *
  * The routes are served by libcloud's cl_http_server: every route but the upload gets a
  * buffered body (up to 1 MiB); the upload is a streaming route whose begin/chunk/end/
@@ -368,14 +378,19 @@ static void api_member_schema(img_req *req, bool plural)
 /* ---------------------------------------------------------------- load helpers */
 
 /* Load an image the caller may see, or answer 404 (also for invisible ones, so ids of
- * other projects' private images are not disclosed). Call under the lock. */
+ * other projects' private images are not disclosed). As in Glance, a member of a shared
+ * image sees it by id whatever its membership status (a pending member must be able to
+ * look before accepting; the stock client's `image set --accept` does); only the list
+ * waits for "accepted". Call under the lock. */
 static int load_visible(img_service *svc, img_req *req, const char *id, img_record *r)
 {
     int rc = cl_uuid_valid(id) ? img_db_get(svc->db, id, r) : -ENOENT;
+    img_member m;
 
     if (rc == 0 && !img_can_see(&req->who, r->owner, r->visibility,
                                 r->visibility == IMG_VIS_SHARED &&
-                                    img_db_is_member(svc->db, id, req->who.project_id))) {
+                                    img_db_member_get(svc->db, id, req->who.project_id,
+                                                      &m) == 0)) {
         img_record_clear(r);
         rc = -ENOENT;
     }

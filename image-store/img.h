@@ -122,7 +122,8 @@ const char *img_visibility_name(img_visibility v);
 int img_visibility_parse(const char *s, img_visibility *out);
 
 /* May `who` see (show, download) an image of owner/visibility? is_member says whether
- * who's project is an accepted member of the image (shared images). Pure function. */
+ * who's project is a member of the image (shared images; any status for show and
+ * download, accepted for lists). Pure function. */
 bool img_can_see(const img_identity *who, const char *owner, img_visibility vis,
                  bool is_member);
 

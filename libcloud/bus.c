@@ -619,18 +619,23 @@ static void bus_zmsg_closep(zmq_msg_t *m)
 /* With a ZAP handler: the key a message came with (ZAP metadata) must still be allowed
  * and map to the routing id the peer chose, so a host cannot pose as another one or keep
  * talking after its key was revoked. Fills msg->user_id. */
+#define BUS_REFUSED_LEVEL(b) (cl_bus_auth_warn_due((b)->auth) ? CL_LOG_WARN : CL_LOG_DEBUG)
+
 static bool bus_authorize(cl_bus *b, zmq_msg_t *payload, cl_bus_msg *msg)
 {
     const char *user = zmq_msg_gets(payload, "User-Id");
     const char *key = zmq_msg_gets(payload, CL_BUS_AUTH_KEY_PROP);
+    /* Warnings are rate limited (BUS_REFUSED_LEVEL): a refused peer resends every
+     * resend_ms. */
     if (!user || !key || strcmp(user, msg->peer) != 0) {
-        cl_warn(BUS_LOG, "refused %s '%s' from peer '%s': its key belongs to '%s'", msg->id,
-                msg->type, msg->peer, user ? user : "(none)");
+        cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG,
+                     "refused %s '%s' from peer '%s': its key belongs to '%s'", msg->id,
+                     msg->type, msg->peer, user ? user : "(none)");
         return false;
     }
     if (!cl_bus_auth_allowed(b->auth, key, user)) {
-        cl_warn(BUS_LOG, "refused %s '%s' from '%s': key %s was revoked", msg->id, msg->type,
-                user, key);
+        cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG, "refused %s '%s' from '%s': key %s was "
+                     "revoked", msg->id, msg->type, user, key);
         cl_bus_auth_count_revoked(b->auth);
         return false;
     }

@@ -13,8 +13,10 @@
  * Delivery: a reliable message stays in the sender's pending set until an "ack" carrying
  * the same id comes back; it is resent every resend_ms (to the same peer) until then, or
  * dropped after max_tries (0 = never), which is logged. A receiver acknowledges after its
- * handler returned (so the handler has persisted what it needed), and remembers the last
- * dedup_cap ids: a duplicate is acknowledged again but not handed to the handler.
+ * handler returned (so the handler has persisted what it needed), or with manual_ack when
+ * the receiver calls cl_bus_ack() (after a later commit, from another thread), and
+ * remembers the last dedup_cap ids: a duplicate is acknowledged again but not handed to
+ * the handler.
  * With outbox_path set, pending reliable messages are also kept in a SQLite file and
  * reloaded by cl_bus_new(), so a restart of the sender loses nothing.
  * Unreliable messages (heartbeats) are fire-and-forget.

@@ -59,6 +59,7 @@ struct cl_bus_auth {
     size_t nkeys;
     struct timespec dir_mtime;
     int64_t loaded_ms;
+    int64_t last_warn_ms;
     cl_bus_auth_stats stats;
 };
 
@@ -324,6 +325,20 @@ void cl_bus_auth_count_revoked(cl_bus_auth *a)
     pthread_mutex_unlock(&a->lock);
 }
 
+/* Rate limit for refusal warnings (see bus_auth.h). */
+bool cl_bus_auth_warn_due(cl_bus_auth *a)
+{
+    if (!a)
+        return true;
+    int64_t now = cl_mono_ms();
+    pthread_mutex_lock(&a->lock);
+    bool due = a->last_warn_ms == 0 || now - a->last_warn_ms >= CL_BUS_AUTH_WARN_MS;
+    if (due)
+        a->last_warn_ms = now;
+    pthread_mutex_unlock(&a->lock);
+    return due;
+}
+
 /* Copy the counters. Thread-safe. */
 void cl_bus_auth_get_stats(cl_bus_auth *a, cl_bus_auth_stats *out)
 {
@@ -428,9 +443,12 @@ static void zap_handle(cl_bus_auth *a, const zap_req *rq)
     }
     if (ok)
         cl_debug(AUTH_LOG, "admitted %s as '%s' from %s", key, name, addr);
-    else
+    else if (cl_bus_auth_warn_due(a))
         cl_warn(AUTH_LOG, "refused a bus connection from %s (key %s): %s", addr,
                 key[0] ? key : "-", text);
+    else
+        cl_debug(AUTH_LOG, "refused a bus connection from %s (key %s): %s", addr,
+                 key[0] ? key : "-", text);
 
     char meta[128];
     size_t mlen = ok ? zap_metadata(meta, sizeof meta, CL_BUS_AUTH_KEY_PROP, key) : 0;

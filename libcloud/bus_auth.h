@@ -92,4 +92,10 @@ void cl_bus_auth_get_stats(cl_bus_auth *a, cl_bus_auth_stats *out);
 /* Count a message dropped because its key was revoked (the bus calls this). */
 void cl_bus_auth_count_revoked(cl_bus_auth *a);
 
+/* True at most once per CL_BUS_AUTH_WARN_MS: refusals are logged at warning level that
+ * often, at debug level otherwise, so a peer resending every few hundred ms cannot flood
+ * the log. Thread-safe. */
+#define CL_BUS_AUTH_WARN_MS 10000
+bool cl_bus_auth_warn_due(cl_bus_auth *a);
+
 #endif

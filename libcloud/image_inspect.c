@@ -381,6 +381,10 @@ static int vmdk_check(cl_img_inspector *insp)
     if (extents != 1)
         return refuse(insp, "The VMDK descriptor names %d extents; exactly one sparse "
                             "extent inside the image is accepted", extents);
+    /* A capacity whose byte count wraps 2^64 would pass any size limit. */
+    if (le64(h + VMDK_OFF_CAPACITY) > UINT64_MAX / SECTOR)
+        return refuse(insp, "The VMDK capacity of %" PRIu64 " sectors is not a possible "
+                            "disk size", le64(h + VMDK_OFF_CAPACITY));
     insp->virtual_size = le64(h + VMDK_OFF_CAPACITY) * SECTOR;
     return 0;
 }

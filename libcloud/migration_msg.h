@@ -10,12 +10,13 @@
  *  -------------------  -------------  ----------------------------------------------------
  *  migration.live       api -> sched   {"instance_uuid","host"("" = pick),"block":"auto"|
  *                                       "true"|"false"}
- *  migration.prepare    sched -> dest  {"migration_uuid","source_host","instance":{spec}}
- *  migration.prepared   dest -> sched  {"migration_uuid","ok","fault","uri","address",
- *                                       "instances_dir","image_dir"}
+ *  migration.prepare    sched -> dest  {"migration_uuid","source_host","block","instance":
+ *                                       {spec}}
+ *  migration.prepared   dest -> sched  {"migration_uuid","ok","fault","shared","uri",
+ *                                       "address","instances_dir","image_dir","cache_dir"}
  *  migration.start      sched -> src   {"migration_uuid","instance_uuid","dest_host",
  *                                       "dest_uri","dest_address","dest_instances_dir",
- *                                       "dest_image_dir","block":bool}
+ *                                       "dest_image_dir","dest_cache_dir","shared":bool}
  *  migration.progress   src -> sched   {"migration_uuid","elapsed_ms","memory_total",
  *                                       "memory_processed","memory_remaining","disk_total",
  *                                       "disk_processed","disk_remaining","downtime_ms"}
@@ -29,6 +30,10 @@
  *  migration.abort      api -> sched -> src
  *                                      {"migration_uuid","instance_uuid","action":"abort"|
  *                                       "force_complete"}
+ *  migration.evacuate   api -> sched   {"instance_uuid","host"("" = pick)}: the source is
+ *                                      down; claim elsewhere and instance.spawn there from
+ *                                      the image. When the old host comes back and reports
+ *                                      the instance, the scheduler destroys it there.
  *
  * The outcome is never the migrate call's return code: "done" says what the source
  * hypervisor holds, "check" asks the destination's, and only a domain that runs on the
@@ -47,6 +52,7 @@
 #define CL_MSG_MIGRATION_CHECKED "migration.checked"
 #define CL_MSG_MIGRATION_CLEANUP "migration.cleanup"
 #define CL_MSG_MIGRATION_ABORT "migration.abort"
+#define CL_MSG_MIGRATION_EVACUATE "migration.evacuate"
 
 /* True for every type above (for dispatch). */
 #define CL_MSG_IS_MIGRATION(t) (strncmp((t), "migration.", 10) == 0)

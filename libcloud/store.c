@@ -1172,10 +1172,13 @@ static int claim_locked(cl_db *db, const cl_claim_req *req, cl_claim_result *res
         if (!name)
             continue;
         r = host_get_db(db, name, &h);
-        if (r == 0)
-            r = host_gen_get(db, name, &gen, &maint, &max);
         if (r == -ENOENT)
             continue; /* vanished since the scheduler's snapshot */
+        if (r < 0)
+            return r;
+        r = host_gen_get(db, name, &gen, &maint, &max);
+        if (r == -ENOENT)
+            continue;
         if (r < 0)
             return r;
         if (req->generations && req->generations[i] != gen)

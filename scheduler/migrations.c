@@ -39,6 +39,7 @@
 #include "messages.h"
 #include "migration_msg.h"
 #include "model.h"
+#include "store_compute.h"
 #include "store_placement.h"
 #include "util.h"
 
@@ -198,6 +199,51 @@ static int by_free_ram_desc(const void *a, const void *b)
     return fa < fb ? 1 : fa > fb ? -1 : 0;
 }
 
+/* Pick (want "" = the up, enabled host of the same hypervisor type with the most free
+ * RAM that has room) and claim the destination: cl_store_migration_begin. 0, or a
+ * negative errno with fault filled. */
+static int pick_and_claim(cl_store *st, const cl_instance *inst, const cl_host *src,
+                          const char *want, const char *type, cl_migration *m, char *fault,
+                          size_t flen)
+{
+    int r;
+    memset(m, 0, sizeof(*m));
+    if (want[0]) {
+        cl_host d;
+        r = cl_store_host_get(st, want, &d);
+        if (r < 0)
+            snprintf(fault, flen, "destination %.64s is unknown", want);
+        else if (!d.up || !d.enabled)
+            snprintf(fault, flen, "destination %.64s is %s", want, !d.up ? "down" : "disabled");
+        else if (strcmp(d.hypervisor_type, src->hypervisor_type) != 0)
+            snprintf(fault, flen, "destination %.64s runs %s, the source %s", want,
+                     d.hypervisor_type, src->hypervisor_type);
+        else if ((r = cl_store_migration_begin(st, inst->uuid, want, type, m)) < 0)
+            snprintf(fault, flen, "cannot claim on %.64s: %s", want,
+                     r == -ENOSPC ? "not enough room" : strerror(-r));
+        return r < 0 ? r : fault[0] ? -EINVAL : 0;
+    }
+    _cleanup_free_ cl_host *hosts = NULL;
+    size_t n = 0;
+    r = cl_store_host_list(st, &hosts, &n);
+    if (r == 0)
+        qsort(hosts, n, sizeof(*hosts), by_free_ram_desc);
+    r = -ENOSPC;
+    for (size_t i = 0; i < n && r < 0; i++) {
+        const cl_host *h = &hosts[i];
+        if (strcmp(h->name, src->name) == 0 || !h->up || !h->enabled ||
+            strcmp(h->hypervisor_type, src->hypervisor_type) != 0)
+            continue;
+        r = cl_store_migration_begin(st, inst->uuid, h->name, type, m);
+        if (r == -EBUSY)
+            break;
+    }
+    if (r < 0)
+        snprintf(fault, flen, "no valid host: %s", r == -EBUSY ? "a migration is in progress"
+                 : "no other up, enabled host of the same hypervisor type has room");
+    return r;
+}
+
 static void on_live(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
 {
     const char *uuid = jstr(msg->body, "instance_uuid");
@@ -207,7 +253,6 @@ static void on_live(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     cl_host src;
     cl_migration m;
     char fault[512] = "";
-    int r;
 
     if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0) {
         cl_warn(LOG_MOD, "migration.live for unknown instance %s", uuid);
@@ -221,43 +266,8 @@ static void on_live(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
         fail_early(st, NULL, uuid, "error", "the source host is unknown");
         return;
     }
-    memset(&m, 0, sizeof(m));
-    if (want[0]) {
-        cl_host d;
-        r = cl_store_host_get(st, want, &d);
-        if (r < 0)
-            snprintf(fault, sizeof(fault), "destination %.64s is unknown", want);
-        else if (!d.up || !d.enabled)
-            snprintf(fault, sizeof(fault), "destination %.64s is %s", want,
-                     !d.up ? "down" : "disabled");
-        else if (strcmp(d.hypervisor_type, src.hypervisor_type) != 0)
-            snprintf(fault, sizeof(fault), "destination %.64s runs %s, the source %s", want,
-                     d.hypervisor_type, src.hypervisor_type);
-        else if ((r = cl_store_migration_begin(st, uuid, want, "live-migration", &m)) < 0)
-            snprintf(fault, sizeof(fault), "cannot claim on %.64s: %s", want,
-                     r == -ENOSPC ? "not enough room" : strerror(-r));
-    } else {
-        _cleanup_free_ cl_host *hosts = NULL;
-        size_t n = 0;
-        r = cl_store_host_list(st, &hosts, &n);
-        if (r == 0)
-            qsort(hosts, n, sizeof(*hosts), by_free_ram_desc);
-        r = -ENOSPC;
-        for (size_t i = 0; i < n && r < 0; i++) {
-            const cl_host *h = &hosts[i];
-            if (strcmp(h->name, src.name) == 0 || !h->up || !h->enabled ||
-                strcmp(h->hypervisor_type, src.hypervisor_type) != 0)
-                continue;
-            r = cl_store_migration_begin(st, uuid, h->name, "live-migration", &m);
-            if (r == -EBUSY)
-                break;
-        }
-        if (r < 0)
-            snprintf(fault, sizeof(fault), "no valid host to migrate to: %s",
-                     r == -EBUSY ? "a migration is in progress" : "no other up, enabled host "
-                     "of the same hypervisor type has room");
-    }
-    if (fault[0]) {
+    if (pick_and_claim(st, &inst, &src, want, "live-migration", &m, fault,
+                       sizeof(fault)) < 0) {
         fail_early(st, NULL, uuid, "error", fault);
         return;
     }
@@ -276,6 +286,48 @@ static void on_live(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     }
     cl_info(LOG_MOD, "migration %s: %s %s -> %s claimed, preparing the destination", m.uuid,
             uuid, m.source_host, m.dest_host);
+}
+
+/* ---- migration.evacuate ---- */
+
+/* The source host is down: claim elsewhere, move the instance there at once (the dead
+ * host's allocation is released), and spawn it from its image. */
+static void on_evacuate(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    const char *uuid = jstr(msg->body, "instance_uuid");
+    cl_instance inst;
+    cl_host src;
+    cl_migration m;
+    char fault[512] = "";
+
+    if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0 ||
+        inst.task_state != CL_TASK_MIGRATING || !inst.host[0])
+        return;
+    if (cl_store_host_get(st, inst.host, &src) < 0) {
+        fail_early(st, NULL, uuid, "error", "the source host is unknown");
+        return;
+    }
+    if (src.up) {
+        fail_early(st, NULL, uuid, "error", "refusing to evacuate: the host is up again");
+        return;
+    }
+    if (pick_and_claim(st, &inst, &src, jstr(msg->body, "host"), "evacuation", &m, fault,
+                       sizeof(fault)) < 0) {
+        fail_early(st, NULL, uuid, "error", fault);
+        return;
+    }
+    int r = cl_store_migration_finish(st, m.uuid, true);
+    if (r < 0) {
+        fail_early(st, m.uuid, uuid, "error", "cannot record the evacuation");
+        return;
+    }
+    set_status(st, m.uuid, "done");
+    cl_store_instance_set_state(st, uuid, -1, CL_TASK_SPAWNING, CL_POWER_NOSTATE, NULL, 0);
+    cl_msg_instance spec;
+    spec_of(&inst, &spec);
+    (void)send(bus, m.dest_host, CL_MSG_INSTANCE_SPAWN, msg, cl_msg_spawn_encode(&spec));
+    cl_info(LOG_MOD, "evacuation %s: %s rebuilt from its image on %s (%s is down)", m.uuid,
+            uuid, m.dest_host, m.source_host);
 }
 
 /* ---- migration.prepared ---- */
@@ -330,6 +382,8 @@ static void on_prepared(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
                            json_object_new_string(jstr(msg->body, "instances_dir")));
     json_object_object_add(b, "dest_image_dir",
                            json_object_new_string(jstr(msg->body, "image_dir")));
+    json_object_object_add(b, "dest_cache_dir",
+                           json_object_new_string(jstr(msg->body, "cache_dir")));
     json_object_object_add(b, "shared", json_object_new_boolean(jbool(msg->body, "shared")));
     set_status(st, mig, "running");
     if (send(bus, m.source_host, CL_MSG_MIGRATION_START, msg, b) < 0) {
@@ -459,7 +513,8 @@ bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     /* With bus authentication, only nube-api starts or stops a migration, and a host
      * speaks only from its own key (the handlers compare the peer with the row). */
     bool from_api = strcmp(msg->type, CL_MSG_MIGRATION_LIVE) == 0 ||
-                    strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0;
+                    strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0 ||
+                    strcmp(msg->type, CL_MSG_MIGRATION_EVACUATE) == 0;
     if (msg->user_id[0] && (from_api ? strcmp(msg->user_id, "nube-api") != 0
                                      : strcmp(msg->user_id, msg->peer) != 0)) {
         cl_warn(LOG_MOD, "refused %s from '%s'", msg->type, msg->user_id);
@@ -477,7 +532,28 @@ bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
         on_checked(st, bus, msg);
     else if (strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0)
         on_abort(st, bus, msg);
+    else if (strcmp(msg->type, CL_MSG_MIGRATION_EVACUATE) == 0)
+        on_evacuate(st, bus, msg);
     else
         cl_warn(LOG_MOD, "ignoring %s from %s", msg->type, msg->peer);
     return true;
+}
+
+bool sched_migrations_fence(cl_store *st, cl_bus *bus, const char *host, const char *uuid)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    if (cl_store_migrations_list(st, NULL, NULL, uuid, NULL, &rows, &n) < 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        const cl_migration_row *m = &rows[i];
+        if (strcmp(m->source_host, host) != 0 ||
+            (strcmp(m->status, "done") != 0 && strcmp(m->status, "completed") != 0))
+            continue;
+        cl_warn(LOG_MOD, "host %s still runs %s, which moved to %s (%s %s): destroying it "
+                "there", host, uuid, m->dest_host, m->type, m->uuid);
+        json_object *b = cl_msg_uuid_encode(uuid);
+        return b && cl_bus_send(bus, host, CL_MSG_INSTANCE_DESTROY, NULL, b, true, NULL) == 0;
+    }
+    return false;
 }

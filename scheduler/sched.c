@@ -158,6 +158,7 @@ struct sched {
     int64_t snap_version;           /* placement_version the snapshot was read at */
     bool snap_dirty;
     bool resumed;   /* in-flight commands re-sent after a (re)start (resume_in_flight) */
+    int64_t next_sweep_ms; /* next look for orphaned scheduling requests (sweep_orphans) */
     unsigned rng;
 
     _Atomic int64_t hosts_up;
@@ -301,6 +302,9 @@ static void adopt_reported(sched *s, const char *host, const cl_msg_host_instanc
         return;
     }
     if (inst.host[0] && strcmp(inst.host, host) != 0) {
+        /* Moved away while the host was down (evacuate): fence it (migrations.c). */
+        if (sched_migrations_fence(s->store, s->bus, host, ri->uuid))
+            return;
         cl_warn(LOG_MOD, "host %s reports instance %s which the controller places on %s; "
                 "left as it is", host, ri->uuid, inst.host);
         return;
@@ -1114,12 +1118,55 @@ static void resume_in_flight(sched *s)
         cl_info(LOG_MOD, "re-sent %zu in-flight spawn/destroy commands after start", sent);
 }
 
+/* nube-api writes the instance row, then queues instance.schedule on its bus; an API
+ * killed between the two (it keeps no outbox) leaves a server in BUILD/scheduling that
+ * nobody will ever schedule (found by tests/crash). Every SWEEP_MS the scheduler
+ * schedules such rows itself once they are SWEEP_STALE_MS old: on_instance_schedule is
+ * idempotent (a placed instance is never claimed twice), so a request that was merely
+ * slow and arrives later does no harm. */
+#define SWEEP_MS 5000
+#define SWEEP_STALE_MS 15000
+#define SWEEP_MAX 256
+
+static void sweep_orphans(sched *s)
+{
+    _cleanup_stmt_ sqlite3_stmt *q = NULL;
+    char uuids[SWEEP_MAX][CL_UUID_LEN];
+    size_t n = 0;
+
+    if (cl_db_prepare(cl_store_db(s->store),
+                      "SELECT uuid FROM instances WHERE vm_state = 'building' AND "
+                      "task_state = 'scheduling' AND host = '' AND created_ms < ?1 "
+                      "ORDER BY created_ms LIMIT ?2", &q) < 0)
+        return;
+    sqlite3_bind_int64(q, 1, cl_now_ms() - SWEEP_STALE_MS);
+    sqlite3_bind_int(q, 2, SWEEP_MAX);
+    while (n < SWEEP_MAX && sqlite3_step(q) == SQLITE_ROW)
+        cl_db_column_text(q, 0, uuids[n++], CL_UUID_LEN);
+    sqlite3_reset(q);
+    for (size_t i = 0; i < n; i++) {
+        cl_bus_msg m = {0};
+        m.body = cl_msg_uuid_encode(uuids[i]);
+        if (!m.body)
+            return;
+        cl_strlcpy(m.type, CL_MSG_INSTANCE_SCHEDULE, sizeof(m.type));
+        cl_warn(LOG_MOD, "instance %s has waited %d s for scheduling: its request was lost "
+                "(nube-api restarted?); scheduling it now", uuids[i], SWEEP_STALE_MS / 1000);
+        on_instance_schedule(s, &m);
+        json_object_put(m.body);
+    }
+}
+
 static void on_tick(cl_bus *bus, void *ud)
 {
     sched *s = ud;
     if (!s->resumed) {
         s->resumed = true;
         resume_in_flight(s);
+    }
+    if (cl_mono_ms() >= s->next_sweep_ms) {
+        s->next_sweep_ms = cl_mono_ms() + SWEEP_MS;
+        sweep_orphans(s);
     }
     int64_t cutoff = cl_now_ms() - s->cfg->host_down_after_s * 1000;
     int n = 0, r;

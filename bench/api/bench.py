@@ -155,7 +155,14 @@ def main():
     nginx = None
     tmp = tempfile.mkdtemp(prefix="nube-bench-nginx-")
     try:
+        # The controller as it runs: a scheduler and simulated hosts whose heartbeats
+        # write the database all the time (BENCH_SIM_HOSTS=0: nube-api alone).
+        sim = int(os.environ.get("BENCH_SIM_HOSTS", "100"))
+        if sim:
+            lab.start_scheduler()
         api = lab.start_api()
+        if sim:
+            lab.start_sim_agents("sim", sim)
         ident = f"http://127.0.0.1:{lab.identity_port}/v3"
         body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"id": "default"}, "password": ADMIN_PASSWORD}}},
@@ -170,6 +177,7 @@ def main():
         size = len(r.raw)
         nginx, static = start_nginx(tmp, size)
         print(f"nube-api ({os.path.basename(os.path.abspath(build))}), {n} servers, "
+              f"{sim} simulated hosts heartbeating, "
               f"detail body {size} bytes, wrk -t2 -c{conns} -d{seconds}s, "
               f"{os.cpu_count()} CPUs", flush=True)
 
@@ -188,6 +196,18 @@ def main():
             prof.send_signal(2)
             prof.wait(30)
         line(f"GET /v2.1/servers/detail ({n})", d, f"  nube-api CPU {cpu:.2f} ms/req")
+        # The same page with a changes-since that differs on every request: each answer
+        # is rendered (no cached answer can match), the cost after any change.
+        cold = os.path.join(tmp, "cold.lua")
+        with open(cold, "w") as f:
+            f.write("local n = 0\nrequest = function()\n  n = n + 1\n"
+                    "  return wrk.format(nil, wrk.path .. string.format("
+                    "\"?changes-since=2000-01-%02dT%02d:%02d:00Z\", 1 + math.floor(n / 1440) % 28,"
+                    " math.floor(n / 60) % 24, n % 60))\nend\n")
+        c0 = cpu_s(api.proc.pid)
+        d = wrk(detail, seconds, conns, hdr, script=cold)
+        cpu = (cpu_s(api.proc.pid) - c0) / max(d["requests"], 1) * 1000
+        line(f"  same, rendered every time (no cache)", d, f"  nube-api CPU {cpu:.2f} ms/req")
 
         c0 = cpu_s(api.proc.pid)
         v = wrk(f"{ident}/auth/tokens", seconds, conns, hdr + [f"X-Subject-Token: {token}"])

@@ -19,6 +19,9 @@
  *              bytes, with the peak RSS growth while streaming (flat memory)
  *
  * Usage: bench_billing [samples (default 200000)] [instances (default 500)]
+ * Environment: BENCH_EXPORT_ROWS (rows of the HTTP export, default 1000000) and
+ * BENCH_RATE_SAMPLES (when set, rating is also timed on that many samples, generated in
+ * chunks; bench/billing/run full sets 10000000).
  * The issue's targets (ingest > 100 000 samples/s, rating 10 M samples < 10 s, export
  * 1 M rows < 5 s) are printed beside the figures, scaled to the sample count.
  */
@@ -173,6 +176,45 @@ static double ingest_group(bill_store *st, const cl_usage_sample *v, size_t n, s
     return now_s() - t;
 }
 
+/* What billing's bus thread does per message: parse the envelope, decode the samples. */
+static double decode_rate(const cl_usage_sample *v, size_t n, size_t per_msg)
+{
+    size_t nmsg = (n + per_msg - 1) / per_msg, got = 0;
+    char **frames = calloc(nmsg, sizeof *frames);
+    for (size_t m = 0; m < nmsg; m++) {
+        cl_bus_msg msg;
+        memset(&msg, 0, sizeof msg);
+        msg.v = 1;
+        cl_uuid_new(msg.id);
+        cl_strlcpy(msg.type, CL_MSG_USAGE_SAMPLES, sizeof msg.type);
+        cl_strlcpy(msg.from, "bench", sizeof msg.from);
+        size_t off = m * per_msg;
+        msg.body = cl_usage_batch_encode(v + off, n - off < per_msg ? n - off : per_msg);
+        cl_bus_encode(&msg, &frames[m]);
+        json_object_put(msg.body);
+    }
+    double t = now_s();
+    for (size_t m = 0; m < nmsg; m++) {
+        cl_bus_msg msg;
+        cl_error err = {0};
+        cl_usage_sample *out = NULL;
+        size_t k = 0, rej = 0;
+        memset(&msg, 0, sizeof msg);
+        if (cl_bus_decode(frames[m], strlen(frames[m]), &msg, &err) == 0 &&
+            cl_usage_batch_decode(msg.body, &out, &k, &rej, &err) == 0)
+            got += k;
+        free(out);
+        cl_bus_msg_clear(&msg);
+    }
+    t = now_s() - t;
+    for (size_t m = 0; m < nmsg; m++)
+        free(frames[m]);
+    free(frames);
+    if (got != n)
+        fprintf(stderr, "decode: %zu of %zu samples\n", got, n);
+    return t;
+}
+
 #define DAEMON_AGENTS 4
 #define DAEMON_PER_MSG 100
 
@@ -238,6 +280,7 @@ static double daemon_ingest(const char *dir, const cl_usage_sample *v, size_t n,
             fprintf(stderr, "send failed\n");
             exit(1);
         }
+    double t_sent = now_s() - t;
     for (int a = 0; a < DAEMON_AGENTS; a++)
         while (cl_bus_pending(bus[a]) > 0) {
             struct timespec ts = {0, 1000000};
@@ -245,6 +288,8 @@ static double daemon_ingest(const char *dir, const cl_usage_sample *v, size_t n,
         }
     t = now_s() - t;
     *out_groups = atomic_load(&b->groups);
+    printf("  (daemon: the senders took %.3f s of it to encode and queue %zu messages)\n",
+           t_sent, nmsg);
     if (atomic_load(&b->accepted) != n)
         fprintf(stderr, "daemon: %" PRIu64 " samples stored, %zu sent\n",
                 (uint64_t)atomic_load(&b->accepted), n);
@@ -338,6 +383,8 @@ static void http_export(const char *dir, size_t rows, double *out_s, size_t *out
     CURLcode cr = curl_easy_perform(c);
     *out_s = now_s() - t;
     *out_rss_growth = peak_rss_mb() - before;
+    if (*out_rss_growth < 0)
+        *out_rss_growth = 0; /* the peak was reset: nothing grew */
     if (cr != CURLE_OK)
         fprintf(stderr, "export: %s\n", curl_easy_strerror(cr));
     curl_slist_free_all(h);
@@ -347,6 +394,48 @@ static void http_export(const char *dir, size_t rows, double *out_s, size_t *out
     cl_config_free(bill_cfg_keys, bill_cfg_nkeys, &cfg);
     cleanup_db(db);
     unlink(kf);
+}
+
+/* Rating at full size: n samples generated and group-ingested in chunks (flat memory),
+ * then one bill_rate() over the whole window, timed alone. */
+static double rate_full(const char *dir, size_t n, size_t ninst, char (*ids)[CL_UUID_LEN],
+                        int64_t t0, size_t *out_rows)
+{
+    enum { CHUNK = 20000 };
+    char db[300];
+    bill_store *st = NULL;
+    cl_error err = {0};
+    cl_usage_sample *v = calloc(CHUNK, sizeof *v);
+
+    snprintf(db, sizeof db, "%s/rate.db", dir);
+    if (!v || bill_store_open(db, &st, &err) < 0) {
+        fprintf(stderr, "rate store: %s\n", err.message);
+        exit(1);
+    }
+    for (size_t k = 0; k < n; k += CHUNK) {
+        size_t m = n - k < CHUNK ? n - k : CHUNK;
+        for (size_t j = 0; j < m; j++)
+            make_sample(&v[j], k + j, ninst, ids, t0);
+        ingest_group(st, v, m, 20);
+    }
+    free(v);
+    bill_prices *p = calloc(1, sizeof *p);
+    cl_strlcpy(p->currency, "EUR", sizeof p->currency);
+    p->cpu_core_hour = 10000;
+    p->net_gb_in = 5000;
+    bill_prices_put(st, p, &err);
+    free(p);
+    int64_t end = t0 + (int64_t)(n / ninst + 1) * 60000 + H_MS;
+    bill_rate_opts o = {.now_ms = end, .min_charge_s = 60};
+    double t = now_s();
+    if (bill_rate(st, t0, end, &o, out_rows, &err) < 0) {
+        fprintf(stderr, "rate: %s\n", err.message);
+        exit(1);
+    }
+    t = now_s() - t;
+    bill_store_close(st);
+    cleanup_db(db);
+    return t;
 }
 
 static double ingest_all(bill_store *st, cl_usage_sample *v, size_t n, bool reverse_batches)
@@ -450,6 +539,7 @@ int main(int argc, char **argv)
     /* The daemon gets fresh ids (the same ids would be duplicates of nothing: its own db). */
     uint64_t groups = 0;
     double td = daemon_ingest(dir, v, n, &groups);
+    double tdec = decode_rate(v, n, DAEMON_PER_MSG);
 
     bill_prices *p = calloc(1, sizeof *p);
     cl_strlcpy(p->currency, "EUR", sizeof p->currency);
@@ -479,6 +569,8 @@ int main(int argc, char **argv)
            "  [target > 100000/s]\n", GROUP, n / tg, tg, tb / tg);
     printf("  ingest (late, reversed)    : %9.0f samples/s (%.3f s)  ratio to baseline %.2f\n",
            n / tl, tl, tb / tl);
+    printf("  decode (bus thread's work) : %9.0f samples/s (%.3f s)  envelope + samples,"
+           " %d/msg\n", n / tdec, tdec, DAEMON_PER_MSG);
     printf("  daemon bus->commit->ack    : %9.0f samples/s (%.3f s, %d agents, %d/msg, "
            "%" PRIu64 " group commits)  ratio to baseline %.2f  [target > 100000/s]\n",
            n / td, td, DAEMON_AGENTS, DAEMON_PER_MSG, groups, tb / td);
@@ -487,7 +579,18 @@ int main(int argc, char **argv)
     printf("  export csv                 : %9.0f rows/s    (%.3f s, %zu rows)"
            "  [target 1M in 5 s = 200000/s]\n", sk->rows / (te > 0 ? te : 1e-9), te, sk->rows);
     printf("  max RSS                    : %ld MB\n", maxrss_mb());
-    (void)rate_n;
+    ev = getenv("BENCH_RATE_SAMPLES");
+    if (ev && cl_parse_int64(ev, &v64) == 0 && v64 > 0)
+        rate_n = (size_t)v64;
+    if (rate_n) {
+        size_t rrows = 0;
+        double trf = rate_full(dir, rate_n, ninst, ids, t0, &rrows);
+        printf("  rate full size             : %9.0f samples/s (%.3f s for %zu samples, %zu rows)"
+               "  [target 10M in 10 s]\n", rate_n / trf, trf, rate_n, rrows);
+    } else {
+        printf("  rate 10M samples projected : %.1f s from the rate above (BENCH_RATE_SAMPLES="
+               "10000000 measures it)\n", 10e6 / (n / tr));
+    }
     free(v);
     v = NULL;
     double tx = 0;

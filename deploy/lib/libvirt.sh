@@ -384,6 +384,13 @@ nube_lv_host_stop() {
         for d in $(timeout 20 virsh -q -c "$uri" list --name 2>/dev/null); do
             timeout 20 virsh -q -c "$uri" destroy "$d" >/dev/null 2>&1 || true
         done
+        # Containers of a --lxc host (libvirt_lxc processes outlive libvirtd).
+        if [ -x /usr/lib/libvirt/libvirt_lxc ]; then
+            local lxc; lxc=$(nube_lv_host_uri_lxc "$name")
+            for d in $(timeout 20 virsh -q -c "$lxc" list --name 2>/dev/null); do
+                timeout 20 virsh -q -c "$lxc" destroy "$d" >/dev/null 2>&1 || true
+            done
+        fi
         for d in $(timeout 20 virsh -q -c "$uri" net-list --name 2>/dev/null); do
             timeout 20 virsh -q -c "$uri" net-destroy "$d" >/dev/null 2>&1 || true
         done

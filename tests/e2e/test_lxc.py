@@ -213,7 +213,11 @@ port = {agent_port}
 
     # ---- boot a container through the API ----
     t = time.monotonic()
-    r = lab.create_server("c1", flavor="1", image="busybox-rootfs")
+    # vm_mode=exe (server metadata, as an image property): the scheduler's image
+    # properties filter keeps it to LXC hosts and the agent receives it with the spawn.
+    r = http("POST", f"{lab.compute}/servers",
+             {"server": {"name": "c1", "flavorRef": "1", "imageRef": "busybox-rootfs",
+                         "metadata": {"vm_mode": "exe"}}})
     if not check(f"POST /servers 202 ({r.status})", r.status == 202):
         print(r.raw)
         return 1
@@ -241,6 +245,9 @@ port = {agent_port}
           "type='lxc'" in xml and "<init>/sbin/init</init>" in xml and
           f"{sid}/rootfs" in xml and "nube.dev/xmlns" in xml)
     check("agent lists the domain as nube's", sid in lab.domains("lxc1"))
+    props = os.path.join(inst_dir, sid, "image_properties.json")
+    check("image properties reached the agent (vm_mode exe)",
+          os.path.exists(props) and '"exe"' in open(props).read())
 
     # ---- an orphan: named like ours, no nube metadata ----
     orphan_uuid = "0badc0de-0000-4000-8000-000000000001"

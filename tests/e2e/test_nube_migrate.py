@@ -18,7 +18,12 @@ ACTIVE; the source has no domain, no disk, no record; the allocation sits on B o
 migration allocation is left, os-migrations says completed with a downtime. Then a
 migration back, slowed to 1 MiB/s (virsh migrate-setspeed on the source), is aborted with
 DELETE /servers/{id}/migrations/{mid}: the guest keeps running on B, nothing is left on A,
-allocations unchanged, status cancelled. Prints TIME lines; exits 77 (skip) when not root.
+allocations unchanged, status cancelled. Same with the destination's QEMU killed mid-copy
+(status error, the guest never stops on B, A clean). Evacuate: refused while B is up; B's agent is
+killed (its libvirtd still runs the guest), B goes down, evacuate rebuilds the guest from
+its image on A; when B's agent comes back the stale copy is destroyed there. Drain: five
+guests on A (B disabled while they boot), `nube host drain A --parallel 2` moves all five
+live to B (NUBE_E2E_NO_DRAIN=1 skips it). Prints TIME lines; exits 77 when not root.
 Usage: test_nube_migrate.py BUILD_DIR
 """
 
@@ -67,6 +72,14 @@ def run(*argv, check_rc=True):
     if check_rc and p.returncode != 0:
         raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
     return p.stdout.strip()
+
+
+def readf(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def counters(text):
@@ -123,7 +136,9 @@ def main():
     return 1 if FAIL else rc
 
 
-def scenario(build, base, lab):
+def setup(build, base, lab, network_tag="10.78.0"):
+    """Guest image, two libvirt hosts, scheduler, API and one agent per host (also used
+    by bench/migration). Returns (hosts by name, instances_dir by name)."""
     t = time.monotonic()
     out = run(os.path.join(TOP, "deploy", "build-guest-image"),
               os.path.join(build, "tests", "e2e", "guest"))
@@ -136,8 +151,8 @@ def scenario(build, base, lab):
     with open(os.path.join(images, "cmdline"), "w") as f:
         f.write("console=ttyS0 panic=-1\n")
     tag = f"{os.getpid() % 100000}"
-    hosts = {"nubeA": Host(base, "nubeA", f"nube-mga-{tag}", "10.78.0.1"),
-             "nubeB": Host(base, "nubeB", f"nube-mgb-{tag}", "10.78.0.2")}
+    hosts = {"nubeA": Host(base, "nubeA", f"nube-mga-{tag}", f"{network_tag}.1"),
+             "nubeB": Host(base, "nubeB", f"nube-mgb-{tag}", f"{network_tag}.2")}
     timing("image+hosts-start", (time.monotonic() - t) * 1000)
     ok("two libvirt hosts up")
 
@@ -175,6 +190,12 @@ port = {port}
         lab._start(f"agent-{name}", lab.binary("compute-agent", "nube-agent"), conf,
                    f"http://127.0.0.1:{port}/healthz")
     wait_for(lambda: {"nubeA", "nubeB"} <= set(lab.hypervisors()), 20, "hosts registered")
+    return hosts, inst_dirs
+
+
+def scenario(build, base, lab):
+    hosts, inst_dirs = setup(build, base, lab)
+    # (base: the libvirt hosts' directories; QEMU pid files live in <base>/<host>/run/qemu)
 
     # ---- boot ----
     t = time.monotonic()
@@ -221,7 +242,7 @@ port = {port}
     check(f"virsh: running on {dst}", hosts[dst].virsh("domstate", dom) == "running")
     check(f"virsh: persistent on {dst}",
           re.search(r"Persistent:\s+yes", hosts[dst].virsh("dominfo", dom)) is not None)
-    wait_for(lambda: len(counters(open(dst_log, errors="replace").read())) >= 2, 20,
+    wait_for(lambda: len(counters(readf(dst_log))) >= 2, 20,
              "counter on the destination", interval=0.1)
     src_text = fd.read()
     fd.close()
@@ -264,7 +285,8 @@ port = {port}
     check(f"os-migrateLive back to {src} -> 202 ({r.status})", r.status == 202)
 
     def running_mig():
-        r = http("GET", f"{lab.compute}/servers/{sid}/migrations")
+        r = http("GET", f"{lab.compute}/servers/{sid}/migrations",
+                 headers={"OpenStack-API-Version": "compute 2.59"})
         ms = r.json.get("migrations", []) if r.status == 200 else []
         return next((x for x in ms if x["status"] == "running" and
                      x["memory_processed_bytes"] > 0), None)
@@ -299,12 +321,139 @@ port = {port}
              "counter still advancing")
     ok("guest keeps counting after the abort")
 
+    # ---- the destination fails mid-copy: its QEMU dies ----
+    r = http("POST", f"{lab.compute}/servers/{sid}/action",
+             {"os-migrateLive": {"host": src}})
+    check(f"os-migrateLive to {src} again -> 202 ({r.status})", r.status == 202)
+    try:
+        mig = wait_for(running_mig, 30, "second migration running", interval=0.1)
+        pidf = os.path.join(base, src, "run", "qemu", f"{dom}.pid")
+        qpid = int(wait_for(lambda: readf(pidf).strip(), 10, "incoming QEMU pid"))
+        os.kill(qpid, 9)
+        wait_for(lambda: db_rows(lab, "SELECT status FROM migrations WHERE uuid=?",
+                                 (mig["uuid"],))[0][0] in ("error", "cancelled", "completed"),
+                 30, "failed migration settled")
+        st = db_rows(lab, "SELECT status FROM migrations WHERE uuid=?", (mig["uuid"],))[0][0]
+        check(f"migration with a dead destination: status error ({st})", st == "error")
+    except AssertionError as e:
+        bad(str(e))
+    wait_for(lambda: lab.server(sid)["status"] == "ACTIVE", 20, "server ACTIVE again")
+    row = db_rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
+    check(f"server still on {dst} after the destination died ({row})", row == dst)
+    check(f"virsh: still running on {dst}", hosts[dst].virsh("domstate", dom) == "running")
+    wait_for(lambda: not hosts[src].virsh("list", "--all", "--name"), 10,
+             "nothing left on the failed destination")
+    ok(f"{src} has no domain after the failure")
+    check(f"{src} has no half-copied disk",
+          not os.path.exists(os.path.join(inst_dirs[src], sid, "disk")))
+    allocs = db_rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,))
+    check(f"allocation still only on {dst} ({allocs})", allocs == [(dst,)])
+    check("no migration allocation left", not db_rows(lab, "SELECT * FROM migration_allocations"))
+    n0 = counters(readf(dst_log))[-1]
+    wait_for(lambda: counters(readf(dst_log))[-1] >= n0 + 2, 10, "counter still advancing")
+    ok("guest keeps counting after the failed migration")
+
+    # ---- evacuate: the host holding it goes down ----
+    r = http("POST", f"{lab.compute}/servers/{sid}/action", {"evacuate": {}})
+    check(f"evacuate while {dst} is up -> 400 ({r.status})", r.status == 400)
+    agent = lab.daemons[f"agent-{dst}"]
+    agent.kill9()
+    wait_for(lambda: lab.hypervisors()[dst]["state"] == "down", 20, f"{dst} down")
+    t = time.monotonic()
+    r = http("POST", f"{lab.compute}/servers/{sid}/action", {"evacuate": {}})
+    check(f"evacuate -> 200 ({r.status} {r.raw[:200]!r})", r.status == 200)
+    wait_for(lambda: db_rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
+             == src and lab.server(sid)["status"] == "ACTIVE", 60, f"rebuilt on {src}")
+    evac_log = os.path.join(inst_dirs[src], sid, "console.log")
+    wait_for(lambda: "NUBE-GUEST-BOOTED" in readf(evac_log), 60,
+             "evacuated guest booted")
+    timing("evacuate API-to-booted", (time.monotonic() - t) * 1000)
+    ok(f"evacuated: rebuilt from its image on {src} and booted")
+    allocs = db_rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,))
+    check(f"allocation only on {src} ({allocs})", allocs == [(src,)])
+    # The dead host comes back still running the old copy: it must be fenced.
+    lab._start(f"agent-{dst}", lab.binary("compute-agent", "nube-agent"),
+               os.path.join(lab.dir, f"nube-agent-{dst}.conf"),
+               f"http://127.0.0.1:{lab.agent_ports[dst]}/healthz")
+    wait_for(lambda: not hosts[dst].virsh("list", "--all", "--name"), 30,
+             f"old copy destroyed on {dst}")
+    ok(f"{dst} came back: its stale copy was destroyed, the guest runs once")
+    check(f"still running on {src}", hosts[src].virsh("domstate", dom) == "running")
+
     # ---- delete ----
     r = http("DELETE", f"{lab.compute}/servers/{sid}")
     check(f"DELETE server -> 204 ({r.status})", r.status == 204)
-    wait_for(lambda: not hosts[dst].virsh("list", "--all", "--name"), 30, "domain gone")
+    wait_for(lambda: not hosts[src].virsh("list", "--all", "--name"), 30, "domain gone")
     ok("deleted: no domain on either host")
+    if os.environ.get("NUBE_E2E_NO_DRAIN") != "1":
+        drain(lab, hosts, inst_dirs)
     return 0
+
+
+def run_cli(lab, *args, timeout=150):
+    clouds = lab.write("clouds.yaml", f"""clouds:
+  admin:
+    auth:
+      auth_url: http://127.0.0.1:{lab.identity_port}/v3
+      username: admin
+      password: {nubelab.ADMIN_PASSWORD}
+      project_name: admin
+      user_domain_name: Default
+      project_domain_name: Default
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update({"OS_CLIENT_CONFIG_FILE": clouds, "HOME": lab.dir})
+    return subprocess.run([lab.binary("cli", "nube"), "--os-cloud", "admin", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def drain(lab, hosts, inst_dirs, n=5):
+    """Five guests on nubeA (nubeB disabled while they boot), then `nube host drain`."""
+    p = run_cli(lab, "host", "disable", "nubeB", "--reason", "boot all on A")
+    check(f"nube host disable nubeB (rc {p.returncode} {p.stderr.strip()})", p.returncode == 0)
+    t = time.monotonic()
+    sids = []
+    for i in range(n):
+        r = lab.create_server(f"d{i}", flavor="1", image="busybox")
+        sids.append(r.json["server"]["id"])
+    for sid in sids:
+        lab.wait_status(sid, {"ACTIVE"}, timeout=90)
+    on_a = [row[0] for row in db_rows(lab, "SELECT host FROM instances WHERE uuid IN (%s)" %
+                                      ",".join("?" * n), sids)]
+    check(f"{n} guests ACTIVE on nubeA ({on_a})", on_a == ["nubeA"] * n)
+    for sid in sids:
+        wait_for(lambda: counters(readf(os.path.join(inst_dirs["nubeA"], sid, "console.log"))),
+                 90, "guest counting",
+                 interval=0.2)
+    timing(f"{n} guests booted and counting", (time.monotonic() - t) * 1000)
+    p = run_cli(lab, "host", "enable", "nubeB")
+    check(f"nube host enable nubeB (rc {p.returncode})", p.returncode == 0)
+    wait_for(lambda: lab.hypervisors()["nubeB"].get("status") == "enabled", 10,
+             "nubeB enabled")
+    t = time.monotonic()
+    p = run_cli(lab, "host", "drain", "nubeA", "--parallel", "2", "--reason", "maintenance")
+    timing(f"nube host drain ({n} guests, 2 at a time)", (time.monotonic() - t) * 1000)
+    print("      " + p.stdout.strip().replace("\n", "\n      "))
+    check(f"drain exit 0 ({p.returncode} {p.stderr.strip()[-300:]!r})", p.returncode == 0)
+    check(f"drain reports {n} moved", p.stdout.count("moved to nubeB") == n)
+    on_b = [row[0] for row in db_rows(lab, "SELECT host FROM instances WHERE uuid IN (%s)" %
+                                      ",".join("?" * n), sids)]
+    check(f"all {n} on nubeB in the controller", on_b == ["nubeB"] * n)
+    running = hosts["nubeB"].virsh("list", "--name").split()
+    check(f"all {n} running on nubeB", all(f"instance-{s}" in running for s in sids))
+    check("nubeA has no domain", not hosts["nubeA"].virsh("list", "--all", "--name"))
+    allocs = db_rows(lab, "SELECT DISTINCT host FROM allocations")
+    check(f"allocations only on nubeB ({allocs})", allocs == [("nubeB",)])
+    boots = sum(open(os.path.join(inst_dirs["nubeB"], s, "console.log"), errors="replace")
+                .read().count("NUBE-GUEST-BOOTED") for s in sids)
+    check(f"no guest rebooted ({boots} boot markers on nubeB)", boots == 0)
+    svc = http("GET", f"{lab.compute}/os-services?host=nubeA").json["services"]
+    check(f"nubeA disabled with its reason ({svc[0]['status']}, {svc[0]['disabled_reason']})",
+          svc[0]["status"] == "disabled" and svc[0]["disabled_reason"] == "maintenance")
+    for sid in sids:
+        http("DELETE", f"{lab.compute}/servers/{sid}")
+    wait_for(lambda: not hosts["nubeB"].virsh("list", "--all", "--name"), 30,
+             "drained guests deleted")
 
 
 if __name__ == "__main__":

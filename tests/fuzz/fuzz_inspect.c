@@ -1,6 +1,6 @@
 /*
- * fuzz_inspect.c - the streaming image format inspector of nube-image, which reads the
- * bytes of every tenant upload.
+ * fuzz_inspect.c - the streaming image format inspector (libcloud/image_inspect.h, used
+ * by nube-image and the agent's image cache), which reads the bytes of every upload.
  *
  * Input layout: byte 0 picks the declared disk_format, byte 1 the virtual size limit,
  * the rest is the image. The image is fed twice: in one chunk, and in chunks of sizes

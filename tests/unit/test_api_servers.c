@@ -759,6 +759,83 @@ static void test_list_pagination(void **state)
     reply_free(&r);
 }
 
+/* The per-thread list cache (servers.c) must never answer from before a change, whoever
+ * made it: another connection (the scheduler's, here the test thread's) or nube-api
+ * itself; and server bodies follow the microversion (2.47 embeds the flavor). */
+static void test_list_cache_and_microversions(void **state)
+{
+    fixture *f = *state;
+    char id[CL_UUID_LEN], path[128];
+    json_object *list;
+    reply r;
+
+    create_server(f, "cache-a", id);
+    for (int i = 0; i < 3; i++) { /* several workers may each keep an answer */
+        r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
+        assert_int_equal(r.status, 200);
+        list = cl_json_path(r.json, "servers");
+        assert_int_equal(json_object_array_length(list), 1);
+        assert_string_equal(jget(json_object_array_get_idx(list, 0), "status"), "BUILD");
+        reply_free(&r);
+    }
+    /* Another connection commits: every later answer shows it. */
+    assert_int_equal(cl_store_instance_set_state(f->st, id, CL_VM_ACTIVE, CL_TASK_NONE, -1,
+                                                 NULL, 0), 0);
+    for (int i = 0; i < 3; i++) {
+        r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
+        assert_int_equal(r.status, 200);
+        list = cl_json_path(r.json, "servers");
+        assert_string_equal(jget(json_object_array_get_idx(list, 0), "status"), "ACTIVE");
+        reply_free(&r);
+    }
+    /* nube-api's own write (its connection's changes) too. */
+    snprintf(path, sizeof(path), "/v2.1/servers/%s", id);
+    r = compute(f, "PUT", path, "{\"server\": {\"name\": \"cache-b\"}}");
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+    for (int i = 0; i < 3; i++) {
+        r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
+        list = cl_json_path(r.json, "servers");
+        assert_string_equal(jget(json_object_array_get_idx(list, 0), "name"), "cache-b");
+        reply_free(&r);
+    }
+
+    /* Metadata only (the rows stay as they were) from another connection: the kept
+     * answer's rows still hash the same, its extras do not. */
+    cl_kv kv = {.key = "role", .value = "db"};
+    assert_int_equal(cl_store_metadata_set(f->st, id, &kv, 1, false, 128), 0);
+    for (int i = 0; i < 3; i++) {
+        r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
+        list = cl_json_path(r.json, "servers");
+        assert_string_equal(jget(json_object_array_get_idx(list, 0), "metadata.role"), "db");
+        reply_free(&r);
+    }
+
+    /* 2.1: the flavor is a link; 2.47: the flavor itself, in show and detail. */
+    r = call("GET", f->compute, path, TOKEN, "OpenStack-API-Version: compute 2.1", NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(jget(r.json, "server.flavor.id"), "1");
+    assert_null(cl_json_path(r.json, "server.locked"));
+    reply_free(&r);
+    r = call("GET", f->compute, path, TOKEN, "OpenStack-API-Version: compute 2.79", NULL);
+    assert_int_equal(r.status, 200);
+    assert_null(cl_json_path(r.json, "server.flavor.id"));
+    assert_string_equal(jget(r.json, "server.flavor.original_name"), "m1.tiny");
+    assert_string_equal(jget(r.json, "server.flavor.ram"), "512");
+    assert_non_null(cl_json_path(r.json, "server.flavor.extra_specs"));
+    assert_string_equal(jget(r.json, "server.locked"), "false");
+    assert_non_null(cl_json_path(r.json, "server.server_groups"));
+    assert_non_null(cl_json_path(r.json, "server.tags"));
+    reply_free(&r);
+    r = call("GET", f->compute, "/v2.1/servers/detail?name=cache-", TOKEN,
+             "OpenStack-API-Version: compute 2.47", NULL);
+    assert_int_equal(r.status, 200);
+    list = cl_json_path(r.json, "servers");
+    assert_string_equal(jget(json_object_array_get_idx(list, 0), "flavor.original_name"),
+                        "m1.tiny");
+    reply_free(&r);
+}
+
 static void test_bad_inputs(void **state)
 {
     fixture *f = *state;
@@ -914,6 +991,7 @@ int main(void)
         cmocka_unit_test(test_flavors),
         cmocka_unit_test(test_server_lifecycle),
         cmocka_unit_test(test_list_pagination),
+        cmocka_unit_test(test_list_cache_and_microversions),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_image_standin),

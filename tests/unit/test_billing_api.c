@@ -670,6 +670,73 @@ static void test_group_commit(void **state)
     assert_true(groups >= 1 && groups < AGENTS * MSGS);
 }
 
+/* A large export is streamed (chunked, many 64 KiB blocks): every row arrives once, in
+ * order, for CSV and JSON. The rows are written straight into the rated table. */
+static void test_streamed_export(void **state)
+{
+    fixture *f = *state;
+    enum { ROWS = 30000 };
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    cl_http_result r;
+    char path[256];
+
+    assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO rated VALUES(?1, ?2, ?3, 'cpu', ?4,"
+                                            " 'ns', 1, 'core-hour', ?4, 'EUR')", -1, &q, NULL),
+                     SQLITE_OK);
+    for (int i = 0; i < ROWS; i++) {
+        char res[64];
+        snprintf(res, sizeof res, "res-%06d", i % 1000);
+        sqlite3_bind_int64(q, 1, f->t0 + (int64_t)(i / 1000) * H_MS);
+        sqlite3_bind_text(q, 2, i % 2 ? PROJ : "proj-b", -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 3, res, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(q, 4, i);
+        assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+        sqlite3_reset(q);
+    }
+    sqlite3_finalize(q);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    snprintf(path, sizeof path, "/v1/export?format=csv&start=%lld&end=%lld",
+             (long long)f->t0, (long long)(f->t0 + 31 * H_MS));
+    assert_int_equal(call(f, "GET", path, TOKEN, NULL, &r), 200);
+    assert_true(r.body_len > 4 * 65536);
+    size_t lines = 0;
+    int64_t sum = 0;
+    for (char *save = NULL, *line = strtok_r(r.body, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save), lines++) {
+        char *cost = strrchr(line, ',');
+        int64_t c = 0;
+        assert_non_null(cost);
+        *cost = '\0';
+        cost = strrchr(line, ',');
+        *cost = '\0';
+        cost = strrchr(line, ',');
+        if (lines > 0) {
+            assert_int_equal(cl_parse_int64(cost + 1, &c), 0);
+            sum += c;
+        }
+    }
+    assert_int_equal(lines, ROWS + 1);
+    assert_int_equal(sum, (int64_t)ROWS * (ROWS - 1) / 2);
+    cl_http_result_free(&r);
+
+    snprintf(path, sizeof path, "/v1/export?format=json&project_id=%s&start=%lld&end=%lld",
+             PROJ, (long long)f->t0, (long long)(f->t0 + 31 * H_MS));
+    json_object *ex = get_json(f, path, 200);
+    json_object *rows = cl_json_path(ex, "rows");
+    assert_int_equal(json_object_array_length(rows), ROWS / 2);
+    for (size_t i = 0; i < json_object_array_length(rows); i++)
+        assert_string_equal(
+            json_object_get_string(cl_json_path(json_object_array_get_idx(rows, i), "project")),
+            PROJ);
+    json_object_put(ex);
+}
+
 int main(void)
 {
     cl_http_client_global_init();
@@ -682,6 +749,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_project_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_commit_is_resent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_streamed_export, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

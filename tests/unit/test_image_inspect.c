@@ -363,6 +363,12 @@ static void test_vmdk(void **state)
     put_le64(b + 28, 4096); /* descriptor at 2 MiB: beyond what is inspected */
     assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "beyond the first");
     free(b);
+    /* A capacity whose byte size wraps 2^64 (x512 = 1 GiB mod 2^64) must not slip under
+     * the virtual size limit (found by tests/fuzz/fuzz_inspect). */
+    b = make_vmdk("monolithicSparse", "RW 2097152 SPARSE \"disk.vmdk\"", "");
+    put_le64(b + 12, (1ULL << 55) + 2 * 1024 * 1024);
+    assert_refused(inspect(CL_IMG_FMT_VMDK, b, IMG_LEN), "not a possible disk size");
+    free(b);
 
     /* A descriptor-only VMDK (monolithicFlat, twoGbMaxExtent*) is text. */
     static const char desc[] = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n"

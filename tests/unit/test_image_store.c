@@ -910,7 +910,7 @@ static void test_sealed_tokens_and_members(void **state)
         cl_http_result_free(&res);
     }
     snprintf(path, sizeof(path), "/v2/images/%s/members", id);
-    /* Bob cannot add himself; alice adds bob: pending, still invisible to bob. */
+    /* Bob cannot add himself; alice adds bob: pending, not listed for bob yet. */
     assert_int_equal(as(f, bob, "POST", path, "{\"member\": \"" P_BOB "\"}", NULL), 404);
     assert_int_equal(as(f, alice, "POST", path, "{\"member\": \"" P_BOB "\"}", &o), 200);
     assert_string_equal(jstr(o, "status"), "pending");
@@ -920,6 +920,9 @@ static void test_sealed_tokens_and_members(void **state)
     assert_int_equal(as(f, alice, "POST", path, "{\"member\": \"" P_BOB "\"}", NULL), 409);
     assert_int_equal(as(f, alice, "POST", path, "{\"member\": 7}", NULL), 400);
     assert_int_equal(list_len(f, bob, "/v2/images"), 0);
+    snprintf(path, sizeof(path), "/v2/images/%s", id);
+    assert_int_equal(as(f, bob, "GET", path, NULL, NULL), 200); /* by id, as in Glance */
+    snprintf(path, sizeof(path), "/v2/images/%s/members", id);
     assert_int_equal(as(f, alice, "GET", path, NULL, &o), 200);
     assert_int_equal(json_object_array_length(cl_json_path(o, "members")), 1);
     json_object_put(o);

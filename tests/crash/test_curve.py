@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The authenticated bus with real daemons: CURVE + ZAP between nube-scheduler, nube-api
+and nube-agents, keys made by nube-keys.
+
+  - hostA (its own key, allowed as hostA) registers and runs a server;
+  - an agent with an unknown key (hostC) never registers: the handshake is refused;
+  - an agent that presents hostA's key but calls itself hostB never registers: a key
+    speaks only for its own host;
+  - revoking hostA's key (nube-keys revoke) silences it: the scheduler marks it down;
+  - the secret key files are 0600 and an agent refuses to start with a readable one.
+
+Usage: test_curve.py BUILD_DIR [--keep]
+"""
+
+import os
+import stat
+import subprocess
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+from nubelab import Lab, http, wait_for  # noqa: E402
+
+
+def main():
+    build = sys.argv[1] if len(sys.argv) > 1 else "build"
+    keep = "--keep" in sys.argv
+    lab = Lab(build)
+    keys = os.path.join(lab.dir, "keys")
+    allowed = os.path.join(lab.dir, "allowed")
+    os.makedirs(keys)
+    os.makedirs(allowed)
+    tool = lab.binary("scheduler", "nube-keys")
+
+    def run(*args):
+        p = subprocess.run([tool, *args], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return p.stdout
+
+    for name in ("nube-scheduler", "nube-api", "hostA", "hostC"):
+        run("gen", "--name", name, "--out", keys)
+    for name in ("nube-api", "hostA"):          # hostC is never allowed
+        run("allow", "--dir", allowed, os.path.join(keys, f"{name}.pub"))
+    srv_pub = os.path.join(keys, "nube-scheduler.pub")
+
+    def client_keys(name):
+        return (f"[bus]\ncurve_secret_key_file = {os.path.join(keys, name + '.key')}\n"
+                f"curve_server_key_file = {srv_pub}\n")
+    lab.sched_extra = (f"[bus]\ncurve_secret_key_file = "
+                       f"{os.path.join(keys, 'nube-scheduler.key')}\n"
+                       f"allowed_keys_dir = {allowed}\n")
+    lab.api_extra = client_keys("nube-api")
+    # hostB presents hostA's key; hostC its own, unknown key.
+    agent_keys = {"hostA": client_keys("hostA"), "hostB": client_keys("hostA"),
+                  "hostC": client_keys("hostC")}
+    orig_write = lab.write
+
+    def write(name, text):
+        if name.startswith("nube-agent-") and name.endswith(".conf"):
+            text += agent_keys.get(name[len("nube-agent-"):-len(".conf")], "")
+        return orig_write(name, text)
+    lab.write = write
+
+    passed = failed = 0
+
+    def check(name, fn):
+        nonlocal passed, failed
+        try:
+            fn()
+            print(f"ok   {name}")
+            passed += 1
+        except Exception as e:  # noqa: BLE001
+            failed += 1
+            print(f"FAIL {name}: {e}")
+            traceback.print_exc()
+
+    def keys_0600():
+        for name in ("nube-scheduler", "hostA"):
+            mode = stat.S_IMODE(os.stat(os.path.join(keys, f"{name}.key")).st_mode)
+            assert mode == 0o600, oct(mode)
+
+    def known_key_works():
+        lab.start_agent("hostA")
+        wait_for(lambda: lab.hypervisors().get("hostA", {}).get("state") == "up", 30,
+                 "hostA up over CURVE")
+        r = lab.create_server("curvy")
+        assert r.status == 202, (r.status, r.raw)
+        s = lab.wait_status(r.json["server"]["id"], ("ACTIVE", "ERROR"), 60)
+        assert s["status"] == "ACTIVE", s
+
+    def others_refused():
+        lab.start_agent("hostB")
+        lab.start_agent("hostC")
+        time.sleep(3)   # several heartbeats and register resends
+        hv = lab.hypervisors()
+        assert "hostB" not in hv, f"hostB registered with hostA's key: {hv['hostB']}"
+        assert "hostC" not in hv, "hostC registered with an unknown key"
+        log = open(os.path.join(lab.dir, "scheduler.log"), errors="replace").read()
+        assert "refused a bus connection" in log, "no ZAP refusal logged"
+        assert "its key belongs to 'hostA'" in log, "no hostB-as-hostA refusal logged"
+
+    def revocation():
+        out = run("list", "--dir", allowed)
+        assert "hostA" in out, out
+        run("revoke", "--dir", allowed, "hostA")
+        wait_for(lambda: lab.hypervisors()["hostA"]["state"] == "down", 30,
+                 "hostA down after its key was revoked")
+
+    def readable_secret_refused():
+        k = os.path.join(keys, "hostC.key")
+        os.chmod(k, 0o644)
+        conf = lab.write("nube-agent-hostC.conf", "[DEFAULT]\nstate_dir = " + lab.dir +
+                         "\n[agent]\nhost = hostC\nlibvirt_uri = test:///default\n")
+        p = subprocess.run([lab.binary("compute-agent", "nube-agent"), "--config", conf],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0 and "chmod 600" in (p.stdout + p.stderr), \
+            (p.returncode, p.stdout[-500:], p.stderr[-500:])
+
+    try:
+        lab.start_scheduler()
+        lab.start_api()
+        check("secret key files are 0600", keys_0600)
+        check("an allowed key registers and runs a server", known_key_works)
+        check("unknown key and hostA's key posing as hostB are refused", others_refused)
+        check("revoking a key silences its host", revocation)
+        check("a secret key readable by others is refused", readable_secret_refused)
+    finally:
+        lab.stop_all()
+        lab.cleanup(keep=keep)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

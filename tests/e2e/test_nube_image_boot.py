@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""test_nube_image_boot.py - a real guest booted from nube-image (issue 6, e2e suite).
+
+One isolated libvirtd host (deploy/libvirt-host, own network namespace), nube-scheduler
+and nube-api from tests/integration/nubelab.py, nube-image with nube-api's token key, and
+one nube-agent on that host whose only image source is nube-image ([image] endpoint,
+token_key_file: it mints a reader token for each instance's project). The guest set from
+deploy/build-guest-image is uploaded over HTTP as Glance would take it: the kernel (aki),
+the ramdisk (ari) and the qcow2 disk naming both (kernel_id, ramdisk_id,
+os_command_line).
+
+Checked: the server goes ACTIVE and prints NUBE-GUEST-BOOTED in os-getConsoleOutput; its
+disk is a qcow2 overlay whose backing file (format stated) is in the agent's image cache;
+the agent downloaded 3 files; a second server downloads nothing (3 cache hits); a disk
+whose stored blob was altered behind nube-image's back makes the spawn fail with a fault
+naming the sha512 mismatch, and leaves nothing in the cache. Exits 77 (skip) when not
+root. Budget: < 90 s. Usage: test_nube_image_boot.py BUILD_DIR
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
+import nubelab  # noqa: E402
+from nubelab import http, wait_for  # noqa: E402
+
+PASS = 0
+FAIL = 0
+T0 = time.monotonic()
+
+
+def ok(desc):
+    global PASS
+    PASS += 1
+    print(f"ok   {desc}", flush=True)
+
+
+def bad(desc):
+    global FAIL
+    FAIL += 1
+    print(f"FAIL {desc}", flush=True)
+
+
+def check(desc, cond):
+    (ok if cond else bad)(desc)
+    return cond
+
+
+def run(*argv, check_rc=True):
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if check_rc and p.returncode != 0:
+        raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def upload(image_url, name, disk_format, path, **props):
+    """Create an image and PUT its file; returns its id."""
+    body = {"name": name, "disk_format": disk_format,
+            "container_format": disk_format if disk_format in ("aki", "ari") else "bare",
+            "visibility": "public"}
+    body.update(props)
+    r = http("POST", f"{image_url}/v2/images", body)
+    assert r.status == 201, (r.status, r.raw)
+    iid = r.json["id"]
+    with open(path, "rb") as f:
+        data = f.read()
+    r = http("PUT", f"{image_url}/v2/images/{iid}/file", raw=data,
+             headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert r.status == 204, (r.status, r.raw)
+    return iid
+
+
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    return None
+
+
+def main():
+    if os.geteuid() != 0:
+        print("SKIP: needs root (starts libvirtd and namespaces)")
+        return 77
+    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(TOP, "build"))
+    base = tempfile.mkdtemp(prefix="nube-e2e-img.")
+    lab = nubelab.Lab(build)
+    try:
+        return scenario(build, base, lab)
+    finally:
+        codes = lab.stop_all()
+        for name, code in codes.items():
+            if code not in (0, None):
+                bad(f"{name} exited with {code}")
+        run(os.path.join(TOP, "deploy", "libvirt-host"), "--base", base, "stop-all", "--purge",
+            check_rc=False)
+        left = subprocess.run([os.path.join(TOP, "deploy", "libvirt-host"), "--base", base,
+                               "leftovers"], capture_output=True, text=True).stdout.strip()
+        check(f"nothing left behind {left!r}", not left)
+        lab.cleanup(keep=FAIL > 0 and os.environ.get("NUBE_E2E_KEEP") == "1")
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"{PASS} passed, {FAIL} failed ({time.monotonic() - T0:.1f} s)")
+        if time.monotonic() - T0 > 90:
+            print("WARN: over the 90 s budget")
+
+
+def scenario(build, base, lab):
+    out = run(os.path.join(TOP, "deploy", "build-guest-image"),
+              os.path.join(build, "tests", "e2e", "guest"))
+    img = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    tag = f"{os.getpid() % 100000}"
+    uri = run(os.path.join(TOP, "deploy", "libvirt-host"), "--base", base, "start", "nubeI",
+              "--netns", f"nube-img-{tag}", "--ip", "10.81.0.1/24").splitlines()[-1]
+    ok(f"libvirt host up: {uri}")
+
+    lab.start_scheduler()
+    lab.start_api()
+    key = os.path.join(lab.dir, "token.key")  # nube-api's default [auth] token_key_file
+    wait_for(lambda: os.path.exists(key), 10, "nube-api's token key")
+    image_port = nubelab.free_port()
+    image_state = os.path.join(lab.dir, "image")
+    os.makedirs(image_state)
+    iconf = lab.write("nube-image.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {image_state}
+[image]
+listen = 127.0.0.1
+port = {image_port}
+[auth]
+admin_token = {nubelab.ADMIN_TOKEN}
+token_key_file = {key}
+""")
+    lab._start("image", lab.binary("image-store", "nube-image"), iconf,
+               f"http://127.0.0.1:{image_port}/healthz")
+    image_url = f"http://127.0.0.1:{image_port}"
+
+    # ---- the guest set, uploaded as Glance takes it ----
+    t = time.monotonic()
+    kid = upload(image_url, "guest-kernel", "aki", img["kernel"])
+    rid = upload(image_url, "guest-ramdisk", "ari", img["ramdisk"])
+    cmd = "console=ttyS0 panic=-1"
+    did = upload(image_url, "guest", "qcow2", img["disk"], kernel_id=kid, ramdisk_id=rid,
+                 os_command_line=cmd)
+    r = http("GET", f"{image_url}/v2/images/{did}")
+    check("disk image active with kernel_id/ramdisk_id", r.status == 200 and
+          r.json["status"] == "active" and r.json["kernel_id"] == kid)
+    print(f"TIME upload {(time.monotonic() - t) * 1000:.0f} ms", flush=True)
+    # A second disk whose stored blob gets corrupted behind nube-image's back.
+    badq = os.path.join(lab.dir, "bad.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", badq, "48M")
+    with open(badq, "ab") as f:
+        f.write(b"nube-bad-hash" * 4096)  # data past the header, then flipped in the store
+    bid = upload(image_url, "bad", "qcow2", badq, kernel_id=kid, ramdisk_id=rid)
+    sha = hashlib.sha256(open(badq, "rb").read()).hexdigest()
+    blob = os.path.join(image_state, "images", "blobs", sha[:2], sha[2:])
+    os.chmod(blob, 0o600)
+    with open(blob, "r+b") as f:
+        f.seek(os.path.getsize(blob) - 100)
+        f.write(b"X")
+
+    # ---- the agent: nube-image only ----
+    inst_dir = os.path.join(lab.dir, "instances")
+    os.makedirs(inst_dir)
+    agent_port = nubelab.free_port()
+    lab.agent_ports["nubeI"] = agent_port
+    aconf = lab.write("nube-agent-nubeI.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {lab.dir}
+[agent]
+host = nubeI
+libvirt_uri = {uri}
+heartbeat_interval_ms = 300
+instances_dir = {inst_dir}
+virt_type = qemu
+network = nube
+shutdown_timeout_s = 5
+[image]
+endpoint = {image_url}
+token_key_file = {key}
+[bus]
+scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
+resend_ms = 300
+[http]
+listen = 127.0.0.1
+port = {agent_port}
+""")
+    lab._start("agent-nubeI", lab.binary("compute-agent", "nube-agent"), aconf,
+               f"http://127.0.0.1:{agent_port}/healthz")
+    wait_for(lambda: "nubeI" in lab.hypervisors(), 20, "host registered")
+
+    def metrics():
+        return http("GET", f"http://127.0.0.1:{agent_port}/metrics", token=None).raw.decode()
+
+    def console(sid):
+        r = http("POST", f"{lab.compute}/servers/{sid}/action", {"os-getConsoleOutput": {}})
+        return r.json["output"] if r.status == 200 else ""
+
+    # ---- boot from nube-image ----
+    t = time.monotonic()
+    r = lab.create_server("g1", flavor="1", image=did)
+    if not check(f"POST /servers 202 ({r.status})", r.status == 202):
+        return 1
+    s1 = r.json["server"]["id"]
+    s = lab.wait_status(s1, {"ACTIVE", "ERROR"}, timeout=60)
+    if not check(f"server ACTIVE ({s['status']} {s.get('fault')})", s["status"] == "ACTIVE"):
+        return 1
+    wait_for(lambda: "NUBE-GUEST-BOOTED" in console(s1), 60, "boot marker", interval=0.2)
+    ok("NUBE-GUEST-BOOTED in os-getConsoleOutput")
+    print(f"TIME POST-to-boot-marker {(time.monotonic() - t) * 1000:.0f} ms", flush=True)
+    m = metrics()
+    check("the agent downloaded kernel, ramdisk and disk once (3)",
+          metric(m, "nube_agent_image_downloads_total") == 3)
+    info = run("qemu-img", "info", "-U", os.path.join(inst_dir, s1, "disk"))
+    cache = os.path.join(lab.dir, "image-cache")
+    check("the disk is a qcow2 overlay on the cached base, backing format stated",
+          "backing file: " + cache in info and "backing file format: qcow2" in info)
+    entries = [n for n in os.listdir(cache) if len(n) == 64]
+    check(f"3 verified entries in the cache, read-only ({len(entries)})", len(entries) == 3 and
+          all(os.stat(os.path.join(cache, n)).st_mode & 0o777 == 0o444 for n in entries))
+
+    # ---- a second server: everything from the cache ----
+    r = lab.create_server("g2", flavor="1", image=did)
+    s2 = r.json["server"]["id"]
+    s = lab.wait_status(s2, {"ACTIVE", "ERROR"}, timeout=60)
+    check(f"second server ACTIVE ({s['status']} {s.get('fault')})", s["status"] == "ACTIVE")
+    m = metrics()
+    check("second server: no download, 3 cache hits",
+          metric(m, "nube_agent_image_downloads_total") == 3 and
+          metric(m, "nube_agent_image_cache_hits_total") == 3)
+
+    # ---- an altered blob: the spawn fails, clearly ----
+    r = lab.create_server("bad", flavor="1", image=bid)
+    s3 = r.json["server"]["id"]
+    s = lab.wait_status(s3, {"ACTIVE", "ERROR"}, timeout=60)
+    fault = (s.get("fault") or {}).get("message", "")
+    i = fault.find("sha512")
+    check(f"altered image: ERROR with a sha512 fault ({s['status']}: ...{fault[i - 60:i + 100]})",
+          s["status"] == "ERROR" and "sha512 mismatch" in fault)
+    check("nothing unverified in the cache",
+          len([n for n in os.listdir(cache) if len(n) == 64]) == 3 and
+          not [n for n in os.listdir(cache) if n.startswith("tmp.")])
+
+    # ---- delete everything ----
+    for sid in (s1, s2, s3):
+        http("DELETE", f"{lab.compute}/servers/{sid}")
+    for sid in (s1, s2, s3):
+        wait_for(lambda: lab.server(sid) is None or lab.server(sid)["status"] == "DELETED",
+                 30, f"server {sid} deleted")
+    check("no domain left", not lab.domains("nubeI"))
+    return 0 if FAIL == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
