@@ -13,20 +13,25 @@
  *  body key              allowed vm_state                      task_state set
  *  os-start              stopped                               powering-on
  *  os-stop               active, paused, suspended, resized    powering-off
- *  reboot {type}         SOFT: active; HARD: active, stopped,   rebooting
- *                        paused, suspended
- *  pause / suspend       active                                (none: the model has no
- *  unpause               paused                                 pausing/suspending task)
- *  resume                suspended
+ *  reboot {type}         SOFT: active; HARD: active, stopped,   SOFT: rebooting,
+ *                        paused, suspended                      HARD: rebooting_hard
+ *  pause / suspend       active                                pausing / suspending
+ *  unpause               paused                                unpausing
+ *  resume                suspended                             resuming
  *  resize {flavorRef}    active, stopped                       resize_prep
- *  confirmResize         resized                               (none; no agent message)
- *  revertResize          resized                               resize_prep
+ *  confirmResize         resized                               (none: done in one store
+ *                                                               transaction, no agent message)
+ *  revertResize          resized                               resize_reverting
  *  os-getConsoleOutput   any, once placed on a host            -
+ *  migrate {host}        active (admin)                        resize_migrating
  *
  * Resize is a cold resize on the same host: the store moves the allocation to the new
  * flavor atomically (403/400 when the host has no room), the agent redefines the domain
  * (stopping and restarting a running guest), the server shows VERIFY_RESIZE, and
- * confirmResize / revertResize finish or undo it.
+ * confirmResize / revertResize finish or undo it. When the host has no room, and for
+ * migrate (cold migration), the move goes to another host instead (migrate_actions.c,
+ * scheduler/migrations.c; "test" hypervisors only for now, 501/400 otherwise), and
+ * confirmResize / revertResize act on that migration.
  *
  * os-getConsoleOutput needs a synchronous answer: nube-api asks the agent directly over
  * HTTP (GET <agent_url>/v1/instances/<uuid>/console?length=N, 5 s deadline). The agent
@@ -178,7 +183,7 @@ static void do_reboot(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
         simple_action(ctx, req, resp, st, cur, "reboot", CL_ACTION_REBOOT_HARD,
                       CL_VM_BIT(CL_VM_ACTIVE) | CL_VM_BIT(CL_VM_STOPPED) |
                           CL_VM_BIT(CL_VM_PAUSED) | CL_VM_BIT(CL_VM_SUSPENDED),
-                      CL_TASK_REBOOTING);
+                      CL_TASK_REBOOTING_HARD);
     else
         cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
                             "type. Value: %.32s. '%.32s' is not one of ['HARD', 'SOFT']",
@@ -230,6 +235,9 @@ static void do_resize(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
         return;
     }
     if (rc == -ENOSPC) {
+        /* Another host then (migrate_actions.c), where that is implemented. */
+        if (api_resize_other_host(ctx, req, resp, st, cur, &fl))
+            return;
         cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "No valid host was found. Host %s has "
                             "no room for flavor %s.", cur->host, fl.name);
         return;
@@ -387,22 +395,26 @@ void api_servers_action(const cl_http_req *req, cl_http_resp *resp, void *ud)
         do_reboot(ctx, req, resp, st, &inst, arg);
     else if (strcmp(key, "pause") == 0)
         simple_action(ctx, req, resp, st, &inst, key, CL_ACTION_PAUSE, CL_VM_BIT(CL_VM_ACTIVE),
-                      CL_TASK_NONE);
+                      CL_TASK_PAUSING);
     else if (strcmp(key, "unpause") == 0)
         simple_action(ctx, req, resp, st, &inst, key, CL_ACTION_UNPAUSE,
-                      CL_VM_BIT(CL_VM_PAUSED), CL_TASK_NONE);
+                      CL_VM_BIT(CL_VM_PAUSED), CL_TASK_UNPAUSING);
     else if (strcmp(key, "suspend") == 0)
         simple_action(ctx, req, resp, st, &inst, key, CL_ACTION_SUSPEND,
-                      CL_VM_BIT(CL_VM_ACTIVE), CL_TASK_NONE);
+                      CL_VM_BIT(CL_VM_ACTIVE), CL_TASK_SUSPENDING);
     else if (strcmp(key, "resume") == 0)
         simple_action(ctx, req, resp, st, &inst, key, CL_ACTION_RESUME,
-                      CL_VM_BIT(CL_VM_SUSPENDED), CL_TASK_NONE);
+                      CL_VM_BIT(CL_VM_SUSPENDED), CL_TASK_RESUMING);
     else if (strcmp(key, "resize") == 0)
         do_resize(ctx, req, resp, st, &inst, arg);
-    else if (strcmp(key, "confirmResize") == 0)
-        do_confirm(resp, st, &inst);
-    else if (strcmp(key, "revertResize") == 0)
-        do_revert(ctx, req, resp, st, &inst);
+    else if (strcmp(key, "confirmResize") == 0) {
+        if (!api_migrate_cold_end(ctx, req, resp, st, &inst, true)) /* migrate_actions.c */
+            do_confirm(resp, st, &inst);
+    } else if (strcmp(key, "revertResize") == 0) {
+        if (!api_migrate_cold_end(ctx, req, resp, st, &inst, false))
+            do_revert(ctx, req, resp, st, &inst);
+    } else if (strcmp(key, "migrate") == 0)
+        api_migrate_cold(ctx, req, resp, st, &inst, arg); /* migrate_actions.c */
     else if (strcmp(key, "os-getConsoleOutput") == 0)
         do_console(resp, st, &inst, arg);
     else if (strcmp(key, "os-migrateLive") == 0)

@@ -18,8 +18,37 @@
 
 #include "api_int.h"
 #include "cleanup.h"
+#include "store_placement.h"
 
-static json_object *hyp_json(cl_store *st, const cl_host *h, bool detail)
+/* The hosts' extensions (hypervisor version as the agent reported it at registration)
+ * for one request; none (all versions 0) when they cannot be read: the listing still
+ * answers, only that field is unknown. */
+typedef struct {
+    cl_host_ext *ext;
+    size_t n;
+} hyp_exts;
+
+static void hyp_exts_load(cl_store *st, hyp_exts *x)
+{
+    cl_host *hosts = NULL;
+    x->ext = NULL;
+    x->n = 0;
+    if (st && cl_store_host_snapshot(st, &hosts, &x->ext, &x->n) < 0) {
+        x->ext = NULL;
+        x->n = 0;
+    }
+    free(hosts);
+}
+
+static int64_t hyp_version(const hyp_exts *x, const char *name)
+{
+    for (size_t i = 0; i < x->n; i++)
+        if (strcmp(x->ext[i].name, name) == 0)
+            return x->ext[i].hypervisor_version;
+    return 0;
+}
+
+static json_object *hyp_json(cl_store *st, const cl_host *h, bool detail, const hyp_exts *x)
 {
     json_object *o = json_object_new_object();
     json_object *svc;
@@ -36,8 +65,9 @@ static json_object *hyp_json(cl_store *st, const cl_host *h, bool detail)
     if (!detail)
         return o;
     json_object_object_add(o, "hypervisor_type", json_object_new_string(h->hypervisor_type));
-    /* libvirt's version is not reported by agents yet. */
-    json_object_object_add(o, "hypervisor_version", json_object_new_int(0));
+    /* As the agent reported it (libvirt's hypervisor version, major * 1000000 + ...). */
+    json_object_object_add(o, "hypervisor_version",
+                           json_object_new_int64(hyp_version(x, h->name)));
     json_object_object_add(o, "host_ip", json_object_new_string("127.0.0.1"));
     svc = json_object_new_object();
     json_object_object_add(svc, "id", json_object_new_int64(h->id));
@@ -90,13 +120,17 @@ static void list_common(const cl_http_req *req, cl_http_resp *resp, void *ud, bo
     size_t n = 0;
     json_object *body, *list;
     cl_store *st;
+    hyp_exts x = {0};
 
     if (!load_hosts(ud, req, resp, &hosts, &n, &st))
         return;
+    if (detail)
+        hyp_exts_load(st, &x);
     body = json_object_new_object();
     list = json_object_new_array();
     for (size_t i = 0; i < n; i++)
-        json_object_array_add(list, hyp_json(st, &hosts[i], detail));
+        json_object_array_add(list, hyp_json(st, &hosts[i], detail, &x));
+    free(x.ext);
     json_object_object_add(body, "hypervisors", list);
     cl_http_resp_json(resp, 200, body);
 }
@@ -152,8 +186,11 @@ void api_hypervisors_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
     }
     if (!load_hosts(ud, req, resp, &hosts, &n, &st) || !find(req, resp, hosts, n, &idx))
         return;
+    hyp_exts x = {0};
+    hyp_exts_load(st, &x);
     body = json_object_new_object();
-    json_object_object_add(body, "hypervisor", hyp_json(st, &hosts[idx], true));
+    json_object_object_add(body, "hypervisor", hyp_json(st, &hosts[idx], true, &x));
+    free(x.ext);
     cl_http_resp_json(resp, 200, body);
 }
 

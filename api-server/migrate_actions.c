@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cleanup.h"
 #include "json.h"
@@ -139,6 +140,204 @@ void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
     cl_info(LOG_MOD, "server %s: live migration to %s requested", cur->uuid,
             host[0] ? host : "(scheduler's choice)");
     cl_http_resp_json(resp, 202, NULL);
+}
+
+/* Cold migration: the scheduler claims and moves (scheduler/migrations.c, on_cold). */
+#define MSG_COLD "migration.cold"
+#define MSG_COLD_CONFIRM "migration.confirm"
+#define MSG_COLD_REVERT "migration.revert"
+
+void api_migrate_cold(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
+                      const cl_instance *cur, json_object *arg)
+{
+    const char *host = "";
+    json_object *v = NULL;
+    cl_instance inst = *cur;
+    cl_host s;
+    int rc;
+
+    if (!api_require_admin(resp, "os_compute_api:os-migrate-server:migrate"))
+        return;
+    if (arg && !json_object_is_type(arg, json_type_object) &&
+        !json_object_is_type(arg, json_type_null)) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
+                            "migrate.");
+        return;
+    }
+    if (arg && json_object_object_get_ex(arg, "host", &v) && v) {
+        if (!json_object_is_type(v, json_type_string) ||
+            strlen(json_object_get_string(v)) >= CL_HOST_MAX) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
+                                "host.");
+            return;
+        }
+        host = json_object_get_string(v);
+    }
+    if (!cur->host[0] || cl_store_host_get(st, cur->host, &s) < 0) {
+        cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'migrate' instance %s: it has no "
+                            "host.", cur->uuid);
+        return;
+    }
+    if (strcasecmp(s.hypervisor_type, "test") != 0) {
+        cl_http_resp_errorf(resp, CL_E_NOT_IMPLEMENTED, "Cold migration of %s instances is "
+                            "not implemented yet; use os-migrateLive.", s.hypervisor_type);
+        return;
+    }
+    if (host[0]) {
+        cl_host d;
+        if (cl_store_host_get(st, host, &d) < 0) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute host %.64s could not be "
+                                "found.", host);
+            return;
+        }
+        if (strcmp(host, cur->host) == 0) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "The target host can't be the same "
+                                "one.");
+            return;
+        }
+        if (!d.up || !d.enabled) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute service of %.64s is "
+                                "unavailable at this time.", host);
+            return;
+        }
+        if (strcmp(s.hypervisor_type, d.hypervisor_type) != 0) {
+            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Host %.64s runs %s, not %s.", host,
+                                d.hypervisor_type, s.hypervisor_type);
+            return;
+        }
+    }
+    rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_ACTIVE),
+                               CL_TASK_RESIZE_MIGRATING, &inst);
+    if (rc < 0) {
+        if (rc == -EBUSY || rc == -EPERM)
+            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'migrate' instance %s while it "
+                                "is in %s %s", cur->uuid,
+                                rc == -EBUSY ? "task_state" : "vm_state",
+                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
+                                             : cl_vm_state_name(inst.vm_state));
+        else
+            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
+                                strerror(-rc));
+        return;
+    }
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
+    json_object_object_add(b, "host", json_object_new_string(host));
+    rc = cl_bus_send(ctx->bus, NULL, MSG_COLD, req->request_id, b, true, NULL);
+    if (rc < 0) {
+        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
+                            "later.");
+        return;
+    }
+    cl_info(LOG_MOD, "server %s: cold migration to %s requested", cur->uuid,
+            host[0] ? host : "(scheduler's choice)");
+    api_instance_action_record(st, cur->uuid, "migrate");
+    cl_http_resp_json(resp, 202, NULL);
+}
+
+bool api_resize_other_host(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
+                           cl_store *st, const cl_instance *cur, const cl_flavor *fl)
+{
+    cl_instance inst = *cur;
+    cl_host s;
+
+    if (!cur->host[0] || cl_store_host_get(st, cur->host, &s) < 0 ||
+        strcasecmp(s.hypervisor_type, "test") != 0)
+        return false;
+    /* A hint, not a claim (the scheduler claims): with no other host that looks big
+     * enough, answer the same-host 400 at once rather than fail later. */
+    _cleanup_free_ cl_host *hosts = NULL;
+    size_t n = 0;
+    bool some = false;
+    if (cl_store_host_list(st, &hosts, &n) < 0)
+        return false;
+    for (size_t i = 0; i < n && !some; i++)
+        some = strcmp(hosts[i].name, s.name) != 0 && hosts[i].up && hosts[i].enabled &&
+               strcmp(hosts[i].hypervisor_type, s.hypervisor_type) == 0 &&
+               cl_host_free_vcpus(&hosts[i]) >= fl->vcpus &&
+               cl_host_free_ram_mb(&hosts[i]) >= fl->ram_mb &&
+               cl_host_free_disk_gb(&hosts[i]) >= fl->disk_gb;
+    if (!some)
+        return false;
+    int rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_ACTIVE),
+                                   CL_TASK_RESIZE_MIGRATING, &inst);
+    if (rc < 0) {
+        if (rc == -EBUSY || rc == -EPERM)
+            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'resize' instance %s while it "
+                                "is in %s %s", cur->uuid,
+                                rc == -EBUSY ? "task_state" : "vm_state",
+                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
+                                             : cl_vm_state_name(inst.vm_state));
+        else
+            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
+                                strerror(-rc));
+        return true;
+    }
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
+    json_object_object_add(b, "host", json_object_new_string(""));
+    json_object_object_add(b, "flavor_id", json_object_new_string(fl->id));
+    rc = cl_bus_send(ctx->bus, NULL, MSG_COLD, req->request_id, b, true, NULL);
+    if (rc < 0) {
+        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
+                            "later.");
+        return true;
+    }
+    cl_info(LOG_MOD, "server %s: resize to %s on another host requested (%s is full)",
+            cur->uuid, fl->name, cur->host);
+    api_instance_action_record(st, cur->uuid, "resize");
+    cl_http_resp_json(resp, 202, NULL);
+    return true;
+}
+
+bool api_migrate_cold_end(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
+                          cl_store *st, const cl_instance *cur, bool confirm)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    bool pending = false;
+    cl_instance inst = *cur;
+    const char *name = confirm ? "confirmResize" : "revertResize";
+
+    if (cl_store_migrations_list(st, NULL, "finished", cur->uuid, NULL, &rows, &n) < 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        pending |= (strcmp(rows[i].type, "migration") == 0 ||
+                    strcmp(rows[i].type, "resize") == 0) &&
+                   strcmp(rows[i].source_host, rows[i].dest_host) != 0;
+    if (!pending)
+        return false;
+    int rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_RESIZED),
+                                   confirm ? CL_TASK_RESIZE_CONFIRMING
+                                           : CL_TASK_RESIZE_REVERTING, &inst);
+    if (rc < 0) {
+        if (rc == -EBUSY || rc == -EPERM)
+            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot '%s' instance %s while it is "
+                                "in %s %s", name, cur->uuid,
+                                rc == -EBUSY ? "task_state" : "vm_state",
+                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
+                                             : cl_vm_state_name(inst.vm_state));
+        else
+            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
+                                strerror(-rc));
+        return true;
+    }
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
+    rc = cl_bus_send(ctx->bus, NULL, confirm ? MSG_COLD_CONFIRM : MSG_COLD_REVERT,
+                     req->request_id, b, true, NULL);
+    if (rc < 0) {
+        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
+                            "later.");
+        return true;
+    }
+    cl_info(LOG_MOD, "server %s: %s of the cold migration requested", cur->uuid, name);
+    api_instance_action_record(st, cur->uuid, name);
+    cl_http_resp_json(resp, confirm ? 204 : 202, NULL);
+    return true;
 }
 
 void api_evacuate(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,

@@ -139,6 +139,31 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
             return;
         }
     }
+    if (msg->user_id[0]) {
+        /* CURVE with allowed keys: the sender's key belongs to user_id (a host name), and
+         * a host reports only for itself. */
+        size_t kept = 0, foreign = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(v[i].host, msg->user_id) != 0) {
+                foreign++;
+                continue;
+            }
+            if (kept != i)
+                v[kept] = v[i];
+            kept++;
+        }
+        if (foreign) {
+            atomic_fetch_add(&b->rejected, foreign);
+            cl_warn(LOG_MOD, "usage.samples %s: refused %zu sample(s) for another host "
+                    "than '%s', whose key sent them", msg->id, foreign, msg->user_id);
+            n = kept;
+        }
+        if (n == 0) {
+            free(v);
+            ack(b, msg->peer, msg->id);
+            return;
+        }
+    }
     bill_batch *bb = calloc(1, sizeof *bb);
     if (!bb) {
         free(v);

@@ -125,6 +125,14 @@ const cl_cfg_key agent_cfg_keys[] = {
     {"agent", "migration_timeout_action", CL_CFG_STR, "abort", 0, -1,
      offsetof(agent_cfg, migration_timeout_action),
      "abort (the guest stays on the source) or force_complete (pause it to finish)."},
+    {"agent", "migration_auto_converge", CL_CFG_BOOL, "false", 0, 0,
+     offsetof(agent_cfg, migration_auto_converge),
+     "Live migration with auto-converge (QEMU throttles a guest that dirties memory "
+     "faster than it can be sent)."},
+    {"agent", "migration_post_copy", CL_CFG_BOOL, "false", 0, 0,
+     offsetof(agent_cfg, migration_post_copy),
+     "Allow post-copy: force-complete (API or timeout) switches to post-copy instead of "
+     "pausing the guest."},
     {"bus", "scheduler_endpoint", CL_CFG_STR, "tcp://127.0.0.1:5570", 0, -1,
      offsetof(agent_cfg, scheduler_endpoint), "ZeroMQ endpoint of the scheduler's bus."},
     {"bus", "resend_ms", CL_CFG_INT, "2000", 100, 60000, offsetof(agent_cfg, resend_ms),
@@ -144,6 +152,11 @@ const cl_cfg_key agent_cfg_keys[] = {
      "Disk in GB to report (0: detect with statvfs of instances_dir)."},
     {"billing", "endpoint", CL_CFG_STR, "", 0, -1, offsetof(agent_cfg, billing_endpoint),
      "ZeroMQ endpoint of nube-billing's usage bus (empty: no usage samples)."},
+    {"billing", "curve_server_key_file", CL_CFG_STR, "", 0, -1,
+     offsetof(agent_cfg, billing_curve_server_key_file),
+     "nube-billing's public key file: with [bus] curve_secret_key_file the usage bus uses "
+     "CURVE with this host's key (billing's allowed_keys_dir must list it); empty = plain "
+     "TCP."},
     {"billing", "sample_interval_s", CL_CFG_INT, "60", 1, 86400,
      offsetof(agent_cfg, sample_interval_s),
      "Seconds between counter/gauge usage samples of every running instance."},
@@ -966,6 +979,11 @@ static void mig_adopt(void *ud, const cl_msg_instance *spec)
     if (r < 0)
         cl_warn(MOD, "instance %s: cannot record the migrated instance: %s", spec->uuid,
                 strerror(-r));
+    /* Billing keeps the running interval open across hosts (a "migrated" event splits
+     * it; the "started" the first report sends is a no-op for a running instance), and
+     * treats the new QEMU's counters as restarted from zero. */
+    if (a->usage)
+        agent_usage_event(a->usage, spec, CL_USAGE_EV_MIGRATED);
     report(a, spec->uuid, CL_VM_ACTIVE, CL_POWER_RUNNING, NULL, false);
     refresh_running(a);
 }
@@ -1435,6 +1453,12 @@ static int reconcile(agent *a, boot_state *bs, cl_error *err)
         if (recs[i].deleting)
             continue; /* destroyed by the first sync job, queued at start */
         if (agent_driver_state(a->drv, uuid, &p, &e) == -ENOENT) {
+            if (agent_mig_marked(a->instances_dir, uuid)) {
+                /* Migrating away when the agent stopped: it may run elsewhere now. */
+                cl_info(MOD, "instance %s: domain missing during a migration; not "
+                        "re-created", uuid);
+                continue;
+            }
             cl_info(MOD, "instance %s: domain missing, re-creating it", uuid);
             if (agent_driver_spawn(a->drv, &recs[i].spec, &e) < 0)
                 cl_warn(MOD, "instance %s: re-create failed: %s", uuid, e.message);
@@ -1614,6 +1638,8 @@ static void announce(agent *a, boot_state *bs)
         cl_warn(MOD, "cannot queue host.register: %s", strerror(-r));
     for (size_t i = 0; i < bs->n; i++) {
         cl_power_state p = bs->v[i].power_state;
+        if (agent_mig_owns(a->mig, bs->v[i].uuid))
+            continue; /* an unsettled migration (migrate.c): the scheduler asks both hosts */
         if (p == CL_POWER_NOSTATE)
             report(a, bs->v[i].uuid, CL_VM_ERROR, p,
                    "the instance's domain could not be re-created on agent start", false);
@@ -1739,7 +1765,8 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
         snprintf(ob, sizeof(ob), "%.4000s/agent-%.150s-usage-outbox.db", cfg->common.state_dir,
                  a->host);
         r = agent_usage_start(cfg->billing_endpoint, a->host, ob, (int)cfg->resend_ms,
-                              &a->usage, err);
+                              cfg->curve_secret_key_file,
+                              cfg->billing_curve_server_key_file, &a->usage, err);
         if (r < 0)
             goto fail;
         a->sample_every_ms = cfg->sample_interval_s * 1000;
@@ -1757,6 +1784,8 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
         .timeout_s = cfg->migration_timeout_s,
         .force_on_timeout = cfg->migration_timeout_action &&
                             strcmp(cfg->migration_timeout_action, "force_complete") == 0,
+        .auto_converge = cfg->migration_auto_converge,
+        .post_copy = cfg->migration_post_copy,
         .progress_ms = 500};
     agent_mig_hooks mh = {.ud = a, .send = mig_send, .adopt = mig_adopt,
                           .forget = mig_forget};

@@ -44,6 +44,8 @@ typedef struct agent_cfg {
     int64_t migration_max_downtime_ms;
     int64_t migration_timeout_s;
     char *migration_timeout_action; /* abort | force_complete */
+    bool migration_auto_converge;   /* throttle the guest's vCPUs when it dirties fast */
+    bool migration_post_copy;       /* allow post-copy: force-complete switches to it */
     /* [bus] */
     char *scheduler_endpoint;
     int64_t resend_ms;
@@ -55,6 +57,7 @@ typedef struct agent_cfg {
     int64_t disk_gb;
     /* [billing] */
     char *billing_endpoint;     /* "" = no usage samples */
+    char *billing_curve_server_key_file; /* billing's public key file; "" = plain TCP */
     int64_t sample_interval_s;
     /* [http] */
     char *http_listen;

@@ -996,16 +996,54 @@ static int run(char *const argv[], cl_error *err)
     return 0;
 }
 
+/* The virtual size of a qcow2 file from its header (big-endian u64 at offset 24, after
+ * the "QFI\xfb" magic), without running qemu-img info and parsing its output; -errno
+ * when the file is not a readable qcow2. */
+static int64_t qcow2_virtual_size(const char *path)
+{
+    unsigned char h[32];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = pread(fd, h, sizeof(h), 0);
+    close(fd);
+    if (n != (ssize_t)sizeof(h) || memcmp(h, "QFI\xfb", 4) != 0)
+        return -EINVAL;
+    uint64_t v = 0;
+    for (size_t i = 24; i < 32; i++)
+        v = v << 8 | h[i];
+    return v > (uint64_t)INT64_MAX ? -EINVAL : (int64_t)v;
+}
+
+/* Grow an existing disk to the flavor's size (a resize to a flavor with a larger disk;
+ * the domain is shut off by then). Never shrinks: qcow2 cannot drop the tail safely
+ * under a guest file system, so a revert keeps the grown disk (the guest just sees
+ * more space), and a disk whose size cannot be read is left alone. */
+static int grow_disk(const char *disk, int64_t disk_gb, cl_error *err)
+{
+    char size[32];
+    if (disk_gb <= 0 || disk_gb > (INT64_MAX >> 30))
+        return 0;
+    int64_t cur = qcow2_virtual_size(disk);
+    if (cur < 0 || cur >= disk_gb << 30)
+        return 0;
+    snprintf(size, sizeof(size), "%" PRId64 "G", disk_gb);
+    cl_info(MOD, "growing %s from %" PRId64 " MiB to %s", disk, cur >> 20, size);
+    char *argv[] = {"qemu-img", "resize", "-q", "-f", "qcow2", (char *)disk, size, NULL};
+    return run(argv, err);
+}
+
 /* The instance's root disk: a qcow2 overlay over the image's base disk (backing format
  * stated, so qemu never probes it), or a blank qcow2 of the flavor's size when the image
- * has no disk. Kept when it exists (a redefine after restart or resize). */
+ * has no disk. Kept when it exists (a redefine after restart or resize), grown when the
+ * flavor's disk is larger than it. */
 static int make_disk(agent_driver *drv, const cl_msg_instance *inst, const char *base,
                      const char *base_fmt, cl_error *err)
 {
     char disk[4096], size[32];
     snprintf(disk, sizeof(disk), "%s/%s/disk", drv->instances_dir, inst->uuid);
     if (is_file(disk))
-        return 0;
+        return grow_disk(disk, inst->flavor.disk_gb, err);
     snprintf(size, sizeof(size), "%" PRId64 "G", inst->flavor.disk_gb > 0 ? inst->flavor.disk_gb
                                                                           : 1);
     if (base) {

@@ -25,6 +25,7 @@
  */
 #include "migrate.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -201,7 +202,7 @@ static int run(char *const argv[], cl_error *err)
 /* Remove the files an instance keeps in instances_dir (by name: never recursive). */
 static void remove_files(const char *dir, const char *uuid)
 {
-    static const char *const files[] = {"console.log", "disk"};
+    static const char *const files[] = {"console.log", "disk", "migrating"};
     char path[PATH_MAX_LEN + 64];
     for (size_t i = 0; i < CL_ARRAY_SIZE(files); i++) {
         snprintf(path, sizeof(path), "%s/%s/%s", dir, uuid, files[i]);
@@ -209,6 +210,40 @@ static void remove_files(const char *dir, const char *uuid)
     }
     snprintf(path, sizeof(path), "%s/%s", dir, uuid);
     (void)rmdir(path);
+}
+
+/* The crash-safe "migrating away" marker of the source (migrate.h). */
+static void marker_path(const char *dir, const char *uuid, char *out, size_t len)
+{
+    snprintf(out, len, "%s/%s/migrating", dir, uuid);
+}
+
+static void marker_set(agent_mig *m, const char *uuid, const char *mig)
+{
+    char p[PATH_MAX_LEN + 64];
+    marker_path(m->inst_dir, uuid, p, sizeof(p));
+    int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cl_warn(MOD, "cannot write %s: %s", p, strerror(errno));
+        return;
+    }
+    if (write(fd, mig, strlen(mig)) < 0 || fsync(fd) < 0)
+        cl_warn(MOD, "cannot write %s: %s", p, strerror(errno));
+    close(fd);
+}
+
+static void marker_clear(agent_mig *m, const char *uuid)
+{
+    char p[PATH_MAX_LEN + 64];
+    marker_path(m->inst_dir, uuid, p, sizeof(p));
+    (void)unlink(p);
+}
+
+bool agent_mig_marked(const char *instances_dir, const char *uuid)
+{
+    char p[PATH_MAX_LEN + 64];
+    marker_path(instances_dir, uuid, p, sizeof(p));
+    return is_file(p);
 }
 
 /* Replace every occurrence of from by to in s (new string, NULL on ENOMEM). */
@@ -415,6 +450,14 @@ static void do_cleanup(agent_mig *m, json_object *body)
     pthread_mutex_lock(&m->lock);
     mig_entry *e = find_locked(m, mig);
     shared = e && e->shared;
+    if (!jbool(body, "moved")) {
+        /* It stayed here: only the in-flight claim goes (a run already released it). */
+        if (e && e->source && e->finished && !e->thread)
+            e->used = false;
+        pthread_mutex_unlock(&m->lock);
+        marker_clear(m, uuid);
+        return;
+    }
     pthread_mutex_unlock(&m->lock);
     /* UNDEFINE_SOURCE removed the definition; a leftover (inactive) one goes too. */
     _cleanup_vconn_ virConnectPtr c = virConnectOpen(m->uri);
@@ -427,6 +470,8 @@ static void do_cleanup(agent_mig *m, json_object *body)
     }
     if (!shared)
         remove_files(m->inst_dir, uuid);
+    else
+        marker_clear(m, uuid);
     m->h.forget(m->h.ud, uuid);
     pthread_mutex_lock(&m->lock);
     e = find_locked(m, mig);
@@ -559,6 +604,10 @@ static void *run_main(void *arg)
     unsigned flags = VIR_MIGRATE_LIVE | VIR_MIGRATE_PEER2PEER | VIR_MIGRATE_PERSIST_DEST |
                      VIR_MIGRATE_UNDEFINE_SOURCE;
     flags |= e->shared ? VIR_MIGRATE_UNSAFE : VIR_MIGRATE_NON_SHARED_INC;
+    if (m->o.auto_converge)
+        flags |= VIR_MIGRATE_AUTO_CONVERGE;
+    if (m->o.post_copy)
+        flags |= VIR_MIGRATE_POSTCOPY;
 
     call_ctx cc = {.dom = dom, .dconnuri = e->dest_uri, .params = params, .nparams = np,
                    .flags = flags};
@@ -612,6 +661,10 @@ static void *run_main(void *arg)
         if (req == REQ_ABORT && !aborted) {
             cl_info(MOD, "migration %s: aborting", e->mig);
             aborted = virDomainAbortJob(dom) == 0 || aborted;
+        } else if (req == REQ_FORCE && !forced && m->o.post_copy) {
+            /* The guest runs on the destination at once; pages follow on demand. */
+            cl_info(MOD, "migration %s: force-complete (switching to post-copy)", e->mig);
+            forced = virDomainMigrateStartPostCopy(dom, 0) == 0;
         } else if (req == REQ_FORCE && !forced) {
             cl_info(MOD, "migration %s: force-complete (pausing the guest)", e->mig);
             forced = virDomainSuspend(dom) == 0;
@@ -656,8 +709,10 @@ decide:
     /* Still here: the instance stays this host's, nothing to clean (the thread is
      * joined when the slot is reused or at free). Gone: owned until migration.cleanup. */
     if (strcmp(source, "running") == 0 || strcmp(source, "paused") == 0 ||
-        strcmp(source, "shutoff") == 0)
+        strcmp(source, "shutoff") == 0) {
         e->used = false;
+        marker_clear(m, e->uuid);
+    }
     pthread_mutex_unlock(&m->lock);
     return NULL;
 }
@@ -689,6 +744,7 @@ static void on_start(agent_mig *m, json_object *body)
         cl_strlcpy(e->dest_inst, jstr(body, "dest_instances_dir"), sizeof(e->dest_inst));
         cl_strlcpy(e->dest_img, jstr(body, "dest_image_dir"), sizeof(e->dest_img));
         cl_strlcpy(e->dest_cache, jstr(body, "dest_cache_dir"), sizeof(e->dest_cache));
+        marker_set(m, uuid, mig); /* before the domain can leave: survives a crash */
         run_arg *ra = malloc(sizeof(*ra));
         if (ra) {
             ra->m = m;
@@ -697,6 +753,7 @@ static void on_start(agent_mig *m, json_object *body)
         if (!ra || pthread_create(&e->th, NULL, run_main, ra) != 0) {
             free(ra);
             e->used = false;
+            marker_clear(m, uuid);
             fault = "cannot start the migration thread";
         } else {
             e->thread = true;
@@ -813,6 +870,38 @@ bool agent_mig_owns(agent_mig *m, const char *uuid)
     return owned;
 }
 
+/* Migrations a previous run started as the source and did not settle (killed): owned
+ * again, so the domain is not reported or synced until the scheduler's cleanup or the
+ * check after host.register settles it. */
+static void load_markers(agent_mig *m)
+{
+    DIR *d = opendir(m->inst_dir);
+    struct dirent *de;
+    if (!d)
+        return;
+    while ((de = readdir(d))) {
+        char p[PATH_MAX_LEN + 64], mig[CL_UUID_LEN] = "";
+        if (!cl_uuid_valid(de->d_name) || !agent_mig_marked(m->inst_dir, de->d_name))
+            continue;
+        marker_path(m->inst_dir, de->d_name, p, sizeof(p));
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd >= 0 ? read(fd, mig, sizeof(mig) - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        mig[n > 0 ? n : 0] = '\0';
+        if (!cl_uuid_valid(mig))
+            continue;
+        mig_entry *e = alloc_locked(m, mig, de->d_name);
+        if (e) {
+            e->source = true;
+            e->finished = true;
+            cl_info(MOD, "migration %s of %s was in flight when the agent stopped; left "
+                    "to the scheduler", mig, de->d_name);
+        }
+    }
+    closedir(d);
+}
+
 int agent_mig_new(const agent_mig_opts *opts, const agent_mig_hooks *hooks, agent_mig **out,
                   cl_error *err)
 {
@@ -842,6 +931,7 @@ int agent_mig_new(const agent_mig_opts *opts, const agent_mig_hooks *hooks, agen
         agent_mig_free(m);
         return cl_error_set(err, CL_E_INTERNAL, "out of memory"), -ENOMEM;
     }
+    load_markers(m);
     int r = pthread_create(&m->worker, NULL, worker_main, m);
     if (r != 0) {
         agent_mig_free(m);

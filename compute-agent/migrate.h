@@ -61,6 +61,8 @@ typedef struct agent_mig_opts {
     int64_t max_downtime_ms;       /* final allowed downtime (raised to in steps) */
     int64_t timeout_s;             /* completion timeout of one migration */
     bool force_on_timeout;         /* timeout: force-complete (pause) instead of abort */
+    bool auto_converge;            /* VIR_MIGRATE_AUTO_CONVERGE */
+    bool post_copy;                /* VIR_MIGRATE_POSTCOPY: force-complete starts it */
     int64_t progress_ms;           /* job statistics poll / progress report interval */
 } agent_mig_opts;
 
@@ -77,5 +79,11 @@ bool agent_mig_on_msg(agent_mig *m, const cl_bus_msg *msg);
 
 /* True while a migration of the instance is in flight on this host (either role). */
 bool agent_mig_owns(agent_mig *m, const char *uuid);
+
+/* True when this host is the source of an unfinished migration of uuid, by the marker
+ * <instances_dir>/<uuid>/migrating that survives an agent crash: the agent must neither
+ * re-create the domain (it may run on the destination now) nor report it failed; the
+ * scheduler settles it by asking both hosts when this host registers again. */
+bool agent_mig_marked(const char *instances_dir, const char *uuid);
 
 #endif

@@ -8,7 +8,10 @@
  *    — and not when the agent restarts, so an adopted domain keeps its boot_id;
  *  - samples go reliable over their own DEALER with an outbox
  *    (state_dir/agent-<host>-usage-outbox.db): the scheduler's bus and billing's never
- *    wait for each other, and unacknowledged samples survive restarts.
+ *    wait for each other, and unacknowledged samples survive restarts;
+ *  - with [billing] curve_server_key_file the DEALER speaks CURVE with the agent's own key
+ *    pair ([bus] curve_secret_key_file), and billing refuses samples whose host is not
+ *    the one that key belongs to.
  * Sample ids are fresh UUIDs, so a resent batch is counted once by billing.
  */
 #include "usage.h"
@@ -20,6 +23,7 @@
 #include <string.h>
 
 #include "bus.h"
+#include "bus_auth.h"
 #include "log.h"
 #include "util.h"
 
@@ -39,7 +43,8 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
 }
 
 int agent_usage_start(const char *endpoint, const char *host, const char *outbox_path,
-                      int resend_ms, agent_usage **out, cl_error *err)
+                      int resend_ms, const char *secret_key_file,
+                      const char *server_key_file, agent_usage **out, cl_error *err)
 {
     agent_usage *u = calloc(1, sizeof(*u));
     if (!u)
@@ -48,7 +53,15 @@ int agent_usage_start(const char *endpoint, const char *host, const char *outbox
     cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = endpoint, .name = host,
                      .resend_ms = resend_ms, .outbox_path = outbox_path, .on_msg = on_msg,
                      .ud = u};
-    int r = cl_bus_new(&o, &u->bus, err);
+    /* Billing's server key is what turns CURVE on for this bus: the agent's own key pair
+     * (the scheduler bus's) is reused, so one key maps to one host on both buses. */
+    bool curve = secret_key_file && *secret_key_file && server_key_file && *server_key_file;
+    cl_bus_keys keys;
+    int r = cl_bus_keys_apply(&keys, curve ? secret_key_file : NULL, server_key_file, true,
+                              &o, err);
+    if (r == 0)
+        r = cl_bus_new(&o, &u->bus, err);
+    explicit_bzero(&keys, sizeof keys);
     if (r < 0) {
         free(u);
         return r;

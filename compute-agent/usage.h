@@ -17,9 +17,13 @@
 
 typedef struct agent_usage agent_usage;
 
-/* Connect to billing at endpoint as host; pending samples live in outbox_path. */
+/* Connect to billing at endpoint as host; pending samples live in outbox_path. With
+ * secret_key_file and server_key_file (billing's public key file) both non-empty the
+ * connection uses CURVE (billing then only accepts samples about host from this key);
+ * otherwise plain TCP. */
 int agent_usage_start(const char *endpoint, const char *host, const char *outbox_path,
-                      int resend_ms, agent_usage **out, cl_error *err);
+                      int resend_ms, const char *secret_key_file,
+                      const char *server_key_file, agent_usage **out, cl_error *err);
 /* Accepts NULL. Unacknowledged samples stay in the outbox. */
 void agent_usage_stop(agent_usage *u);
 

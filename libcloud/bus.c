@@ -73,6 +73,7 @@
  * goes away and ROUTER_MANDATORY reports it absent instead of queueing into the void. */
 #define BUS_HEARTBEAT_IVL_MS 1000
 #define BUS_HEARTBEAT_TIMEOUT_MS 5000
+#define BUS_SUSPECT_MAX 64
 #define BUS_OUTBOX_BUSY_MS 5000
 /* ZMQ_ZAP_ENFORCE_DOMAIN is a draft option (zmq.h hides it without ZMQ_BUILD_DRAFT_API). */
 #ifdef ZMQ_ZAP_ENFORCE_DOMAIN
@@ -134,6 +135,11 @@ struct cl_bus {
     size_t seen_head, seen_count;
     cl_db *outbox;
     cl_bus_auth *auth;     /* ZAP handler (ROUTER with curve_allowed_dir), else NULL */
+    /* With auth: routing ids whose last message came with a key that may not speak for
+     * them (another host's, or a revoked one). Nothing is sent to them until a message
+     * with their own valid key arrives; a ring, the oldest entry is forgotten first. */
+    char suspect[BUS_SUSPECT_MAX][CL_BUS_NAME_MAX];
+    size_t suspect_next;
     int64_t next_tick;
 };
 
@@ -419,10 +425,16 @@ static int bus_outbox_load(cl_bus *b, cl_error *err)
 
 /* ------------------------------------------------------------------ socket I/O */
 
-/* Hand one frame to ZeroMQ without blocking. 0 or -errno (EHOSTUNREACH: peer absent,
- * EAGAIN: no connection / high-water mark). */
+static bool bus_is_suspect(const cl_bus *b, const char *peer);
+
+/* Hand one frame to ZeroMQ without blocking. 0 or -errno (EHOSTUNREACH: peer absent or
+ * suspect, EAGAIN: no connection / high-water mark). */
 static int bus_zsend(cl_bus *b, const char *peer, const char *frame, size_t len)
 {
+    /* A routing id last heard with a foreign key may be held by an impostor: its
+     * commands wait (and are resent) until the rightful key speaks again. */
+    if (b->role == CL_BUS_ROUTER && b->auth && bus_is_suspect(b, peer))
+        return -EHOSTUNREACH;
     if (b->role == CL_BUS_ROUTER &&
         zmq_send(b->sock, peer, strlen(peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -errno;
@@ -621,6 +633,28 @@ static void bus_zmsg_closep(zmq_msg_t *m)
  * talking after its key was revoked. Fills msg->user_id. */
 #define BUS_REFUSED_LEVEL(b) (cl_bus_auth_warn_due((b)->auth) ? CL_LOG_WARN : CL_LOG_DEBUG)
 
+static bool bus_is_suspect(const cl_bus *b, const char *peer)
+{
+    for (size_t i = 0; i < BUS_SUSPECT_MAX; i++)
+        if (b->suspect[i][0] && strcmp(b->suspect[i], peer) == 0)
+            return true;
+    return false;
+}
+
+static void bus_set_suspect(cl_bus *b, const char *peer, bool suspect)
+{
+    for (size_t i = 0; i < BUS_SUSPECT_MAX; i++)
+        if (b->suspect[i][0] && strcmp(b->suspect[i], peer) == 0) {
+            if (!suspect)
+                b->suspect[i][0] = '\0';
+            return;
+        }
+    if (!suspect)
+        return;
+    cl_strlcpy(b->suspect[b->suspect_next], peer, CL_BUS_NAME_MAX);
+    b->suspect_next = (b->suspect_next + 1) % BUS_SUSPECT_MAX;
+}
+
 static bool bus_authorize(cl_bus *b, zmq_msg_t *payload, cl_bus_msg *msg)
 {
     const char *user = zmq_msg_gets(payload, "User-Id");
@@ -631,14 +665,17 @@ static bool bus_authorize(cl_bus *b, zmq_msg_t *payload, cl_bus_msg *msg)
         cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG,
                      "refused %s '%s' from peer '%s': its key belongs to '%s'", msg->id,
                      msg->type, msg->peer, user ? user : "(none)");
+        bus_set_suspect(b, msg->peer, true);
         return false;
     }
     if (!cl_bus_auth_allowed(b->auth, key, user)) {
         cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG, "refused %s '%s' from '%s': key %s was "
                      "revoked", msg->id, msg->type, user, key);
         cl_bus_auth_count_revoked(b->auth);
+        bus_set_suspect(b, msg->peer, true);
         return false;
     }
+    bus_set_suspect(b, msg->peer, false);
     cl_strlcpy(msg->user_id, user, sizeof msg->user_id);
     return true;
 }
@@ -843,6 +880,14 @@ static int bus_setup_curve(cl_bus *b, const cl_bus_opts *o, cl_error *err)
                 return r;
             if ((r = bus_setopt(b->sock, ZMQ_ZAP_DOMAIN, CL_BUS_ZAP_DOMAIN,
                                  strlen(CL_BUS_ZAP_DOMAIN))) < 0)
+                goto fail;
+            /* No ROUTER_HANDOVER with client authentication: with it any admitted key
+             * could connect with another host's routing id and take that host's commands.
+             * Without it a second connection with a routing id in use is refused; the
+             * heartbeat timeout (BUS_HEARTBEAT_*) frees the id of a dead connection, and
+             * an agent that restarts gets its id back as soon as its old TCP connection
+             * is closed (at once when the process dies). */
+            if ((r = bus_setopt_int(b->sock, ZMQ_ROUTER_HANDOVER, 0)) < 0)
                 goto fail;
             /* A draft option: a stable libzmq build refuses it (EINVAL). Our handler is
              * bound before the socket, so the door is closed either way. */

@@ -6,9 +6,11 @@
  *    "req":"<request id>", "body":{...}}
  *
  * Topology: the scheduler (and billing) bind a ROUTER; agents and nube-api connect a
- * DEALER whose routing id is their name (host name for agents). ROUTER_HANDOVER lets a
- * restarted agent take its name back; ROUTER_MANDATORY turns sends to absent peers into
- * errors that the resend timer retries.
+ * DEALER whose routing id is their name (host name for agents). Without CURVE,
+ * ROUTER_HANDOVER lets a restarted agent take its name back at once; with an allowed-keys
+ * directory handover is off (no key may take over another host's name) and a restarted
+ * agent gets its name back when the heartbeat timeout frees the old connection.
+ * ROUTER_MANDATORY turns sends to absent peers into errors that the resend timer retries.
  *
  * Delivery: a reliable message stays in the sender's pending set until an "ack" carrying
  * the same id comes back; it is resent every resend_ms (to the same peer) until then, or

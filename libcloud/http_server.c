@@ -72,7 +72,7 @@
 #define CONN_MEMORY_LIMIT (64 * 1024) /* per-connection MHD pool: headers (tokens) fit */
 #define MIN_CONN_MEMORY (16 * 1024)   /* below this, ordinary headers no longer fit */
 #define DEFAULT_CONN_LIMIT_PER_THREAD 256 /* thread-per-connection: threads are the cost */
-#define STREAM_DISCARD_MAX (64ULL * 1024 * 1024) /* body dropped after a refusal, at most */
+#define STREAM_DISCARD_MAX (64ULL * 1024 * 1024) /* body dropped after a refusal, at most (stream and plain routes) */
 
 /* Methods with their own metrics series; anything else is counted as "OTHER". */
 static const char *const metric_methods[] = {"GET",    "HEAD",    "POST", "PUT",
@@ -1215,9 +1215,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && cl_parse_int64(cl, &announced) == 0 && announced >= 0 &&
             (uint64_t)announced > srv->max_body) {
+            const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                             MHD_HTTP_HEADER_EXPECT);
+            ctx->too_large = true;
+            /* A client already sending the body would see its connection reset before it
+             * reads an early answer (RFC 9110 15.5.14 allows either); unless it waits for
+             * "100 Continue" or the body is absurd, read and drop it, then answer 413. */
+            if (!expect && (uint64_t)announced <= STREAM_DISCARD_MAX)
+                return MHD_YES;
             /* Refuse before reading a byte; MHD closes the connection afterwards since
              * the body stays unread (and sends no "100 Continue"). */
-            ctx->too_large = true;
             cl_log_set_request_id(ctx->request_id);
             ret = dispatch(srv, ctx, conn, url, method);
             cl_log_set_request_id(NULL);

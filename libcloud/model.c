@@ -34,6 +34,13 @@ static const char *const task_names[CL_TASK_STATE_MAX] = {
     [CL_TASK_RESIZE_MIGRATING] = "resize_migrating",
     [CL_TASK_RESIZE_FINISH] = "resize_finish",
     [CL_TASK_DELETING] = "deleting",
+    [CL_TASK_PAUSING] = "pausing",
+    [CL_TASK_UNPAUSING] = "unpausing",
+    [CL_TASK_SUSPENDING] = "suspending",
+    [CL_TASK_RESUMING] = "resuming",
+    [CL_TASK_REBOOTING_HARD] = "rebooting_hard",
+    [CL_TASK_RESIZE_REVERTING] = "resize_reverting",
+    [CL_TASK_RESIZE_CONFIRMING] = "resize_confirming",
 };
 
 static const char *const power_names[CL_POWER_STATE_MAX] = {
@@ -132,6 +139,8 @@ const char *cl_instance_status(cl_vm_state vm, cl_task_state task)
     case CL_VM_ACTIVE:
         if (task == CL_TASK_REBOOTING)
             return "REBOOT";
+        if (task == CL_TASK_REBOOTING_HARD)
+            return "HARD_REBOOT";
         if (task == CL_TASK_MIGRATING)
             return "MIGRATING";
         if (is_resize_task(task))
@@ -144,7 +153,8 @@ const char *cl_instance_status(cl_vm_state vm, cl_task_state task)
     case CL_VM_SUSPENDED:
         return "SUSPENDED";
     case CL_VM_RESIZED:
-        return "VERIFY_RESIZE";
+        /* Nova shows REVERT_RESIZE while reverting; confirming keeps VERIFY_RESIZE. */
+        return task == CL_TASK_RESIZE_REVERTING ? "REVERT_RESIZE" : "VERIFY_RESIZE";
     case CL_VM_ERROR:
         return "ERROR";
     case CL_VM_DELETED:

@@ -27,7 +27,11 @@ typedef enum {
 typedef enum {
     CL_TASK_NONE, CL_TASK_SCHEDULING, CL_TASK_SPAWNING, CL_TASK_POWERING_OFF,
     CL_TASK_POWERING_ON, CL_TASK_REBOOTING, CL_TASK_MIGRATING, CL_TASK_RESIZE_PREP,
-    CL_TASK_RESIZE_MIGRATING, CL_TASK_RESIZE_FINISH, CL_TASK_DELETING, CL_TASK_STATE_MAX
+    CL_TASK_RESIZE_MIGRATING, CL_TASK_RESIZE_FINISH, CL_TASK_DELETING,
+    /* Appended later (names are what the DB stores, so the order is free): */
+    CL_TASK_PAUSING, CL_TASK_UNPAUSING, CL_TASK_SUSPENDING, CL_TASK_RESUMING,
+    CL_TASK_REBOOTING_HARD, CL_TASK_RESIZE_REVERTING, CL_TASK_RESIZE_CONFIRMING,
+    CL_TASK_STATE_MAX
 } cl_task_state;
 
 typedef enum {
@@ -48,8 +52,8 @@ int cl_power_state_parse(const char *s, cl_power_state *out);
  * 6 crashed, 7 suspended). */
 int cl_power_state_code(cl_power_state s);
 
-/* API status (BUILD, ACTIVE, SHUTOFF, PAUSED, SUSPENDED, REBOOT, MIGRATING, RESIZE,
- * VERIFY_RESIZE, ERROR, DELETED, UNKNOWN). */
+/* API status (BUILD, ACTIVE, SHUTOFF, PAUSED, SUSPENDED, REBOOT, HARD_REBOOT, MIGRATING,
+ * RESIZE, VERIFY_RESIZE, REVERT_RESIZE, ERROR, DELETED, UNKNOWN). */
 const char *cl_instance_status(cl_vm_state vm, cl_task_state task);
 
 typedef struct cl_flavor {

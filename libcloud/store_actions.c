@@ -310,10 +310,10 @@ int cl_store_resize_revert_begin(cl_store *st, const char *uuid, cl_instance *ou
     if (r == 0)
         r = drop_pending_locked(db, uuid);
     if (r == 0)
-        r = set_task_locked(db, uuid, CL_TASK_RESIZE_PREP);
+        r = set_task_locked(db, uuid, CL_TASK_RESIZE_REVERTING); /* REVERT_RESIZE */
     if (r == 0) {
         out->flavor = old;
-        out->task_state = CL_TASK_RESIZE_PREP;
+        out->task_state = CL_TASK_RESIZE_REVERTING;
     }
     return finish(db, r);
 }

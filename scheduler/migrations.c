@@ -455,6 +455,7 @@ static void on_checked(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
         json_object *b = json_object_new_object();
         json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
         json_object_object_add(b, "instance_uuid", json_object_new_string(m.instance_uuid));
+        json_object_object_add(b, "moved", json_object_new_boolean(true));
         (void)send(bus, m.source_host, CL_MSG_MIGRATION_CLEANUP, msg, b);
         cl_info(LOG_MOD, "migration %s: %s now runs on %s (downtime %" PRId64 " ms)", mig,
                 m.instance_uuid, m.dest_host, jint(msg->body, "downtime_ms"));
@@ -475,6 +476,13 @@ static void on_checked(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     fail_early(st, mig, m.instance_uuid,
                strcmp(m.status, "cancelling") == 0 ? "cancelled" : "error",
                "the guest stayed on the source");
+    /* The source keeps it: release its claim on the instance (a source that restarted
+     * mid-way still holds the migration's marker). */
+    json_object *b = json_object_new_object();
+    json_object_object_add(b, "migration_uuid", json_object_new_string(mig));
+    json_object_object_add(b, "instance_uuid", json_object_new_string(m.instance_uuid));
+    json_object_object_add(b, "moved", json_object_new_boolean(false));
+    (void)send(bus, m.source_host, CL_MSG_MIGRATION_CLEANUP, msg, b);
 }
 
 /* ---- abort / force-complete (from nube-api) ---- */
@@ -506,6 +514,299 @@ static void on_abort(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     (void)send(bus, m.source_host, CL_MSG_MIGRATION_ABORT, msg, b);
 }
 
+/* ---- cold migration (issue 8): migration.cold / .confirm / .revert ----
+ *
+ * The libvirt test driver cannot migrate, so the move is done through the agents: the
+ * instance's host becomes the destination (its state reports count from then on), the
+ * source stops the guest and keeps its definition and disk until confirm (so revert is a
+ * restart there), and the destination spawns it. The destination's ACTIVE report turns
+ * into RESIZED (VERIFY_RESIZE) while the migration is "finished". Confirm drops the
+ * source half and destroys the source domain; revert gives the allocation back, destroys
+ * the destination's copy and starts the source again. nube-api only sends this for hosts
+ * whose hypervisor is "test" (the real-QEMU disk copy is not written yet). */
+
+#define MSG_COLD "migration.cold"
+#define MSG_COLD_CONFIRM "migration.confirm"
+#define MSG_COLD_REVERT "migration.revert"
+
+static int set_instance_host(cl_store *st, const char *uuid, const char *host)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_prepare(cl_store_db(st),
+                          "UPDATE instances SET host = ?2, updated_ms = ?3 WHERE uuid = ?1",
+                          &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, uuid);
+    cl_db_bind_text(s, 2, host);
+    cl_db_bind_int64(s, 3, cl_now_ms());
+    return cl_db_step_done(s);
+}
+
+/* A move of ours: a cold migration, or a resize to another host (a same-host resize
+ * keeps its own record in the actions step). */
+static bool is_cold(const cl_migration_row *r)
+{
+    return (strcmp(r->type, "migration") == 0 || strcmp(r->type, "resize") == 0) &&
+           strcmp(r->source_host, r->dest_host) != 0;
+}
+
+/* The cold migration of uuid in status (NULL: "migrating" or "finished"), or -ENOENT. */
+static int cold_pending(cl_store *st, const char *uuid, const char *status, cl_migration *out)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    int r = cl_store_migrations_list(st, NULL, NULL, uuid, NULL, &rows, &n);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = rows[i].status;
+        if (!is_cold(&rows[i]))
+            continue;
+        if (status ? strcmp(s, status) == 0
+                   : (strcmp(s, "migrating") == 0 || strcmp(s, "finished") == 0))
+            return cl_store_migration_get(st, rows[i].uuid, out);
+    }
+    return -ENOENT;
+}
+
+static void send_action(cl_bus *bus, const cl_bus_msg *msg, const char *host,
+                        const char *uuid, cl_action a)
+{
+    (void)send(bus, host, CL_MSG_INSTANCE_ACTION, msg, cl_msg_action_encode(uuid, a, NULL));
+}
+
+/* A resize to another host: the instance row carries the new flavor while its
+ * destination half is claimed (and until revert), the migration's source half keeps the
+ * old amounts; cold_resize remembers the old flavor for the revert. */
+static int set_flavor_columns(cl_store *st, const char *uuid, const cl_flavor *f)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_prepare(cl_store_db(st),
+                          "UPDATE instances SET flavor_id = ?, flavor_name = ?, vcpus = ?,"
+                          " ram_mb = ?, disk_gb = ?, ephemeral_gb = ?, swap_mb = ?,"
+                          " updated_ms = ? WHERE uuid = ?", &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, f->id);
+    cl_db_bind_text(s, 2, f->name);
+    cl_db_bind_int64(s, 3, f->vcpus);
+    cl_db_bind_int64(s, 4, f->ram_mb);
+    cl_db_bind_int64(s, 5, f->disk_gb);
+    cl_db_bind_int64(s, 6, f->ephemeral_gb);
+    cl_db_bind_int64(s, 7, f->swap_mb);
+    cl_db_bind_int64(s, 8, cl_now_ms());
+    cl_db_bind_text(s, 9, uuid);
+    return cl_db_step_done(s);
+}
+
+/* The instance's own allocation amounts := f (cl_store_migration_begin copies the
+ * source amounts to the destination half, and finish(false) keeps them). */
+static int set_alloc_amounts(cl_store *st, const char *uuid, const cl_flavor *f)
+{
+    _cleanup_stmt_ sqlite3_stmt *a = NULL;
+    int r = cl_db_prepare(cl_store_db(st), "UPDATE allocations SET vcpus = ?, ram_mb = ?, "
+                                           "disk_gb = ? WHERE instance_uuid = ?", &a);
+    if (r < 0)
+        return r;
+    cl_db_bind_int64(a, 1, f->vcpus);
+    cl_db_bind_int64(a, 2, f->ram_mb);
+    cl_db_bind_int64(a, 3, f->disk_gb);
+    cl_db_bind_text(a, 4, uuid);
+    return cl_db_step_done(a);
+}
+
+static int old_flavor_put(cl_store *st, const char *mig, const char *flavor_id)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    int r = cl_db_exec(cl_store_db(st), "CREATE TABLE IF NOT EXISTS cold_resize ("
+                                        "  migration_uuid TEXT PRIMARY KEY,"
+                                        "  old_flavor_id TEXT NOT NULL)");
+    if (r == 0)
+        r = cl_db_prepare(cl_store_db(st), "INSERT OR REPLACE INTO cold_resize "
+                                           "(migration_uuid, old_flavor_id) VALUES (?, ?)", &s);
+    if (r < 0)
+        return r;
+    cl_db_bind_text(s, 1, mig);
+    cl_db_bind_text(s, 2, flavor_id);
+    return cl_db_step_done(s);
+}
+
+/* Put the old flavor back on the instance of a reverted/failed resize (none: 0). */
+static void old_flavor_restore(cl_store *st, const cl_migration *m)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    char id[CL_ID_MAX] = "";
+    cl_flavor f;
+    if (strcmp(m->type, "resize") != 0 ||
+        cl_db_prepare(cl_store_db(st), "SELECT old_flavor_id FROM cold_resize WHERE "
+                                       "migration_uuid = ?", &s) < 0)
+        return;
+    cl_db_bind_text(s, 1, m->uuid);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        cl_db_column_text(s, 0, id, sizeof(id));
+    if (!id[0] || cl_store_flavor_get(st, id, &f) < 0 ||
+        set_flavor_columns(st, m->instance_uuid, &f) < 0 ||
+        set_alloc_amounts(st, m->instance_uuid, &f) < 0)
+        cl_err(LOG_MOD, "migration %s: cannot restore flavor '%s' of %s", m->uuid, id,
+               m->instance_uuid);
+}
+
+/* Undo a cold migration whose source still holds the stopped guest. */
+static void cold_back(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m,
+                      const char *status, const char *fault)
+{
+    int r = cl_store_migration_finish(st, m->uuid, false);
+    if (r < 0)
+        cl_err(LOG_MOD, "migration %s: cannot give the allocation back: %s", m->uuid,
+               strerror(-r));
+    old_flavor_restore(st, m);
+    set_instance_host(st, m->instance_uuid, m->source_host);
+    set_status(st, m->uuid, status);
+    if (fault)
+        progress_put(st, m->uuid, NULL, NULL, 0, NULL, fault);
+    (void)send(bus, m->dest_host, CL_MSG_INSTANCE_DESTROY, msg,
+               cl_msg_uuid_encode(m->instance_uuid));
+    send_action(bus, msg, m->source_host, m->instance_uuid, CL_ACTION_START);
+    cl_info(LOG_MOD, "cold migration %s: %s back on %s (%s)", m->uuid, m->instance_uuid,
+            m->source_host, status);
+}
+
+static void on_cold(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    const char *uuid = jstr(msg->body, "instance_uuid");
+    cl_instance inst;
+    cl_host src;
+    cl_migration m;
+    char fault[512] = "";
+
+    if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0 ||
+        inst.task_state != CL_TASK_RESIZE_MIGRATING || !inst.host[0])
+        return;
+    if (cl_store_host_get(st, inst.host, &src) < 0) {
+        fail_early(st, NULL, uuid, "error", "the source host is unknown");
+        return;
+    }
+    const char *flavor_id = jstr(msg->body, "flavor_id");
+    cl_flavor old = inst.flavor, fl;
+    if (flavor_id[0]) {
+        if (cl_store_flavor_get(st, flavor_id, &fl) < 0 ||
+            set_flavor_columns(st, uuid, &fl) < 0) {
+            fail_early(st, NULL, uuid, "error", "cannot apply the new flavor");
+            return;
+        }
+        inst.flavor = fl;
+    }
+    if (pick_and_claim(st, &inst, &src, jstr(msg->body, "host"),
+                       flavor_id[0] ? "resize" : "migration", &m, fault, sizeof(fault)) < 0) {
+        if (flavor_id[0])
+            set_flavor_columns(st, uuid, &old);
+        fail_early(st, NULL, uuid, "error", fault);
+        return;
+    }
+    if (flavor_id[0] && (old_flavor_put(st, m.uuid, old.id) < 0 ||
+                         set_alloc_amounts(st, uuid, &fl) < 0)) {
+        fail_early(st, m.uuid, uuid, "error", "cannot record the old flavor");
+        set_flavor_columns(st, uuid, &old);
+        set_alloc_amounts(st, uuid, &old);
+        return;
+    }
+    progress_put(st, m.uuid, NULL, NULL, 0, "shutoff", NULL);
+    if (set_instance_host(st, uuid, m.dest_host) < 0 || set_status(st, m.uuid, "migrating") < 0) {
+        fail_early(st, m.uuid, uuid, "error", "cannot record the move");
+        set_instance_host(st, uuid, m.source_host);
+        return;
+    }
+    /* From here the source's reports are ignored (the instance is on dest): stop it
+     * there and keep it for a revert; spawn it on the destination. */
+    send_action(bus, msg, m.source_host, uuid, CL_ACTION_STOP);
+    cl_msg_instance spec;
+    spec_of(&inst, &spec);
+    if (send(bus, m.dest_host, CL_MSG_INSTANCE_SPAWN, msg, cl_msg_spawn_encode(&spec)) < 0) {
+        cold_back(st, bus, msg, &m, "error", "cannot reach the destination");
+        return;
+    }
+    cl_info(LOG_MOD, "cold migration %s: %s %s -> %s", m.uuid, uuid, m.source_host,
+            m.dest_host);
+}
+
+static void on_cold_end(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, bool confirm)
+{
+    const char *uuid = jstr(msg->body, "instance_uuid");
+    cl_instance inst;
+    cl_migration m;
+
+    if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0 ||
+        cold_pending(st, uuid, "finished", &m) < 0)
+        return;
+    if (!confirm) {
+        cold_back(st, bus, msg, &m, "reverted", NULL);
+        return;
+    }
+    int r = cl_store_migration_finish(st, m.uuid, true);
+    if (r < 0) {
+        cl_err(LOG_MOD, "migration %s: cannot confirm: %s", m.uuid, strerror(-r));
+        cl_store_instance_set_state(st, uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        return;
+    }
+    set_status(st, m.uuid, "confirmed");
+    cl_store_instance_set_state(st, uuid, CL_VM_ACTIVE, CL_TASK_NONE, -1, NULL, 0);
+    (void)send(bus, m.source_host, CL_MSG_INSTANCE_DESTROY, msg, cl_msg_uuid_encode(uuid));
+    cl_info(LOG_MOD, "cold migration %s of %s confirmed; source %s cleaned", m.uuid, uuid,
+            m.source_host);
+}
+
+bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *inst,
+                                  const char *host, int *vm_state, const char *fault)
+{
+    cl_migration m;
+    if (cold_pending(st, inst->uuid, NULL, &m) < 0 || strcmp(host, m.dest_host) != 0)
+        return false;
+    if (*vm_state == CL_VM_ERROR && strcmp(m.status, "migrating") == 0) {
+        cl_bus_msg why;
+        memset(&why, 0, sizeof(why));
+        cold_back(st, bus, &why, &m, "error", fault && fault[0] ? fault
+                                                 : "the destination failed to start it");
+        return true;
+    }
+    if (*vm_state == CL_VM_ACTIVE) {
+        if (strcmp(m.status, "migrating") == 0) {
+            set_status(st, m.uuid, "finished");
+            cl_info(LOG_MOD, "cold migration %s: %s runs on %s, waiting for confirm", m.uuid,
+                    inst->uuid, m.dest_host);
+        }
+        *vm_state = CL_VM_RESIZED;
+    }
+    return false;
+}
+
+void sched_migrations_auto_confirm(cl_store *st, cl_bus *bus, int64_t window_s)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    if (window_s <= 0 ||
+        cl_store_migrations_list(st, NULL, "finished", NULL, NULL, &rows, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        cl_migration m;
+        cl_instance inst;
+        if (!is_cold(&rows[i]) ||cl_store_migration_get(st, rows[i].uuid, &m) < 0 ||
+            cl_now_ms() - m.updated_ms < window_s * 1000 ||
+            cl_store_instance_get(st, m.instance_uuid, &inst) < 0 ||
+            inst.vm_state != CL_VM_RESIZED || inst.task_state != CL_TASK_NONE)
+            continue;
+        cl_bus_msg why;
+        memset(&why, 0, sizeof(why));
+        json_object *b = json_object_new_object();
+        json_object_object_add(b, "instance_uuid", json_object_new_string(m.instance_uuid));
+        why.body = b;
+        cl_info(LOG_MOD, "cold migration %s: confirm window of %" PRId64 " s passed", m.uuid,
+                window_s);
+        on_cold_end(st, bus, &why, true);
+        json_object_put(b);
+    }
+}
+
 bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
 {
     if (!CL_MSG_IS_MIGRATION(msg->type))
@@ -514,7 +815,9 @@ bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
      * speaks only from its own key (the handlers compare the peer with the row). */
     bool from_api = strcmp(msg->type, CL_MSG_MIGRATION_LIVE) == 0 ||
                     strcmp(msg->type, CL_MSG_MIGRATION_ABORT) == 0 ||
-                    strcmp(msg->type, CL_MSG_MIGRATION_EVACUATE) == 0;
+                    strcmp(msg->type, CL_MSG_MIGRATION_EVACUATE) == 0 ||
+                    strcmp(msg->type, MSG_COLD) == 0 || strcmp(msg->type, MSG_COLD_CONFIRM) == 0 ||
+                    strcmp(msg->type, MSG_COLD_REVERT) == 0;
     if (msg->user_id[0] && (from_api ? strcmp(msg->user_id, "nube-api") != 0
                                      : strcmp(msg->user_id, msg->peer) != 0)) {
         cl_warn(LOG_MOD, "refused %s from '%s'", msg->type, msg->user_id);
@@ -534,6 +837,12 @@ bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
         on_abort(st, bus, msg);
     else if (strcmp(msg->type, CL_MSG_MIGRATION_EVACUATE) == 0)
         on_evacuate(st, bus, msg);
+    else if (strcmp(msg->type, MSG_COLD) == 0)
+        on_cold(st, bus, msg);
+    else if (strcmp(msg->type, MSG_COLD_CONFIRM) == 0)
+        on_cold_end(st, bus, msg, true);
+    else if (strcmp(msg->type, MSG_COLD_REVERT) == 0)
+        on_cold_end(st, bus, msg, false);
     else
         cl_warn(LOG_MOD, "ignoring %s from %s", msg->type, msg->peer);
     return true;
@@ -556,4 +865,34 @@ bool sched_migrations_fence(cl_store *st, cl_bus *bus, const char *host, const c
         return b && cl_bus_send(bus, host, CL_MSG_INSTANCE_DESTROY, NULL, b, true, NULL) == 0;
     }
     return false;
+}
+
+void sched_migrations_on_register(cl_store *st, cl_bus *bus, const char *host,
+                                  const cl_msg_host_instance *ri, size_t nri)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    if (cl_store_migrations_list(st, host, NULL, NULL, "live-migration", &rows, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const cl_migration_row *r = &rows[i];
+        cl_migration m;
+        if (strcmp(r->source_host, host) != 0 ||
+            (strcmp(r->status, "running") != 0 && strcmp(r->status, "cancelling") != 0) ||
+            cl_store_migration_get(st, r->uuid, &m) < 0)
+            continue;
+        bool source_has = false;
+        for (size_t k = 0; k < nri; k++)
+            if (strcmp(ri[k].uuid, m.instance_uuid) == 0)
+                source_has = ri[k].power_state == CL_POWER_RUNNING ||
+                             ri[k].power_state == CL_POWER_PAUSED;
+        /* The source restarted mid-migration: its run is gone; settle now. */
+        progress_put(st, m.uuid, NULL, NULL, 0, source_has ? "running" : "absent",
+                     "the source agent restarted during the migration");
+        cl_bus_msg why;
+        memset(&why, 0, sizeof(why));
+        cl_warn(LOG_MOD, "migration %s: source %s restarted mid-way; the domain is %s there, "
+                "asking %s", m.uuid, host, source_has ? "still" : "no longer", m.dest_host);
+        send_check(st, bus, &why, &m, source_has);
+    }
 }

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 
 #include "bus.h"
+#include "messages.h"
+#include "model.h"
 #include "store.h"
 
 /* Handle msg when it is a migration.* message; false otherwise. */
@@ -20,5 +22,21 @@ bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg);
  * re-created the domain from a stale record), destroy it there so it never runs twice.
  * True when a destroy was queued. */
 bool sched_migrations_fence(cl_store *st, cl_bus *bus, const char *host, const char *uuid);
+
+/* host (re)registered with its instances: live migrations it was the source of and that
+ * have not settled lost their run (the agent was killed); settle them by asking the
+ * destination (migration.check) with what the source now reports. */
+void sched_migrations_on_register(cl_store *st, cl_bus *bus, const char *host,
+                                  const cl_msg_host_instance *ri, size_t nri);
+
+/* A state report from host about inst while a cold migration of it is in flight: an
+ * ACTIVE report from the destination becomes RESIZED (VERIFY_RESIZE) in *vm_state; an
+ * ERROR while moving sends the guest back to the source. true: handled, record nothing. */
+bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *inst,
+                                  const char *host, int *vm_state, const char *fault);
+
+/* Confirm the cold migrations that waited in VERIFY_RESIZE for window_s seconds
+ * (0 = never). Called from the scheduler's periodic tick. */
+void sched_migrations_auto_confirm(cl_store *st, cl_bus *bus, int64_t window_s);
 
 #endif

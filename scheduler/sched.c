@@ -85,6 +85,9 @@ const cl_cfg_key sched_cfg_keys[] = {
             "A host with no heartbeat for this many seconds is marked down."),
     CFG_KEY("scheduler", "check_interval_ms", CL_CFG_INT, "1000", 100, 60000,
             check_interval_ms, "How often host liveness is checked."),
+    CFG_KEY("scheduler", "resize_confirm_window_s", CL_CFG_INT, "0", 0, 31536000,
+            resize_confirm_window_s, "Confirm a cold migration left in VERIFY_RESIZE after "
+            "this many seconds (0 = never)."),
     CFG_KEY("scheduler", "cpu_allocation_ratio", CL_CFG_DOUBLE, "4.0", 0.1, 100,
             cpu_allocation_ratio, "vCPUs that may be allocated per physical CPU (new hosts)."),
     CFG_KEY("scheduler", "ram_allocation_ratio", CL_CFG_DOUBLE, "1.0", 0.1, 100,
@@ -273,6 +276,21 @@ static int vm_state_for_power(cl_power_state p)
     }
 }
 
+/*
+ * A resize waiting for confirm or revert (vm_state resized, no task) stays VERIFY_RESIZE
+ * whatever the power state an agent observes: after an agent restart its reports say
+ * only "running" or "shut off", and mapping that to active would lose the pending resize
+ * (Nova's power-state sync leaves resized instances alone too). With a task in flight
+ * (stop, revert) the report is the task's outcome and applies.
+ */
+static int keep_resized(const cl_instance *inst, int vm)
+{
+    if (vm >= 0 && inst->vm_state == CL_VM_RESIZED && inst->task_state == CL_TASK_NONE &&
+        (vm == CL_VM_ACTIVE || vm == CL_VM_STOPPED))
+        return CL_VM_RESIZED;
+    return vm;
+}
+
 /* Record one instance the agent reported running (or existing) on host. */
 static void adopt_reported(sched *s, const char *host, const cl_msg_host_instance *ri)
 {
@@ -317,7 +335,7 @@ static void adopt_reported(sched *s, const char *host, const cl_msg_host_instanc
     }
     /* A delete in flight wins over what the host reports, and an ERROR instance keeps
      * its error until a user acts on it: only the power state is refreshed then. */
-    vm = vm_state_for_power(ri->power_state);
+    vm = keep_resized(&inst, vm_state_for_power(ri->power_state));
     task = vm < 0 ? -1 : CL_TASK_NONE;
     if (inst.task_state == CL_TASK_DELETING || inst.vm_state == CL_VM_ERROR) {
         vm = -1;
@@ -434,6 +452,7 @@ static void on_host_register(sched *s, const cl_bus_msg *msg)
     for (size_t i = 0; i < nri; i++)
         adopt_reported(s, h.name, &ri[i]);
     check_unreported(s, h.name, ri, nri);
+    sched_migrations_on_register(s->store, s->bus, h.name, ri, nri); /* migrations.c */
     refresh_host_counts(s);
 }
 
@@ -896,6 +915,12 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
         return;
     }
 
+    /* A cold migration's destination reports RESIZED (VERIFY_RESIZE) (migrations.c). */
+    int vm = (int)st.vm_state;
+    if (sched_migrations_cold_report(s->store, s->bus, &inst, st.host, &vm, st.fault))
+        return;
+    st.vm_state = (cl_vm_state)vm;
+
     switch (st.vm_state) {
     case CL_VM_ERROR:
         /* A failed spawn moves to an alternate host (placement retries). */
@@ -925,6 +950,7 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
             cl_store_host_record_build(s->store, inst.host, true);
         /* A periodic report must not clear a delete request that is in flight. */
         task = inst.task_state == CL_TASK_DELETING ? -1 : (int)st.task_state;
+        st.vm_state = (cl_vm_state)keep_resized(&inst, (int)st.vm_state);
         r = cl_store_instance_set_state(s->store, inst.uuid, (int)st.vm_state, task,
                                         (int)st.power_state, NULL, 0);
         cl_debug(LOG_MOD, "instance %s now %s/%s/%s", inst.uuid, cl_vm_state_name(st.vm_state),
@@ -1180,6 +1206,7 @@ static void on_tick(cl_bus *bus, void *ud)
         cl_warn(LOG_MOD, "%d %s marked down: no heartbeat for %" PRId64 " s", n,
                 n == 1 ? "host" : "hosts", s->cfg->host_down_after_s);
     refresh_host_counts(s);
+    sched_migrations_auto_confirm(s->store, s->bus, s->cfg->resize_confirm_window_s);
 }
 
 /* ---- HTTP: /healthz and /metrics ---- */

@@ -27,6 +27,7 @@ typedef struct sched_cfg {
     char *bus_allowed_keys_dir;     /* [bus] allowed_keys_dir (agents' and nube-api's keys) */
     int64_t host_down_after_s;      /* [scheduler] host_down_after_s */
     int64_t check_interval_ms;      /* [scheduler] check_interval_ms */
+    int64_t resize_confirm_window_s;/* [scheduler] resize_confirm_window_s (0 = never) */
     double cpu_allocation_ratio;    /* [scheduler] cpu_allocation_ratio */
     double ram_allocation_ratio;    /* [scheduler] ram_allocation_ratio */
     double disk_allocation_ratio;   /* [scheduler] disk_allocation_ratio */

@@ -8,6 +8,11 @@ unacknowledged samples in its outbox meanwhile. Then the servers are deleted, an
 flow is over the samples billing stored must be exactly the samples the agent queued
 (its nube_agent_usage_samples_total): same count, no duplicate id.
 
+Then kill points during rating: the whole window is re-rated (POST /v1/rate) and
+nube-billing is SIGKILLed while that request runs, RATE_KILLS times at random instants
+(before, during or after its transaction), restarted and made to rate again: the rated
+table must be exactly the one rated before the kills (no hour lost, none doubled).
+
 Usage: test_billing_crash.py BUILD_DIR
 """
 
@@ -15,6 +20,7 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 import time
 import traceback
 
@@ -24,6 +30,7 @@ from nubelab import http, wait_for  # noqa: E402
 from test_billing import BillingLab  # noqa: E402
 
 ROUNDS = 6 if os.environ.get("NUBE_CRASH_LONG") == "1" else 2
+RATE_KILLS = 10 if os.environ.get("NUBE_CRASH_LONG") == "1" else 3
 
 
 def agent_sent(lab):
@@ -40,6 +47,42 @@ def stored(lab):
         return db.execute("SELECT count(*), count(DISTINCT id) FROM samples").fetchone()
     finally:
         db.close()
+
+
+def rated(lab):
+    db = sqlite3.connect(os.path.join(lab.dir, "billing.db"), timeout=10)
+    try:
+        return db.execute("SELECT period, project_id, resource, meter, quantity, cost"
+                          " FROM rated ORDER BY 1, 2, 3, 4").fetchall()
+    finally:
+        db.close()
+
+
+def rate(lab, window):
+    try:
+        return http("POST", f"{lab.billing}/v1/rate", window, timeout=10).status
+    except Exception:  # noqa: BLE001 - killed under the request
+        return None
+
+
+def kills_during_rating(lab, rnd):
+    now = int(time.time() * 1000)
+    window = {"start": now - 2 * 3600000, "end": now + 3600000}
+    assert rate(lab, window) == 200
+    ref = rated(lab)
+    assert ref, "nothing was rated"
+    for _ in range(RATE_KILLS):
+        t = threading.Thread(target=rate, args=(lab, window))
+        t.start()
+        time.sleep(rnd.uniform(0.0, 0.03))
+        lab.daemons["billing"].kill9()
+        t.join(15)
+        restart_billing(lab)
+        assert rate(lab, window) == 200
+        got = rated(lab)
+        assert got == ref, f"rated rows differ after a kill during rating: {got} != {ref}"
+    print(f"ok   billing killed {RATE_KILLS} times while rating; {len(ref)} rated rows "
+          f"identical after each restart")
 
 
 def main():
@@ -89,6 +132,7 @@ def main():
         assert n == sent == distinct, (sent, n, distinct)
         print(f"ok   seed {seed}: billing killed {ROUNDS} times mid-ingest; "
               f"{sent} samples sent, {n} stored, {distinct} distinct")
+        kills_during_rating(lab, rnd)
         ok = True
     except Exception as e:  # noqa: BLE001
         print(f"FAIL {e}")

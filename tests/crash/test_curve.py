@@ -6,6 +6,11 @@ and nube-agents, keys made by nube-keys.
   - an agent with an unknown key (hostC) never registers: the handshake is refused;
   - an agent that presents hostA's key but calls itself hostB never registers: a key
     speaks only for its own host;
+  - hostB's own (allowed) key connecting with routing id "hostA" while hostA is up gets
+    no command (no ROUTER_HANDOVER with CURVE) and hostA keeps working; once the
+    impostor is gone, hostA's agent restarted (SIGKILL) gets its id back;
+  - hostA's usage samples reach nube-billing over CURVE with hostA's key (billing admits
+    only allowed keys and refuses samples about another host: test_billing_api.c);
   - revoking hostA's key (nube-keys revoke) silences it: the scheduler marks it down;
   - the secret key files are 0600 and an agent refuses to start with a readable one.
 
@@ -13,6 +18,7 @@ Usage: test_curve.py BUILD_DIR [--keep]
 """
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -21,7 +27,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
-from nubelab import Lab, http, wait_for  # noqa: E402
+from nubelab import ADMIN_TOKEN, Lab, free_port, http, wait_for  # noqa: E402
 
 
 def main():
@@ -39,9 +45,9 @@ def main():
         assert p.returncode == 0, (args, p.stdout, p.stderr)
         return p.stdout
 
-    for name in ("nube-scheduler", "nube-api", "hostA", "hostC"):
+    for name in ("nube-scheduler", "nube-billing", "nube-api", "hostA", "hostB", "hostC"):
         run("gen", "--name", name, "--out", keys)
-    for name in ("nube-api", "hostA"):          # hostC is never allowed
+    for name in ("nube-api", "hostA", "hostB"):  # hostC is never allowed
         run("allow", "--dir", allowed, os.path.join(keys, f"{name}.pub"))
     srv_pub = os.path.join(keys, "nube-scheduler.pub")
 
@@ -101,6 +107,98 @@ def main():
         assert "refused a bus connection" in log, "no ZAP refusal logged"
         assert "its key belongs to 'hostA'" in log, "no hostB-as-hostA refusal logged"
 
+    def boot_on_hostA(name):
+        r = lab.create_server(name)
+        assert r.status == 202, (r.status, r.raw)
+        s = lab.wait_status(r.json["server"]["id"], ("ACTIVE", "ERROR"), 60)
+        assert s["status"] == "ACTIVE", s
+        return s["id"]
+
+    imp_port = free_port()
+
+    def takeover_refused():
+        # hostB's allowed key, routing id (host) "hostA", its own state dir and node.
+        imp_dir = os.path.join(lab.dir, "impostor")
+        os.makedirs(os.path.join(imp_dir, "instances"), exist_ok=True)
+        conf = lab.write("impostor.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {imp_dir}
+[agent]
+host = hostA
+libvirt_uri = test:///default
+heartbeat_interval_ms = 500
+instances_dir = {imp_dir}/instances
+[bus]
+scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
+resend_ms = 300
+{client_keys("hostB")[len("[bus]"):]}
+[http]
+listen = 127.0.0.1
+port = {imp_port}
+""")
+        lab._start("impostor", lab.binary("compute-agent", "nube-agent"), conf,
+                   f"http://127.0.0.1:{imp_port}/healthz")
+        time.sleep(2)   # reconnect attempts and heartbeats
+        sid = boot_on_hostA("after-impostor")
+        r = http("GET", f"http://127.0.0.1:{imp_port}/v1/domains")
+        body = r.raw.decode(errors="replace") if isinstance(r.raw, bytes) else str(r.raw)
+        assert r.status == 200, (r.status, body)
+        assert sid not in body, "the impostor received hostA's create"
+        hv = lab.hypervisors()
+        assert hv["hostA"]["state"] == "up", hv["hostA"]
+        assert "hostB" not in hv, hv
+        # Without ROUTER_HANDOVER the impostor never held the id: not one of its
+        # messages reached the scheduler as 'hostA' (with handover they would, and be
+        # refused there, while the id was theirs).
+        log = open(os.path.join(lab.dir, "scheduler.log"), errors="replace").read()
+        assert "its key belongs to 'hostB'" not in log, "the impostor took hostA's id"
+
+    def restart_gets_id_back():
+        lab.daemons["impostor"].stop()
+        lab.daemons["agent-hostA"].proc.send_signal(signal.SIGKILL)
+        lab.daemons["agent-hostA"].proc.wait(10)
+        t0 = time.monotonic()
+        lab.start_agent("hostA")
+        boot_on_hostA("after-restart")
+        print(f"     hostA served again {time.monotonic() - t0:.1f}s after its restart")
+
+    def usage_to_billing():
+        bport, bbus = free_port(), f"tcp://127.0.0.1:{free_port()}"
+        conf = lab.write("nube-billing.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {lab.dir}
+[billing]
+listen = 127.0.0.1
+port = {bport}
+bus_listen = {bbus}
+curve_secret_key_file = {os.path.join(keys, "nube-billing.key")}
+allowed_keys_dir = {allowed}
+[database]
+connection = {lab.dir}/billing.db
+[auth]
+admin_token = {ADMIN_TOKEN}
+""")
+        lab._start("billing", lab.binary("billing", "nube-billing"), conf,
+                   f"http://127.0.0.1:{bport}/healthz")
+        agent_keys["hostA"] += (f"[billing]\nendpoint = {bbus}\nsample_interval_s = 1\n"
+                                f"curve_server_key_file = "
+                                f"{os.path.join(keys, 'nube-billing.pub')}\n")
+        lab.daemons["agent-hostA"].stop()
+        lab.start_agent("hostA")
+
+        def metric(name):
+            r = http("GET", f"http://127.0.0.1:{bport}/metrics")
+            body = r.raw.decode(errors="replace") if isinstance(r.raw, bytes) else str(r.raw)
+            for line in body.splitlines():
+                if line.startswith(name + " "):
+                    return int(line.split()[1])
+            return -1
+        acc = 'nube_billing_samples_total{result="accepted"}'
+        wait_for(lambda: metric(acc) > 0, 30, "hostA's samples stored by billing")
+        assert metric('nube_billing_samples_total{result="rejected"}') == 0
+        log = open(os.path.join(lab.dir, "billing.log"), errors="replace").read()
+        assert "as 'hostA'" in log, "billing's ZAP handler did not admit hostA's key"
+
     def revocation():
         out = run("list", "--dir", allowed)
         assert "hostA" in out, out
@@ -124,6 +222,10 @@ def main():
         check("secret key files are 0600", keys_0600)
         check("an allowed key registers and runs a server", known_key_works)
         check("unknown key and hostA's key posing as hostB are refused", others_refused)
+        check("hostB's key with routing id hostA gets nothing, hostA keeps working",
+              takeover_refused)
+        check("a restarted hostA gets its routing id back", restart_gets_id_back)
+        check("hostA's usage samples reach billing over CURVE", usage_to_billing)
         check("revoking a key silences its host", revocation)
         check("a secret key readable by others is refused", readable_secret_refused)
     finally:

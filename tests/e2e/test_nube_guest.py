@@ -17,6 +17,7 @@ shows SHUTOFF; delete leaves no domain, disk or log. Prints TIME lines and exits
 when not root. Usage: test_nube_guest.py BUILD_DIR
 """
 
+import json
 import os
 import re
 import shutil
@@ -284,6 +285,10 @@ port = {agent_port}
     mem = host.virsh("dommemstat", dom)
     maxmem = host.virsh("dumpxml", dom)
     check("resized domain has 2048 MiB", "<memory unit='KiB'>2097152</memory>" in maxmem)
+    # m1.small's disk is 20 GB (m1.tiny's 1 GB): the overlay was grown while shut off.
+    vsize = json.loads(run("qemu-img", "info", "-U", "--output=json",
+                           os.path.join(inst_dir, sid, "disk"))).get("virtual-size", 0)
+    check(f"resize grew the disk to {vsize >> 30} GiB", vsize == 20 << 30)
     act({"confirmResize": None}, 204)
     s = lab.wait_status(sid, {"ACTIVE"}, timeout=10)
     check(f"after confirm: {s['status']}, flavor {s['flavor']['id']}",

@@ -19,7 +19,10 @@ migration allocation is left, os-migrations says completed with a downtime. Then
 migration back, slowed to 1 MiB/s (virsh migrate-setspeed on the source), is aborted with
 DELETE /servers/{id}/migrations/{mid}: the guest keeps running on B, nothing is left on A,
 allocations unchanged, status cancelled. Same with the destination's QEMU killed mid-copy
-(status error, the guest never stops on B, A clean). Evacuate: refused while B is up; B's agent is
+(status error, the guest never stops on B, A clean), and with the source agent killed
+mid-way and restarted (settled by asking both hosts: the guest runs once, where the
+controller says, allocations agree); force_complete of a slow one pauses the guest and
+finishes it (the counter continues on the destination). Evacuate: refused while B is up; B's agent is
 killed (its libvirtd still runs the guest), B goes down, evacuate rebuilds the guest from
 its image on A; when B's agent comes back the stale copy is destroyed there. Drain: five
 guests on A (B disabled while they boot), `nube host drain A --parallel 2` moves all five
@@ -352,6 +355,71 @@ def scenario(build, base, lab):
     n0 = counters(readf(dst_log))[-1]
     wait_for(lambda: counters(readf(dst_log))[-1] >= n0 + 2, 10, "counter still advancing")
     ok("guest keeps counting after the failed migration")
+
+    # ---- the source agent is killed mid-migration, then restarted ----
+    r = http("POST", f"{lab.compute}/servers/{sid}/action",
+             {"os-migrateLive": {"host": src}})
+    check(f"os-migrateLive to {src} a third time -> 202 ({r.status})", r.status == 202)
+    try:
+        mig = wait_for(running_mig, 30, "third migration running", interval=0.1)
+        lab.daemons[f"agent-{dst}"].kill9()
+        lab._start(f"agent-{dst}", lab.binary("compute-agent", "nube-agent"),
+                   os.path.join(lab.dir, f"nube-agent-{dst}.conf"),
+                   f"http://127.0.0.1:{lab.agent_ports[dst]}/healthz")
+        wait_for(lambda: db_rows(lab, "SELECT status FROM migrations WHERE uuid=?",
+                                 (mig["uuid"],))[0][0] in ("error", "cancelled", "completed"),
+                 30, "migration settled after the source agent's restart")
+        st = db_rows(lab, "SELECT status FROM migrations WHERE uuid=?", (mig["uuid"],))[0][0]
+        print(f"      settled as {st}")
+    except AssertionError as e:
+        bad(str(e))
+    wait_for(lambda: lab.server(sid)["status"] == "ACTIVE", 20, "server ACTIVE again")
+    row = db_rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
+    on = [h for h in hosts if hosts[h].virsh("domstate", dom) == "running"]
+    check(f"after the agent crash the guest runs on exactly one host, the controller's "
+          f"({on}, {row})", on == [row])
+    allocs = db_rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,))
+    check(f"allocation only on {row} ({allocs})", allocs == [(row,)])
+    check("no migration allocation left", not db_rows(lab, "SELECT * FROM migration_allocations"))
+    if row != dst:  # it completed after all: keep the rest of the scenario's roles
+        src, dst = dst, src
+        dst_log = os.path.join(inst_dirs[dst], sid, "console.log")
+    n0 = counters(readf(dst_log))[-1]
+    wait_for(lambda: counters(readf(dst_log))[-1] >= n0 + 2, 10, "counter still advancing")
+    check("no reboot", "NUBE-GUEST-BOOTED" not in readf(dst_log))
+    other = [h for h in hosts if h != row][0]
+    wait_for(lambda: not hosts[other].virsh("list", "--all", "--name"), 10,
+             f"nothing left on {other}")
+    ok(f"{other} clean")
+
+    # ---- force-complete: a slow migration finishes with the guest paused ----
+    fd = open(dst_log, errors="replace")
+    r = http("POST", f"{lab.compute}/servers/{sid}/action",
+             {"os-migrateLive": {"host": src}})
+    check(f"os-migrateLive to {src} for force-complete -> 202 ({r.status})", r.status == 202)
+    try:
+        mig = wait_for(running_mig, 30, "migration running", interval=0.1)
+        r = http("POST", f"{lab.compute}/servers/{sid}/migrations/{mig['id']}/action",
+                 {"force_complete": None})
+        check(f"force_complete -> 202 ({r.status})", r.status == 202)
+        wait_for(lambda: hosts[dst].virsh("domstate", dom) == "paused", 10, "source paused")
+        ok("force-complete paused the guest on the source")
+        hosts[dst].virsh("migrate-setspeed", dom, "8192")  # let the rest through now
+        wait_for(lambda: db_rows(lab, "SELECT status FROM migrations WHERE uuid=?",
+                                 (mig["uuid"],))[0][0] in ("error", "completed"), 60,
+                 "forced migration settled")
+        st = db_rows(lab, "SELECT status FROM migrations WHERE uuid=?", (mig["uuid"],))[0][0]
+        check(f"forced migration completed ({st})", st == "completed")
+        src, dst = dst, src
+        dst_log = os.path.join(inst_dirs[dst], sid, "console.log")
+        wait_for(lambda: len(counters(readf(dst_log))) >= 2, 20, "counting after the move")
+        last, first = counters(fd.read())[-1], counters(readf(dst_log))[0]
+        check(f"runs on {dst}, counter continues ({last} -> {first}), no reboot",
+              hosts[dst].virsh("domstate", dom) == "running" and first > last and
+              "NUBE-GUEST-BOOTED" not in readf(dst_log))
+    except AssertionError as e:
+        bad(str(e))
+    fd.close()
 
     # ---- evacuate: the host holding it goes down ----
     r = http("POST", f"{lab.compute}/servers/{sid}/action", {"evacuate": {}})

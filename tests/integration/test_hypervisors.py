@@ -50,6 +50,9 @@ def main():
         c = wait_for(lambda: caps() if caps() and caps()[0] else None, 10, "capabilities")
         assert c[0] > 0 and c[1], c
         print(f"ok   capabilities recorded: hypervisor_version {c[0]}, cpu_arch {c[1]}")
+        hv = lab.hypervisors()["hv1"]
+        assert hv["hypervisor_version"] == c[0], hv
+        print("ok   os-hypervisors/detail shows hypervisor_version")
 
         db = sqlite3.connect(lab.db, timeout=10)
         with db:

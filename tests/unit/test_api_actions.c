@@ -331,23 +331,30 @@ static void test_power_actions(void **state)
     expect(f, id, "{\"reboot\": {}}", 400, "badRequest", "'type' is a required property");
     expect(f, id, "{\"reboot\": {\"type\": \"WARM\"}}", 400, "badRequest", NULL);
     expect(f, id, "{\"reboot\": {\"type\": \"hard\"}}", 202, NULL, NULL);
-    assert_int_equal(get(f, id).task_state, CL_TASK_REBOOTING);
+    assert_int_equal(get(f, id).task_state, CL_TASK_REBOOTING_HARD);
+    assert_string_equal(cl_instance_status(get(f, id).vm_state, get(f, id).task_state),
+                        "HARD_REBOOT");
     assert_true(got_action(f, id, 2, &m));
     assert_string_equal(m.action, "reboot_hard");
     agent_reports(f, id, CL_VM_ACTIVE, CL_POWER_RUNNING);
 
     expect(f, id, "{\"unpause\": null}", 409, "conflictingRequest", "vm_state active");
     expect(f, id, "{\"pause\": null}", 202, NULL, NULL);
+    assert_int_equal(get(f, id).task_state, CL_TASK_PAUSING);
+    expect(f, id, "{\"suspend\": null}", 409, "conflictingRequest", "task_state pausing");
     assert_true(got_action(f, id, 3, &m));
     assert_string_equal(m.action, "pause");
     agent_reports(f, id, CL_VM_PAUSED, CL_POWER_PAUSED);
     expect(f, id, "{\"suspend\": null}", 409, "conflictingRequest", "vm_state paused");
     expect(f, id, "{\"unpause\": null}", 202, NULL, NULL);
+    assert_int_equal(get(f, id).task_state, CL_TASK_UNPAUSING);
     agent_reports(f, id, CL_VM_ACTIVE, CL_POWER_RUNNING);
     expect(f, id, "{\"resume\": null}", 409, "conflictingRequest", "vm_state active");
     expect(f, id, "{\"suspend\": null}", 202, NULL, NULL);
+    assert_int_equal(get(f, id).task_state, CL_TASK_SUSPENDING);
     agent_reports(f, id, CL_VM_SUSPENDED, CL_POWER_SHUTDOWN);
     expect(f, id, "{\"resume\": null}", 202, NULL, NULL);
+    assert_int_equal(get(f, id).task_state, CL_TASK_RESUMING);
     assert_true(got_action(f, id, 6, &m));
     assert_string_equal(m.action, "resume");
 }
@@ -417,6 +424,8 @@ static void test_resize(void **state)
     expect(f, id, "{\"revertResize\": null}", 202, NULL, NULL);
     in = get(f, id);
     assert_string_equal(in.flavor.id, "2");
+    assert_int_equal(in.task_state, CL_TASK_RESIZE_REVERTING);
+    assert_string_equal(cl_instance_status(in.vm_state, in.task_state), "REVERT_RESIZE");
     assert_int_equal(cl_store_host_get(f->st, "h1", &h), 0);
     assert_int_equal(h.used_ram_mb, used_before - 512 + 2048);
     assert_true(got_action(f, id, 2, &m));

@@ -34,6 +34,7 @@
 #include "log.h"
 #include "store.h"
 #include "store_compute.h"
+#include "store_placement.h"
 #include "token.h"
 #include "util.h"
 
@@ -868,6 +869,23 @@ static void test_operators(void **state)
     reply_free(&r);
     r = call(f, f->member_a, "GET", "/v2.1/os-hypervisors", NULL, NULL);
     expect(&r, 403);
+    reply_free(&r);
+    /* The hypervisor version the agent reported at registration is shown. */
+    assert_int_equal(cl_store_host_set_caps(f->st, "op-host-2", "QEMU", 9000000, "x86_64",
+                                            "qemu64"), 0);
+    r = call(f, f->admin, "GET", "/v2.1/os-hypervisors/detail", NULL, NULL);
+    expect(&r, 200);
+    bool seen_version = false;
+    json_object *hyps = cl_json_path(r.json, "hypervisors");
+    for (size_t i = 0; i < json_object_array_length(hyps); i++) {
+        json_object *hv = json_object_array_get_idx(hyps, i);
+        if (strcmp(jget(hv, "hypervisor_hostname"), "op-host-2") == 0) {
+            assert_int_equal(json_object_get_int64(cl_json_path(hv, "hypervisor_version")),
+                             9000000);
+            seen_version = true;
+        }
+    }
+    assert_true(seen_version);
     reply_free(&r);
     r = call(f, f->member_a, "GET", "/v2.1/os-availability-zone", NULL, NULL);
     expect(&r, 200);

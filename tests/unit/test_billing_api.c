@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 
 #include "billing.h"
 #include "bus.h"
+#include "bus_auth.h"
 #include "http.h"
 #include "json.h"
 #include "token.h"
@@ -737,6 +739,61 @@ static void test_streamed_export(void **state)
     json_object_put(ex);
 }
 
+/* With CURVE and allowed keys, a key speaks for its own host only: a batch sent with
+ * host-a's key holding a sample about host-b has that sample refused (and counted), the
+ * one about host-a stored. */
+static void test_curve_samples_of_own_host_only(void **state)
+{
+    fixture *f = *state;
+    char spub[CL_BUS_KEY_LEN], ssec[CL_BUS_KEY_LEN], cpub[CL_BUS_KEY_LEN],
+        csec[CL_BUS_KEY_LEN];
+    char skey[128], ckey[128], allowed[128], cpubf[192];
+    cl_error err = {0};
+
+    if (cl_bus_keypair(spub, ssec) == -ENOTSUP)
+        skip();
+    assert_int_equal(cl_bus_keypair(cpub, csec), 0);
+    snprintf(skey, sizeof skey, "%s/billing.key", f->dir);
+    snprintf(ckey, sizeof ckey, "%s/host-a.key", f->dir);
+    snprintf(allowed, sizeof allowed, "%s/allowed", f->dir);
+    snprintf(cpubf, sizeof cpubf, "%s/host-a.pub", allowed);
+    assert_int_equal(mkdir(allowed, 0700), 0);
+    assert_int_equal(cl_bus_key_write(skey, NULL, "nube-billing", spub, ssec, false, &err), 0);
+    assert_int_equal(cl_bus_key_write(ckey, cpubf, "host-a", cpub, csec, false, &err), 0);
+
+    bill_stop(f->b);
+    f->b = NULL;
+    set(f, "billing", "curve_secret_key_file", skey);
+    set(f, "billing", "allowed_keys_dir", allowed);
+    if (bill_start(&f->cfg, &f->b, &err) < 0)
+        fail_msg("bill_start with CURVE: %s", err.message);
+    f->port = bill_http_port(f->b);
+
+    cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = f->endpoint, .name = "host-a",
+                     .resend_ms = 200, .curve_public_key = cpub, .curve_secret_key = csec,
+                     .curve_server_key = spub};
+    cl_bus *bus = NULL;
+    if (cl_bus_new(&o, &bus, &err) < 0)
+        fail_msg("dealer: %s", err.message);
+    cl_usage_sample s[2] = {sample(f->t0, CL_USAGE_GAUGE), sample(f->t0, CL_USAGE_GAUGE)};
+    for (size_t i = 0; i < 2; i++) {
+        s[i].has_gauges = true;
+        s[i].gauges.vcpus = 1;
+    }
+    cl_strlcpy(s[1].host, "host-b", sizeof s[1].host);
+    assert_int_equal(cl_bus_send(bus, NULL, CL_MSG_USAGE_SAMPLES, NULL,
+                                 cl_usage_batch_encode(s, 2), true, NULL), 0);
+    assert_true(WAIT_UNTIL(cl_bus_pending(bus) == 0));
+    cl_bus_free(bus);
+    assert_int_equal(metric(f, "nube_billing_samples_total{result=\"rejected\"}"), 1);
+    assert_int_equal(metric(f, "nube_billing_samples_total{result=\"accepted\"}"), 1);
+
+    unlink(cpubf);
+    unlink(ckey);
+    unlink(skey);
+    assert_int_equal(rmdir(allowed), 0);
+}
+
 int main(void)
 {
     cl_http_client_global_init();
@@ -750,6 +807,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_commit_is_resent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streamed_export, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_curve_samples_of_own_host_only, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

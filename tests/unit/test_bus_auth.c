@@ -234,6 +234,51 @@ static void test_key_cannot_pose_as_other_host(void **state)
     cl_bus_free(c);
 }
 
+/* A routing id last heard with another host's key gets no command: hostB's key holds
+ * the free id "hostA" and speaks; a command for hostA waits (resent) and reaches the real
+ * hostA once it is back and has spoken with its own key. */
+static void test_no_command_to_foreign_key(void **state)
+{
+    fixture *f = *state;
+    char apub[CL_BUS_KEY_LEN], asec[CL_BUS_KEY_LEN], bpub[CL_BUS_KEY_LEN],
+        bsec[CL_BUS_KEY_LEN];
+    seen is = {.lock = PTHREAD_MUTEX_INITIALIZER}, as = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    cl_error err = {0};
+    assert_int_equal(cl_bus_keypair(apub, asec), 0);
+    assert_int_equal(cl_bus_keypair(bpub, bsec), 0);
+    allow(f, "hostA.pub", apub, "hostA");
+    allow(f, "hostB.pub", bpub, "hostB");
+
+    cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = f->ep, .name = "hostA",
+                     .resend_ms = RESEND_MS, .on_msg = on_msg, .ud = &is,
+                     .curve_public_key = bpub, .curve_secret_key = bsec,
+                     .curve_server_key = f->srv_pub};
+    cl_bus *imp = NULL;
+    assert_int_equal(cl_bus_new(&o, &imp, &err), 0);
+    assert_int_equal(cl_bus_send(imp, NULL, "host.heartbeat", NULL, NULL, true, NULL), 0);
+    cl_bus_stats st;
+    assert_true(WAIT_UNTIL((cl_bus_get_stats(f->router, &st), st.bad_frames > 0)));
+    assert_int_equal(cl_bus_send(f->router, "hostA", "instance.create", NULL, NULL, true,
+                                 NULL), 0);
+    quiet();
+    assert_int_equal(seen_count(&is), 0);
+    assert_int_equal(seen_count(&f->rs), 0);
+    assert_int_equal(cl_bus_pending(f->router), 1);
+    cl_bus_free(imp);
+
+    o.ud = &as;
+    o.curve_public_key = apub;
+    o.curve_secret_key = asec;
+    cl_bus *real = NULL;
+    assert_int_equal(cl_bus_new(&o, &real, &err), 0);
+    assert_int_equal(cl_bus_send(real, NULL, "host.register", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(seen_count(&as) >= 1));
+    assert_true(WAIT_UNTIL(cl_bus_pending(f->router) == 0));
+    cl_bus_free(real);
+    pthread_mutex_destroy(&is.lock);
+    pthread_mutex_destroy(&as.lock);
+}
+
 static void test_revocation(void **state)
 {
     fixture *f = *state;
@@ -336,6 +381,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unknown_key_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_known_key_works, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_cannot_pose_as_other_host, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_command_to_foreign_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revocation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_files, setup, teardown),

@@ -44,6 +44,17 @@ static void test_names_are_novas(void **state)
     assert_string_equal(cl_task_state_name(CL_TASK_SPAWNING), "spawning");
     assert_string_equal(cl_task_state_name(CL_TASK_POWERING_OFF), "powering-off");
     assert_string_equal(cl_task_state_name(CL_TASK_RESIZE_PREP), "resize_prep");
+    /* Nova's task_states.py spellings for the tasks appended later. */
+    assert_string_equal(cl_task_state_name(CL_TASK_PAUSING), "pausing");
+    assert_string_equal(cl_task_state_name(CL_TASK_UNPAUSING), "unpausing");
+    assert_string_equal(cl_task_state_name(CL_TASK_SUSPENDING), "suspending");
+    assert_string_equal(cl_task_state_name(CL_TASK_RESUMING), "resuming");
+    assert_string_equal(cl_task_state_name(CL_TASK_REBOOTING_HARD), "rebooting_hard");
+    assert_string_equal(cl_task_state_name(CL_TASK_RESIZE_REVERTING), "resize_reverting");
+    assert_string_equal(cl_task_state_name(CL_TASK_RESIZE_CONFIRMING), "resize_confirming");
+    cl_task_state pt = CL_TASK_NONE;
+    assert_int_equal(cl_task_state_parse("rebooting_hard", &pt), 0);
+    assert_int_equal(pt, CL_TASK_REBOOTING_HARD);
     assert_string_equal(cl_power_state_name(CL_POWER_RUNNING), "running");
     assert_string_equal(cl_power_state_name(CL_POWER_SHUTDOWN), "shutdown");
     assert_string_equal(cl_vm_state_name(CL_VM_STATE_MAX), "unknown");
@@ -96,6 +107,15 @@ static void test_status_map(void **state)
     assert_string_equal(cl_instance_status(CL_VM_PAUSED, CL_TASK_NONE), "PAUSED");
     assert_string_equal(cl_instance_status(CL_VM_SUSPENDED, CL_TASK_NONE), "SUSPENDED");
     assert_string_equal(cl_instance_status(CL_VM_RESIZED, CL_TASK_NONE), "VERIFY_RESIZE");
+    assert_string_equal(cl_instance_status(CL_VM_RESIZED, CL_TASK_RESIZE_REVERTING),
+                        "REVERT_RESIZE");
+    assert_string_equal(cl_instance_status(CL_VM_RESIZED, CL_TASK_RESIZE_CONFIRMING),
+                        "VERIFY_RESIZE");
+    assert_string_equal(cl_instance_status(CL_VM_ACTIVE, CL_TASK_REBOOTING_HARD), "HARD_REBOOT");
+    assert_string_equal(cl_instance_status(CL_VM_ACTIVE, CL_TASK_PAUSING), "ACTIVE");
+    assert_string_equal(cl_instance_status(CL_VM_PAUSED, CL_TASK_UNPAUSING), "PAUSED");
+    assert_string_equal(cl_instance_status(CL_VM_ACTIVE, CL_TASK_SUSPENDING), "ACTIVE");
+    assert_string_equal(cl_instance_status(CL_VM_SUSPENDED, CL_TASK_RESUMING), "SUSPENDED");
     assert_string_equal(cl_instance_status(CL_VM_ERROR, CL_TASK_DELETING), "ERROR");
     assert_string_equal(cl_instance_status(CL_VM_DELETED, CL_TASK_NONE), "DELETED");
     assert_string_equal(cl_instance_status(CL_VM_STATE_MAX, CL_TASK_NONE), "UNKNOWN");

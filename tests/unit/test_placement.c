@@ -333,6 +333,19 @@ static bool wait_vm_state(cl_store *st, const char *uuid, cl_vm_state want, cl_i
     return false;
 }
 
+/* Wait until the instance's power state is want (reports that keep vm_state change it). */
+static bool wait_power(cl_store *st, const char *uuid, cl_power_state want, cl_instance *out)
+{
+    int64_t deadline = cl_mono_ms() + WAIT_MS;
+
+    do {
+        if (cl_store_instance_get(st, uuid, out) == 0 && out->power_state == want)
+            return true;
+        nap();
+    } while (cl_mono_ms() < deadline);
+    return false;
+}
+
 static bool wait_host(cl_store *st, const char *name, cl_host *out)
 {
     int64_t deadline = cl_mono_ms() + WAIT_MS;
@@ -579,6 +592,35 @@ static void test_sched_end_to_end(void **state)
     assert_true(h.up);
     assert_int_equal(h.used_ram_mb, 512);
     assert_int_equal(h.running_vms, 1);
+
+    /* A resize waiting for confirm survives an agent restart: the re-registering agent
+     * only says "running", and the server stays VERIFY_RESIZE. The power state recorded
+     * before is shutdown so the test can see the register was processed. */
+    assert_int_equal(cl_store_instance_set_state(st, e.uuid, CL_VM_RESIZED, CL_TASK_NONE,
+                                                 CL_POWER_SHUTDOWN, NULL, 0), 0);
+    assert_int_equal(cl_bus_send(agent, NULL, CL_MSG_HOST_REGISTER, NULL,
+                                 cl_msg_host_encode(&mh, &ri[1], 1), true, NULL), 0);
+    assert_true(wait_power(st, e.uuid, CL_POWER_RUNNING, &got));
+    assert_int_equal(got.vm_state, CL_VM_RESIZED);
+    assert_string_equal(cl_instance_status(got.vm_state, got.task_state), "VERIFY_RESIZE");
+    /* ... and so does the agent's first periodic report after the restart ... */
+    assert_int_equal(cl_store_instance_set_state(st, e.uuid, -1, -1, CL_POWER_SHUTDOWN,
+                                                 NULL, 0), 0);
+    send_state(agent, e.uuid, CL_VM_ACTIVE, CL_POWER_RUNNING);
+    assert_true(wait_power(st, e.uuid, CL_POWER_RUNNING, &got));
+    assert_int_equal(got.vm_state, CL_VM_RESIZED);
+    /* ... while the same report ends a revert in flight (REVERT_RESIZE -> ACTIVE). */
+    assert_int_equal(cl_store_instance_set_state(st, e.uuid, -1, CL_TASK_RESIZE_REVERTING,
+                                                 -1, NULL, 0), 0);
+    send_state(agent, e.uuid, CL_VM_ACTIVE, CL_POWER_RUNNING);
+    assert_true(wait_vm_state(st, e.uuid, CL_VM_ACTIVE, &got));
+    assert_int_equal(got.task_state, CL_TASK_NONE);
+    /* A paused guest found at register follows its power state. */
+    ri[1].power_state = CL_POWER_PAUSED;
+    assert_int_equal(cl_bus_send(agent, NULL, CL_MSG_HOST_REGISTER, NULL,
+                                 cl_msg_host_encode(&mh, &ri[1], 1), true, NULL), 0);
+    assert_true(wait_vm_state(st, e.uuid, CL_VM_PAUSED, &got));
+    assert_int_equal(got.power_state, CL_POWER_PAUSED);
 
     cl_bus_free(api);
     cl_bus_free(agent);
