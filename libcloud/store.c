@@ -496,11 +496,13 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
     if (!f)
         f = &none;
 
-    int64_t m_created = 0;
-    char m_uuid[CL_UUID_LEN] = "";
+    /* Ties in created_ms (servers created in the same millisecond) are broken by
+     * insertion order, the rowid, as Nova breaks them by its autoincrement id: "newest
+     * first" then holds for every pair, and the marker resumes exactly after its row. */
+    int64_t m_created = 0, m_rowid = 0;
     if (f->marker) {
         _cleanup_stmt_ sqlite3_stmt *m = NULL;
-        int r = cl_db_prepare(st->db, "SELECT created_ms, uuid FROM instances WHERE uuid = ?",
+        int r = cl_db_prepare(st->db, "SELECT created_ms, rowid FROM instances WHERE uuid = ?",
                               &m);
         if (r < 0)
             return r;
@@ -509,7 +511,7 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
         if (r <= 0)
             return r == 0 ? -ENOENT : r;
         m_created = sqlite3_column_int64(m, 0);
-        cl_db_column_text(m, 1, m_uuid, sizeof(m_uuid));
+        m_rowid = sqlite3_column_int64(m, 1);
     }
 
     /* The SQL is assembled from fixed fragments only; every value is a bound parameter
@@ -518,11 +520,11 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
     char sql[1024];
     snprintf(sql, sizeof(sql),
              "SELECT " INSTANCE_COLS " FROM instances WHERE 1%s%s%s%s"
-             " ORDER BY created_ms DESC, uuid DESC%s",
+             " ORDER BY created_ms DESC, rowid DESC%s",
              f->project_id ? " AND project_id = :project" : "",
              f->host ? " AND host = :host" : "",
              f->include_deleted ? "" : " AND vm_state <> :deleted",
-             f->marker ? " AND (created_ms < :mc OR (created_ms = :mc AND uuid < :mu))" : "",
+             f->marker ? " AND (created_ms < :mc OR (created_ms = :mc AND rowid < :mr))" : "",
              f->limit > 0 ? " LIMIT :limit" : "");
 
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
@@ -535,7 +537,7 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
         cl_db_bind_text(s, sqlite3_bind_parameter_index(s, ":host"), f->host);
     if (f->marker) {
         cl_db_bind_int64(s, sqlite3_bind_parameter_index(s, ":mc"), m_created);
-        cl_db_bind_text(s, sqlite3_bind_parameter_index(s, ":mu"), m_uuid);
+        cl_db_bind_int64(s, sqlite3_bind_parameter_index(s, ":mr"), m_rowid);
     }
     if (!f->include_deleted)
         cl_db_bind_text(s, sqlite3_bind_parameter_index(s, ":deleted"),

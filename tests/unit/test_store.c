@@ -174,12 +174,24 @@ static void test_flavors(void **state)
     assert_int_equal(v, 5); /* every schema step of store_schema.h applied */
 }
 
-/* True when a comes strictly before b in "newest first" order. */
-static bool newer_first(const cl_instance *a, const cl_instance *b)
+/* Position of uuid in the creation order made[0..n). */
+static size_t created_index(const cl_instance *made, size_t n, const char *uuid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(made[i].uuid, uuid) == 0)
+            return i;
+    fail_msg("instance %s was never created", uuid);
+    return n;
+}
+
+/* True when a comes strictly before b in "newest first" order: later creation time,
+ * and for the same millisecond the later insertion (made[] is in creation order). */
+static bool newer_first(const cl_instance *made, size_t n, const cl_instance *a,
+                        const cl_instance *b)
 {
     if (a->created_ms != b->created_ms)
         return a->created_ms > b->created_ms;
-    return strcmp(a->uuid, b->uuid) > 0;
+    return created_index(made, n, a->uuid) > created_index(made, n, b->uuid);
 }
 
 static void test_instances(void **state)
@@ -230,7 +242,7 @@ static void test_instances(void **state)
     assert_int_equal(cl_store_instance_list(f->st, NULL, &all, &nall), 0);
     assert_int_equal(nall, 9);
     for (size_t i = 1; i < nall; i++)
-        assert_true(newer_first(&all[i - 1], &all[i]));
+        assert_true(newer_first(made, CL_ARRAY_SIZE(made), &all[i - 1], &all[i]));
 
     /* Pages of 4 with markers reassemble the full list exactly. */
     size_t seen = 0, pages = 0;
