@@ -317,3 +317,15 @@ void cl_db_close(cl_db *db)
     sqlite3_close_v2(db->handle);
     free(db);
 }
+
+int cl_db_step_row(sqlite3_stmt *stmt)
+{
+    int rc = sqlite3_step(stmt);
+
+    if (rc == SQLITE_ROW)
+        return 1;
+    if (rc == SQLITE_DONE)
+        return 0;
+    cl_debug("db", "query failed (%d): %s", rc, sqlite3_errmsg(sqlite3_db_handle(stmt)));
+    return cl_db_errno(rc) ? cl_db_errno(rc) : -EIO;
+}

@@ -62,6 +62,10 @@ int cl_db_prepare(cl_db *db, const char *sql, sqlite3_stmt **out);
  * constraint violation, -EBUSY, -EIO. */
 int cl_db_step_done(sqlite3_stmt *stmt);
 
+/* Step a query statement: 1 when a row is ready, 0 when done, or a negative errno
+ * (as cl_db_errno) with the SQLite message logged at debug level. */
+int cl_db_step_row(sqlite3_stmt *stmt);
+
 /* Bind helpers: NULL text binds SQL NULL. Index is 1-based as in SQLite. */
 int cl_db_bind_text(sqlite3_stmt *stmt, int idx, const char *s);
 int cl_db_bind_int64(sqlite3_stmt *stmt, int idx, int64_t v);

@@ -161,35 +161,9 @@ static int finish_tx(cl_db *db, int r)
     return r;
 }
 
-/* sqlite3_step for a query: 1 = row, 0 = done, <0 = errno. */
-static int step_row(sqlite3_stmt *stmt)
-{
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        return 1;
-    if (rc == SQLITE_DONE)
-        return 0;
-    cl_debug(ST_LOG, "query failed (%d): %s", rc, sqlite3_errmsg(sqlite3_db_handle(stmt)));
-    return cl_db_errno(rc) ? cl_db_errno(rc) : -EIO;
-}
-
 static bool vm_ok(int s) { return s >= 0 && s < CL_VM_STATE_MAX; }
 static bool task_ok(int s) { return s >= 0 && s < CL_TASK_STATE_MAX; }
 static bool power_ok(int s) { return s >= 0 && s < CL_POWER_STATE_MAX; }
-
-/* Grow a malloc'd array of elem-sized items to hold at least n+1, doubling. */
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    size_t ncap = *cap ? *cap * 2 : 16;
-    void *p = reallocarray(*arr, ncap, elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
 
 /* Disk a flavor takes on a host, as Nova's placement counts DISK_GB: root + ephemeral +
  * swap rounded up to whole GB. */
@@ -308,7 +282,7 @@ int cl_store_flavor_get(cl_store *st, const char *id_or_name, cl_flavor *out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, id_or_name);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     flavor_read(s, out);
@@ -329,8 +303,8 @@ int cl_store_flavor_list(cl_store *st, cl_flavor **out, size_t *out_n)
         return r;
     _cleanup_free_ cl_flavor *arr = NULL;
     size_t n = 0, cap = 0;
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         flavor_read(s, &arr[n++]);
     }
@@ -483,7 +457,7 @@ int cl_store_instance_get(cl_store *st, const char *uuid, cl_instance *out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     return instance_read(s, out);
@@ -507,7 +481,7 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
         if (r < 0)
             return r;
         cl_db_bind_text(m, 1, f->marker);
-        r = step_row(m);
+        r = cl_db_step_row(m);
         if (r <= 0)
             return r == 0 ? -ENOENT : r;
         m_created = sqlite3_column_int64(m, 0);
@@ -547,8 +521,8 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
 
     _cleanup_free_ cl_instance *arr = NULL;
     size_t n = 0, cap = 0;
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         r = instance_read(s, &arr[n]);
         if (r < 0)
@@ -581,7 +555,7 @@ static int live_get(cl_db *db, const char *uuid, live_row *out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     live_row l;
@@ -772,7 +746,7 @@ int cl_store_instance_count(cl_store *st, const char *project_id, int64_t *out)
         return r;
     cl_db_bind_text(s, 1, project_id);
     cl_db_bind_text(s, 2, cl_vm_state_name(CL_VM_DELETED));
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -EIO : r;
     *out = sqlite3_column_int64(s, 0);
@@ -930,8 +904,8 @@ int cl_store_host_list(cl_store *st, cl_host **out, size_t *out_n)
         return r;
     _cleanup_free_ cl_host *arr = NULL;
     size_t n = 0, cap = 0;
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         host_read(s, &arr[n++]);
     }
@@ -949,7 +923,7 @@ static int host_get_db(cl_db *db, const char *name, cl_host *out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, name);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     host_read(s, out);
@@ -974,7 +948,7 @@ static int alloc_host(cl_db *db, const char *uuid, char *out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r == 1)
         cl_db_column_text(s, 0, out, CL_HOST_MAX);
     return r;
@@ -1041,7 +1015,7 @@ static int claim_group_get(cl_db *db, const char *uuid, claim_group *g)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r == 1) {
         cl_db_column_text(s, 0, g->uuid, sizeof(g->uuid));
         cl_db_column_text(s, 1, g->policy, sizeof(g->policy));
@@ -1069,7 +1043,7 @@ static int claim_group_allows(cl_db *db, const claim_group *g, const char *uuid,
         cl_db_bind_text(s, 1, g->uuid);
         cl_db_bind_text(s, 2, uuid);
         cl_db_bind_text(s, 3, host);
-        r = step_row(s);
+        r = cl_db_step_row(s);
         return r < 0 ? r : !r;
     }
     if (strcmp(g->policy, "anti-affinity") == 0) {
@@ -1085,7 +1059,7 @@ static int claim_group_allows(cl_db *db, const claim_group *g, const char *uuid,
         cl_db_bind_text(s, 1, g->uuid);
         cl_db_bind_text(s, 2, uuid);
         cl_db_bind_text(s, 3, host);
-        r = step_row(s);
+        r = cl_db_step_row(s);
         if (r <= 0)
             return r == 0 ? -EIO : r;
         return sqlite3_column_int64(s, 0) < max;
@@ -1104,7 +1078,7 @@ static int host_gen_get(cl_db *db, const char *name, int64_t *gen, bool *maint, 
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, name);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     *gen = sqlite3_column_int64(s, 0);

@@ -96,35 +96,6 @@ static int finish_tx(cl_db *db, int r)
     return r;
 }
 
-/* 1 = row, 0 = done, <0 = errno. */
-static int step_row(sqlite3_stmt *stmt)
-{
-    int rc = sqlite3_step(stmt);
-
-    if (rc == SQLITE_ROW)
-        return 1;
-    if (rc == SQLITE_DONE)
-        return 0;
-    cl_debug(ST_LOG, "query failed (%d): %s", rc, sqlite3_errmsg(sqlite3_db_handle(stmt)));
-    return cl_db_errno(rc) ? cl_db_errno(rc) : -EIO;
-}
-
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    size_t ncap;
-    void *p;
-
-    if (n < *cap)
-        return 0;
-    ncap = *cap ? *cap * 2 : 16;
-    p = reallocarray(*arr, ncap, elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
 /* Run one statement with up to three text parameters (NULL binds SQL NULL); returns
  * the number of changed rows or a negative errno. */
 static int exec3(cl_db *db, const char *sql, const char *a, const char *b, const char *c)
@@ -181,7 +152,7 @@ static int quota_get_db(cl_db *db, const char *project_id, cl_quota_set *inout)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, project_id);
-    while ((r = step_row(s)) == 1) {
+    while ((r = cl_db_step_row(s)) == 1) {
         cl_quota_res res;
 
         if (cl_quota_res_parse((const char *)sqlite3_column_text(s, 0), &res) == 0)
@@ -236,7 +207,7 @@ static int instance_usage(cl_db *db, const char *project_id, cl_project_usage *o
         return r;
     cl_db_bind_text(s, 1, project_id);
     cl_db_bind_text(s, 2, cl_vm_state_name(CL_VM_DELETED));
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -EIO : r;
     out->instances = sqlite3_column_int64(s, 0);
@@ -469,7 +440,7 @@ int cl_store_instance_extra_get(cl_store *st, const char *uuid, char *out_key, s
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r; /* no row: no key, no user data */
     if (sqlite3_column_type(s, 0) != SQLITE_NULL) {
@@ -519,7 +490,7 @@ int cl_store_instance_extras_many(cl_store *st, const char *const *uuids, size_t
     if (r < 0)
         return r;
     cl_db_bind_text(k, 1, json);
-    while ((r = step_row(k)) == 1) {
+    while ((r = cl_db_step_row(k)) == 1) {
         int64_t idx = sqlite3_column_int64(k, 0);
 
         if (idx < 0 || (size_t)idx >= n)
@@ -535,12 +506,12 @@ int cl_store_instance_extras_many(cl_store *st, const char *const *uuids, size_t
     if (r < 0)
         return r;
     cl_db_bind_text(m, 1, json);
-    while ((r = step_row(m)) == 1) {
+    while ((r = cl_db_step_row(m)) == 1) {
         int64_t idx = sqlite3_column_int64(m, 0);
 
         if (idx < 0 || (size_t)idx >= n)
             continue;
-        if (grow((void **)&items, &cap, ni, sizeof(*items)) < 0)
+        if (cl_grow_array((void **)&items, &cap, ni, sizeof(*items)) < 0)
             return -ENOMEM;
         items[ni].idx = (size_t)idx;
         cl_db_column_text(m, 1, items[ni].kv.key, sizeof(items[ni].kv.key));
@@ -588,8 +559,8 @@ static int kv_list(cl_db *db, const char *sql, const char *id, cl_kv **out, size
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, id);
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         cl_db_column_text(s, 0, arr[n].key, sizeof(arr[n].key));
         cl_db_column_text(s, 1, arr[n].value, sizeof(arr[n].value));
@@ -728,7 +699,7 @@ int cl_store_keypair_get(cl_store *st, const char *user_id, const char *name, cl
         return r;
     cl_db_bind_text(s, 1, user_id);
     cl_db_bind_text(s, 2, name);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     return keypair_read(s, out);
@@ -747,8 +718,8 @@ int cl_store_keypair_list(cl_store *st, const char *user_id, cl_keypair **out, s
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, user_id);
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
             r = -ENOMEM;
             break;
         }
@@ -796,7 +767,7 @@ int cl_store_flavor_description(cl_store *st, const char *id, char **out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, id);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     if (sqlite3_column_type(s, 0) == SQLITE_NULL)
@@ -869,8 +840,8 @@ int cl_store_flavor_access_list(cl_store *st, const char *id, char (**out)[CL_ID
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, id);
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         cl_db_column_text(s, 0, arr[n], sizeof(arr[n]));
         n++;
@@ -915,7 +886,7 @@ int cl_store_flavor_access_allowed(cl_store *st, const cl_flavor *f, const char 
         return r;
     cl_db_bind_text(s, 1, f->id);
     cl_db_bind_text(s, 2, project_id);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r < 0)
         return r;
     *out = r == 1;
@@ -934,7 +905,7 @@ int cl_store_service_get(cl_store *st, const char *host, cl_service_state *out)
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, host);
-    r = step_row(s);
+    r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
     if (sqlite3_column_type(s, 0) != SQLITE_NULL) {
@@ -999,8 +970,8 @@ int cl_store_instance_actions(cl_store *st, const char *uuid, cl_instance_action
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    while ((r = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+    while ((r = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         cl_db_column_text(s, 0, arr[n].action, sizeof(arr[n].action));
         cl_db_column_text(s, 1, arr[n].request_id, sizeof(arr[n].request_id));
@@ -1046,10 +1017,10 @@ int cl_store_migrations_list(cl_store *st, const char *host, const char *status,
     cl_db_bind_text(s, 2, status);
     cl_db_bind_text(s, 3, instance_uuid);
     cl_db_bind_text(s, 4, type);
-    while ((r = step_row(s)) == 1) {
+    while ((r = cl_db_step_row(s)) == 1) {
         cl_migration_row *m;
 
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         m = &arr[n++];
         m->id = sqlite3_column_int64(s, 0);

@@ -84,34 +84,6 @@ const char cl_store_schema_identity[] =
 
 /* ---- helpers ---- */
 
-static int step_row(sqlite3_stmt *stmt)
-{
-    int rc = sqlite3_step(stmt);
-
-    if (rc == SQLITE_ROW)
-        return 1;
-    if (rc == SQLITE_DONE)
-        return 0;
-    cl_debug(SI_LOG, "query failed (%d): %s", rc, sqlite3_errmsg(sqlite3_db_handle(stmt)));
-    return cl_db_errno(rc) ? cl_db_errno(rc) : -EIO;
-}
-
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    size_t ncap;
-    void *p;
-
-    if (n < *cap)
-        return 0;
-    ncap = *cap ? *cap * 2 : 16;
-    p = reallocarray(*arr, ncap, elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
 /* Run a statement with text binds (NULL binds SQL NULL) and no rows. */
 static int exec_binds(cl_store *st, const char *sql, int n, const char *const *binds)
 {
@@ -139,7 +111,7 @@ static int query_one(cl_store *st, const char *sql, int n, const char *const *bi
         return rc;
     for (int i = 0; i < n; i++)
         cl_db_bind_text(s, i + 1, binds[i]);
-    rc = step_row(s);
+    rc = cl_db_step_row(s);
     if (rc < 0)
         return rc;
     if (rc == 0)
@@ -161,8 +133,8 @@ static int query_all(cl_store *st, const char *sql, int n, const char *const *bi
         return rc;
     for (int i = 0; i < n; i++)
         cl_db_bind_text(s, i + 1, binds[i]);
-    while ((rc = step_row(s)) == 1) {
-        if (grow(&arr, &cap, cnt, elem) < 0) {
+    while ((rc = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array(&arr, &cap, cnt, elem) < 0) {
             free(arr);
             return -ENOMEM;
         }
@@ -661,8 +633,8 @@ int cl_store_revoked_list(cl_store *st, int64_t now_ms, size_t max, char (**out)
         return rc;
     cl_db_bind_int64(s, 1, now_ms);
     cl_db_bind_int64(s, 2, (int64_t)max);
-    while ((rc = step_row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
+    while ((rc = cl_db_step_row(s)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
             free(arr);
             return -ENOMEM;
         }

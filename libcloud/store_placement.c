@@ -188,20 +188,6 @@ static int exec_bound(cl_db *db, const char *sql, const char *const *texts, size
     return r < 0 ? r : cl_db_changes(db);
 }
 
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    size_t ncap = *cap ? *cap * 2 : 16;
-    void *p = reallocarray(*arr, ncap, elem);
-
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
 /* Append "\nk=v\n" style pair to a meta buffer (the buffer always starts with '\n'). */
 static void meta_add(char *meta, const char *k, const char *v)
 {
@@ -519,7 +505,7 @@ int cl_store_aggregate_list(cl_store *st, cl_aggregate **out, size_t *n_out)
     if (r < 0)
         return r;
     while ((r = row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
             r = -ENOMEM;
             break;
         }
@@ -831,7 +817,7 @@ int cl_store_group_list(cl_store *st, const char *project_id, cl_server_group **
         return r;
     cl_db_bind_text(s, 1, project_id);
     while ((r = row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         r = group_read(s, &arr[n++]);
         if (r < 0)
@@ -873,7 +859,7 @@ int cl_store_group_members(cl_store *st, const char *uuid, char (**out)[CL_UUID_
         return r;
     cl_db_bind_text(s, 1, uuid);
     while ((r = row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         cl_db_column_text(s, 0, arr[n++], CL_UUID_LEN);
     }
@@ -926,7 +912,7 @@ int cl_store_group_member_hosts(cl_store *st, const char *group_uuid, const char
     cl_db_bind_text(s, 1, group_uuid);
     cl_db_bind_text(s, 2, except_uuid);
     while ((r = row(s)) == 1) {
-        if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0)
+        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
             return -ENOMEM;
         cl_db_column_text(s, 0, arr[n++], CL_HOST_MAX);
     }
@@ -962,8 +948,8 @@ int cl_store_placement_flavor_specs(cl_store *st, const char *flavor_id, const c
         if (!key || strncmp(key, prefix ? prefix : "", plen) != 0)
             continue;
         size_t c2 = cap;
-        if (grow((void **)&k, &cap, n, sizeof(*k)) < 0 ||
-            grow((void **)&v, &c2, n, sizeof(*v)) < 0)
+        if (cl_grow_array((void **)&k, &cap, n, sizeof(*k)) < 0 ||
+            cl_grow_array((void **)&v, &c2, n, sizeof(*v)) < 0)
             return -ENOMEM;
         cl_strlcpy(k[n], key + plen, sizeof(k[n]));
         cl_db_column_text(s, 1, v[n], sizeof(v[n]));
@@ -1474,7 +1460,7 @@ int cl_store_placement_audit(cl_store *st, bool repair, cl_audit_item **out, siz
 
             r = cl_db_prepare(db, audit_checks[c].find, &s);
             while (r >= 0 && (r = row(s)) == 1) {
-                if (grow((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
+                if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
                     r = -ENOMEM;
                     break;
                 }

@@ -113,3 +113,17 @@ void cl_time_iso8601(int64_t ms, bool with_z, char *out, size_t outlen)
     else
         snprintf(out, outlen, "%s.%06d", date, (int)rem * 1000);
 }
+
+int cl_grow_array(void **arr, size_t *cap, size_t n, size_t elem)
+{
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    void *p = reallocarray(*arr, ncap, elem);
+
+    if (!p)
+        return -ENOMEM;
+    *arr = p;
+    *cap = ncap;
+    return 0;
+}

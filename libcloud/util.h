@@ -37,6 +37,11 @@ int cl_parse_int64(const char *s, int64_t *out);
  * without: "2026-11-26T06:14:50.000000" (the two forms Nova mixes). */
 void cl_time_iso8601(int64_t ms, bool with_z, char *out, size_t outlen);
 
+/* Make room for element n of a malloc'd array *arr of capacity *cap (elements of size
+ * elem): doubles the capacity (16 at first) when n reaches it. 0 or -ENOMEM, leaving
+ * *arr and *cap untouched on failure. For loops that collect query rows. */
+int cl_grow_array(void **arr, size_t *cap, size_t n, size_t elem);
+
 /* Sleep-free wait helper for tests and loops is deliberately absent: wait on events. */
 
 #endif
