@@ -36,6 +36,7 @@
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1109,6 +1110,25 @@ static void h_auth_domains(const cl_http_req *req, cl_http_resp *resp, void *ud)
 
 /* ---- domains ---- */
 
+/* {"<key>": obj} with status. */
+static void respond_one(cl_http_resp *resp, int status, const char *key, json_object *obj)
+{
+    json_object *body = json_object_new_object();
+
+    json_object_object_add(body, key, obj);
+    cl_http_resp_json(resp, status, body);
+}
+
+/* {"<coll>": list, "links": ...} with 200. */
+static void respond_list(api_ctx *ctx, cl_http_resp *resp, const char *coll, json_object *list)
+{
+    json_object *body = json_object_new_object();
+
+    json_object_object_add(body, coll, list);
+    json_object_object_add(body, "links", links_coll(ctx, coll));
+    cl_http_resp_json(resp, 200, body);
+}
+
 static void h_domains_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     api_ctx *ctx = ud;
@@ -1116,7 +1136,7 @@ static void h_domains_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     size_t n = 0;
     cl_store *st;
     cl_auth who;
-    json_object *body, *list;
+    json_object *list;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) || !require_admin(&who, resp, "identity:list_domains"))
@@ -1129,10 +1149,7 @@ static void h_domains_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     list = json_object_new_array();
     for (size_t i = 0; i < n; i++)
         json_object_array_add(list, domain_json(ctx, &ds[i]));
-    body = json_object_new_object();
-    json_object_object_add(body, "domains", list);
-    json_object_object_add(body, "links", links_coll(ctx, "domains"));
-    cl_http_resp_json(resp, 200, body);
+    respond_list(ctx, resp, "domains", list);
 }
 
 static void h_domain_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
@@ -1142,7 +1159,6 @@ static void h_domain_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
     cl_store *st;
     cl_auth who;
     cl_domain d;
-    json_object *body;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st))
@@ -1156,12 +1172,99 @@ static void h_domain_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
         ks_store_error(resp, rc, "domain", id);
         return;
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "domain", domain_json(ctx, &d));
-    cl_http_resp_json(resp, 200, body);
+    respond_one(resp, 200, "domain", domain_json(ctx, &d));
 }
 
-/* ---- projects ---- */
+/* ---- projects and users ----
+ *
+ * Projects and users are created, read, updated and deleted the same way, with the same
+ * policy and the same error texts: one set of handlers serves both routes, and a ks_kind
+ * row (chosen by the request path) says what differs: the key in bodies, policy names and
+ * errors, the longest name, whose own object a non-admin may read, which bootstrap
+ * object cannot be deleted. The store calls and the JSON differ by type only (obj_*). */
+
+/* One project or user. */
+typedef union ks_obj {
+    cl_project project;
+    cl_user user;
+} ks_obj;
+
+/* The fields both kinds have, pointing into one ks_obj (same sizes in both structs:
+ * CL_ID_MAX, CL_NAME_MAX and CL_DESC_MAX). */
+typedef struct ks_fields {
+    char *id, *name, *domain_id, *description;
+    bool *enabled;
+} ks_fields;
+
+typedef struct ks_kind {
+    const char *key; /* "project": JSON member, policy and error texts */
+    size_t name_max; /* longest name accepted */
+    size_t self_off; /* offsetof(cl_auth, ...): the caller's own one, readable by non-admins */
+    size_t boot_off; /* offsetof(api_cfg, ...): the bootstrap one, which cannot be deleted */
+    bool user;       /* the member of ks_obj: user, else project */
+} ks_kind;
+
+static const ks_kind ks_kinds[] = {
+    {"project", 64, offsetof(cl_auth, project_id), offsetof(api_cfg, admin_project_id), false},
+    {"user", 255, offsetof(cl_auth, user_id), offsetof(api_cfg, admin_user_id), true},
+};
+
+/* The kind a request routed to /v3/projects... or /v3/users... is about. The router
+ * matched those two literal segments (decoded, after any leading slashes), so the
+ * decoded path starts with them. */
+static const ks_kind *kind_of(const cl_http_req *req)
+{
+    const char *p = req->path;
+
+    while (*p == '/')
+        p++;
+    return &ks_kinds[strncmp(p, "v3/users", 8) == 0 ? 1 : 0];
+}
+
+static ks_fields obj_fields(const ks_kind *k, ks_obj *o)
+{
+    if (k->user)
+        return (ks_fields){o->user.id, o->user.name, o->user.domain_id, o->user.description,
+                           &o->user.enabled};
+    return (ks_fields){o->project.id, o->project.name, o->project.domain_id,
+                       o->project.description, &o->project.enabled};
+}
+
+static int obj_get(const ks_kind *k, cl_store *st, const char *id, ks_obj *o)
+{
+    return k->user ? cl_store_user_get(st, id, &o->user)
+                   : cl_store_project_get(st, id, &o->project);
+}
+
+/* Create or update. */
+static int obj_put(const ks_kind *k, cl_store *st, const ks_obj *o, bool create)
+{
+    if (k->user)
+        return create ? cl_store_user_create(st, &o->user) : cl_store_user_update(st, &o->user);
+    return create ? cl_store_project_create(st, &o->project)
+                  : cl_store_project_update(st, &o->project);
+}
+
+static json_object *obj_json(const ks_kind *k, const api_ctx *ctx, const ks_obj *o)
+{
+    return k->user ? user_json(ctx, &o->user) : project_json(ctx, &o->project);
+}
+
+/* Keystone's policy name of verb on the kind, e.g. identity:create_project. */
+static const char *ks_policy(const ks_kind *k, const char *verb, char *buf, size_t len)
+{
+    snprintf(buf, len, "identity:%s_%s", verb, k->key);
+    return buf;
+}
+
+/* The caller's id field at off (a char array in cl_auth) and the config string at off (a
+ * char * in api_cfg). */
+static const char *auth_field(const cl_auth *who, size_t off) { return (const char *)who + off; }
+
+static const char *cfg_field(const api_cfg *cfg, size_t off)
+{
+    return *(char *const *)((const char *)cfg + off);
+}
 
 static void h_projects_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
@@ -1170,7 +1273,7 @@ static void h_projects_list(const cl_http_req *req, cl_http_resp *resp, void *ud
     size_t n = 0;
     cl_store *st;
     cl_auth who;
-    json_object *body, *list;
+    json_object *list;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) ||
@@ -1190,176 +1293,8 @@ static void h_projects_list(const cl_http_req *req, cl_http_resp *resp, void *ud
             continue;
         json_object_array_add(list, project_json(ctx, &ps[i]));
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "projects", list);
-    json_object_object_add(body, "links", links_coll(ctx, "projects"));
-    cl_http_resp_json(resp, 200, body);
+    respond_list(ctx, resp, "projects", list);
 }
-
-/* Read name/description/enabled of a project or user body into the given fields.
- * Returns false after answering 400. */
-static bool read_common(cl_http_resp *resp, json_object *o, bool create, size_t name_max,
-                        char *name, size_t namelen, char *desc, size_t desclen, bool *enabled)
-{
-    cl_error err = {0};
-    const char *s = NULL;
-
-    if (cl_json_get_str_len(o, "name", create, 1, name_max, &s, &err) < 0) {
-        ks_error(resp, 400, "Invalid input for field 'name': %s", err.message);
-        return false;
-    }
-    if (s)
-        cl_strlcpy(name, s, namelen);
-    s = NULL;
-    if (json_object_object_get_ex(o, "description", NULL) &&
-        !json_object_is_type(cl_json_path(o, "description"), json_type_null)) {
-        if (cl_json_get_str_len(o, "description", false, 0, CL_DESC_MAX - 1, &s, &err) < 0) {
-            ks_error(resp, 400, "Invalid input for field 'description': %s", err.message);
-            return false;
-        }
-        cl_strlcpy(desc, s ? s : "", desclen);
-    }
-    if (cl_json_get_bool(o, "enabled", false, enabled, &err) < 0) {
-        ks_error(resp, 400, "Invalid input for field 'enabled': %s", err.message);
-        return false;
-    }
-    return true;
-}
-
-static void h_project_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
-{
-    api_ctx *ctx = ud;
-    _cleanup_json_ json_object *root = NULL;
-    json_object *o, *body;
-    cl_store *st;
-    cl_auth who;
-    cl_project p;
-    const char *dom;
-    int rc;
-
-    if (!begin(ctx, req, resp, &who, &st) ||
-        !require_admin(&who, resp, "identity:create_project") || !body_json(req, resp, &root))
-        return;
-    o = jobj(root, "project");
-    if (!o) {
-        ks_error(resp, 400, "Invalid input for field 'project': a project object is required.");
-        return;
-    }
-    memset(&p, 0, sizeof(p));
-    p.enabled = true;
-    if (!read_common(resp, o, true, 64, p.name, sizeof(p.name), p.description,
-                     sizeof(p.description), &p.enabled))
-        return;
-    dom = jstr(o, "domain_id");
-    cl_strlcpy(p.domain_id, dom ? dom : who.domain_id[0] ? who.domain_id : CL_DEFAULT_DOMAIN_ID,
-               sizeof(p.domain_id));
-    cl_identity_new_id(p.id);
-    rc = cl_store_project_create(st, &p);
-    if (rc == -EEXIST) {
-        ks_error(resp, 409, "Conflict occurred attempting to store project - Duplicate entry "
-                            "found with name %.64s at domain ID %.64s.", p.name, p.domain_id);
-        return;
-    }
-    if (rc == -ENOENT) {
-        ks_error(resp, 400, "Could not find domain: %.64s.", p.domain_id);
-        return;
-    }
-    if (rc < 0) {
-        ks_store_error(resp, rc, "project", p.id);
-        return;
-    }
-    body = json_object_new_object();
-    json_object_object_add(body, "project", project_json(ctx, &p));
-    cl_http_resp_json(resp, 201, body);
-}
-
-static void h_project_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
-{
-    api_ctx *ctx = ud;
-    const char *id = cl_http_req_param(req, "id");
-    cl_store *st;
-    cl_auth who;
-    cl_project p;
-    json_object *body;
-    int rc;
-
-    if (!begin(ctx, req, resp, &who, &st))
-        return;
-    if (!cl_auth_is_admin(&who) && !str_eq(who.project_id, id)) {
-        ks_forbidden(resp, "identity:get_project");
-        return;
-    }
-    rc = cl_store_project_get(st, id, &p);
-    if (rc < 0) {
-        ks_store_error(resp, rc, "project", id);
-        return;
-    }
-    body = json_object_new_object();
-    json_object_object_add(body, "project", project_json(ctx, &p));
-    cl_http_resp_json(resp, 200, body);
-}
-
-static void h_project_update(const cl_http_req *req, cl_http_resp *resp, void *ud)
-{
-    api_ctx *ctx = ud;
-    const char *id = cl_http_req_param(req, "id");
-    _cleanup_json_ json_object *root = NULL;
-    json_object *o, *body;
-    cl_store *st;
-    cl_auth who;
-    cl_project p;
-    int rc;
-
-    if (!begin(ctx, req, resp, &who, &st) ||
-        !require_admin(&who, resp, "identity:update_project") || !body_json(req, resp, &root))
-        return;
-    rc = cl_store_project_get(st, id, &p);
-    if (rc < 0) {
-        ks_store_error(resp, rc, "project", id);
-        return;
-    }
-    o = jobj(root, "project");
-    if (!o || !read_common(resp, o, false, 64, p.name, sizeof(p.name), p.description,
-                           sizeof(p.description), &p.enabled)) {
-        if (!o)
-            ks_error(resp, 400, "Invalid input for field 'project'.");
-        return;
-    }
-    rc = cl_store_project_update(st, &p);
-    if (rc < 0) {
-        ks_store_error(resp, rc, "project", id);
-        return;
-    }
-    body = json_object_new_object();
-    json_object_object_add(body, "project", project_json(ctx, &p));
-    cl_http_resp_json(resp, 200, body);
-}
-
-static void h_project_delete(const cl_http_req *req, cl_http_resp *resp, void *ud)
-{
-    api_ctx *ctx = ud;
-    const char *id = cl_http_req_param(req, "id");
-    cl_store *st;
-    cl_auth who;
-    int rc;
-
-    if (!begin(ctx, req, resp, &who, &st) ||
-        !require_admin(&who, resp, "identity:delete_project"))
-        return;
-    if (str_eq(id, ctx->cfg->admin_project_id)) {
-        ks_error(resp, 403, "The bootstrap admin project ([auth] admin_project_id) cannot be "
-                            "deleted.");
-        return;
-    }
-    rc = cl_store_project_delete(st, id);
-    if (rc < 0) {
-        ks_store_error(resp, rc, "project", id);
-        return;
-    }
-    cl_http_resp_json(resp, 204, NULL);
-}
-
-/* ---- users ---- */
 
 static void h_users_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
@@ -1368,7 +1303,7 @@ static void h_users_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     size_t n = 0;
     cl_store *st;
     cl_auth who;
-    json_object *body, *list;
+    json_object *list;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) || !require_admin(&who, resp, "identity:list_users"))
@@ -1382,17 +1317,17 @@ static void h_users_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     list = json_object_new_array();
     for (size_t i = 0; i < n; i++)
         json_object_array_add(list, user_json(ctx, &us[i]));
-    body = json_object_new_object();
-    json_object_object_add(body, "users", list);
-    json_object_object_add(body, "links", links_coll(ctx, "users"));
-    cl_http_resp_json(resp, 200, body);
+    respond_list(ctx, resp, "users", list);
 }
 
-/* Fields of a user body beyond the common ones: password, default_project_id, email. */
-static bool read_user_extra(api_ctx *ctx, cl_http_resp *resp, json_object *o, cl_user *u)
+/* Fields of a user body beyond the common ones: password, default_project_id, email; on
+ * create, the default project must exist. */
+static bool read_user_extra(api_ctx *ctx, cl_store *st, cl_http_resp *resp, json_object *o,
+                            cl_user *u, bool create)
 {
     cl_error err = {0};
     const char *s = NULL;
+    cl_project p;
 
     if (json_object_object_get_ex(o, "password", NULL) &&
         !json_object_is_type(cl_json_path(o, "password"), json_type_null)) {
@@ -1419,143 +1354,182 @@ static bool read_user_extra(api_ctx *ctx, cl_http_resp *resp, json_object *o, cl
     }
     if (s)
         cl_strlcpy(u->email, s, sizeof(u->email));
+    if (create && u->default_project_id[0] &&
+        cl_store_project_get(st, u->default_project_id, &p) < 0) {
+        ks_error(resp, 400, "Could not find project: %.64s.", u->default_project_id);
+        return false;
+    }
     return true;
 }
 
-static void h_user_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
+/* Read name/description/enabled of a project or user body into f. Returns false after
+ * answering 400. */
+static bool read_common(cl_http_resp *resp, json_object *o, bool create, size_t name_max,
+                        const ks_fields *f)
+{
+    cl_error err = {0};
+    const char *s = NULL;
+
+    if (cl_json_get_str_len(o, "name", create, 1, name_max, &s, &err) < 0) {
+        ks_error(resp, 400, "Invalid input for field 'name': %s", err.message);
+        return false;
+    }
+    if (s)
+        cl_strlcpy(f->name, s, CL_NAME_MAX);
+    s = NULL;
+    if (json_object_object_get_ex(o, "description", NULL) &&
+        !json_object_is_type(cl_json_path(o, "description"), json_type_null)) {
+        if (cl_json_get_str_len(o, "description", false, 0, CL_DESC_MAX - 1, &s, &err) < 0) {
+            ks_error(resp, 400, "Invalid input for field 'description': %s", err.message);
+            return false;
+        }
+        cl_strlcpy(f->description, s ? s : "", CL_DESC_MAX);
+    }
+    if (cl_json_get_bool(o, "enabled", false, f->enabled, &err) < 0) {
+        ks_error(resp, 400, "Invalid input for field 'enabled': %s", err.message);
+        return false;
+    }
+    return true;
+}
+
+static void h_kind_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     api_ctx *ctx = ud;
+    const ks_kind *k = kind_of(req);
     _cleanup_json_ json_object *root = NULL;
-    json_object *o, *body;
+    json_object *o;
     cl_store *st;
     cl_auth who;
-    cl_user u;
-    cl_project p;
+    ks_obj obj;
+    ks_fields f;
+    char policy[64];
     const char *dom;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) ||
-        !require_admin(&who, resp, "identity:create_user") || !body_json(req, resp, &root))
+        !require_admin(&who, resp, ks_policy(k, "create", policy, sizeof(policy))) ||
+        !body_json(req, resp, &root))
         return;
-    o = jobj(root, "user");
+    o = jobj(root, k->key);
     if (!o) {
-        ks_error(resp, 400, "Invalid input for field 'user': a user object is required.");
+        ks_error(resp, 400, "Invalid input for field '%s': a %s object is required.", k->key,
+                 k->key);
         return;
     }
-    memset(&u, 0, sizeof(u));
-    u.enabled = true;
-    if (!read_common(resp, o, true, 255, u.name, sizeof(u.name), u.description,
-                     sizeof(u.description), &u.enabled) ||
-        !read_user_extra(ctx, resp, o, &u))
+    memset(&obj, 0, sizeof(obj));
+    f = obj_fields(k, &obj);
+    *f.enabled = true;
+    if (!read_common(resp, o, true, k->name_max, &f) ||
+        (k->user && !read_user_extra(ctx, st, resp, o, &obj.user, true)))
         return;
-    if (u.default_project_id[0] && cl_store_project_get(st, u.default_project_id, &p) < 0) {
-        ks_error(resp, 400, "Could not find project: %.64s.", u.default_project_id);
-        return;
-    }
     dom = jstr(o, "domain_id");
-    cl_strlcpy(u.domain_id, dom ? dom : who.domain_id[0] ? who.domain_id : CL_DEFAULT_DOMAIN_ID,
-               sizeof(u.domain_id));
-    cl_identity_new_id(u.id);
-    rc = cl_store_user_create(st, &u);
+    cl_strlcpy(f.domain_id, dom ? dom : who.domain_id[0] ? who.domain_id : CL_DEFAULT_DOMAIN_ID,
+               CL_ID_MAX);
+    cl_identity_new_id(f.id);
+    rc = obj_put(k, st, &obj, true);
     if (rc == -EEXIST) {
-        ks_error(resp, 409, "Conflict occurred attempting to store user - Duplicate entry "
-                            "found with name %.64s at domain ID %.64s.", u.name, u.domain_id);
+        ks_error(resp, 409, "Conflict occurred attempting to store %s - Duplicate entry "
+                            "found with name %.64s at domain ID %.64s.", k->key, f.name,
+                 f.domain_id);
         return;
     }
     if (rc == -ENOENT) {
-        ks_error(resp, 400, "Could not find domain: %.64s.", u.domain_id);
+        ks_error(resp, 400, "Could not find domain: %.64s.", f.domain_id);
         return;
     }
     if (rc < 0) {
-        ks_store_error(resp, rc, "user", u.id);
+        ks_store_error(resp, rc, k->key, f.id);
         return;
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "user", user_json(ctx, &u));
-    cl_http_resp_json(resp, 201, body);
+    respond_one(resp, 201, k->key, obj_json(k, ctx, &obj));
 }
 
-static void h_user_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
+static void h_kind_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     api_ctx *ctx = ud;
+    const ks_kind *k = kind_of(req);
     const char *id = cl_http_req_param(req, "id");
     cl_store *st;
     cl_auth who;
-    cl_user u;
-    json_object *body;
+    ks_obj obj;
+    char policy[64];
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st))
         return;
-    if (!cl_auth_is_admin(&who) && !str_eq(who.user_id, id)) {
-        ks_forbidden(resp, "identity:get_user");
+    if (!cl_auth_is_admin(&who) && !str_eq(auth_field(&who, k->self_off), id)) {
+        ks_forbidden(resp, ks_policy(k, "get", policy, sizeof(policy)));
         return;
     }
-    rc = cl_store_user_get(st, id, &u);
+    rc = obj_get(k, st, id, &obj);
     if (rc < 0) {
-        ks_store_error(resp, rc, "user", id);
+        ks_store_error(resp, rc, k->key, id);
         return;
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "user", user_json(ctx, &u));
-    cl_http_resp_json(resp, 200, body);
+    respond_one(resp, 200, k->key, obj_json(k, ctx, &obj));
 }
 
-static void h_user_update(const cl_http_req *req, cl_http_resp *resp, void *ud)
+static void h_kind_update(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     api_ctx *ctx = ud;
+    const ks_kind *k = kind_of(req);
     const char *id = cl_http_req_param(req, "id");
     _cleanup_json_ json_object *root = NULL;
-    json_object *o, *body;
+    json_object *o;
     cl_store *st;
     cl_auth who;
-    cl_user u;
+    ks_obj obj;
+    ks_fields f;
+    char policy[64];
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) ||
-        !require_admin(&who, resp, "identity:update_user") || !body_json(req, resp, &root))
+        !require_admin(&who, resp, ks_policy(k, "update", policy, sizeof(policy))) ||
+        !body_json(req, resp, &root))
         return;
-    rc = cl_store_user_get(st, id, &u);
+    rc = obj_get(k, st, id, &obj);
     if (rc < 0) {
-        ks_store_error(resp, rc, "user", id);
+        ks_store_error(resp, rc, k->key, id);
         return;
     }
-    o = jobj(root, "user");
+    o = jobj(root, k->key);
     if (!o) {
-        ks_error(resp, 400, "Invalid input for field 'user'.");
+        ks_error(resp, 400, "Invalid input for field '%s'.", k->key);
         return;
     }
-    if (!read_common(resp, o, false, 255, u.name, sizeof(u.name), u.description,
-                     sizeof(u.description), &u.enabled) ||
-        !read_user_extra(ctx, resp, o, &u))
+    f = obj_fields(k, &obj);
+    if (!read_common(resp, o, false, k->name_max, &f) ||
+        (k->user && !read_user_extra(ctx, st, resp, o, &obj.user, false)))
         return;
-    rc = cl_store_user_update(st, &u);
+    rc = obj_put(k, st, &obj, false);
     if (rc < 0) {
-        ks_store_error(resp, rc, "user", id);
+        ks_store_error(resp, rc, k->key, id);
         return;
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "user", user_json(ctx, &u));
-    cl_http_resp_json(resp, 200, body);
+    respond_one(resp, 200, k->key, obj_json(k, ctx, &obj));
 }
 
-static void h_user_delete(const cl_http_req *req, cl_http_resp *resp, void *ud)
+static void h_kind_delete(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     api_ctx *ctx = ud;
+    const ks_kind *k = kind_of(req);
     const char *id = cl_http_req_param(req, "id");
     cl_store *st;
     cl_auth who;
+    char policy[64];
     int rc;
 
-    if (!begin(ctx, req, resp, &who, &st) || !require_admin(&who, resp, "identity:delete_user"))
+    if (!begin(ctx, req, resp, &who, &st) ||
+        !require_admin(&who, resp, ks_policy(k, "delete", policy, sizeof(policy))))
         return;
-    if (str_eq(id, ctx->cfg->admin_user_id)) {
-        ks_error(resp, 403, "The bootstrap admin user ([auth] admin_user_id) cannot be deleted.");
+    if (str_eq(id, cfg_field(ctx->cfg, k->boot_off))) {
+        ks_error(resp, 403, "The bootstrap admin %s ([auth] admin_%s_id) cannot be deleted.",
+                 k->key, k->key);
         return;
     }
-    rc = cl_store_user_delete(st, id);
+    rc = k->user ? cl_store_user_delete(st, id) : cl_store_project_delete(st, id);
     if (rc < 0) {
-        ks_store_error(resp, rc, "user", id);
+        ks_store_error(resp, rc, k->key, id);
         return;
     }
     cl_http_resp_json(resp, 204, NULL);
@@ -1638,7 +1612,7 @@ static void h_roles_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     size_t n = 0;
     cl_store *st;
     cl_auth who;
-    json_object *body, *list;
+    json_object *list;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) || !require_admin(&who, resp, "identity:list_roles"))
@@ -1651,17 +1625,13 @@ static void h_roles_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     list = json_object_new_array();
     for (size_t i = 0; i < n; i++)
         json_object_array_add(list, role_json(ctx, &rs[i], true));
-    body = json_object_new_object();
-    json_object_object_add(body, "roles", list);
-    json_object_object_add(body, "links", links_coll(ctx, "roles"));
-    cl_http_resp_json(resp, 200, body);
+    respond_list(ctx, resp, "roles", list);
 }
 
 static void h_role_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
 {
     api_ctx *ctx = ud;
     _cleanup_json_ json_object *root = NULL;
-    json_object *body;
     cl_store *st;
     cl_auth who;
     cl_role_rec r;
@@ -1689,9 +1659,7 @@ static void h_role_create(const cl_http_req *req, cl_http_resp *resp, void *ud)
         ks_store_error(resp, rc, "role", r.id);
         return;
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "role", role_json(ctx, &r, true));
-    cl_http_resp_json(resp, 201, body);
+    respond_one(resp, 201, "role", role_json(ctx, &r, true));
 }
 
 static void h_role_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
@@ -1701,7 +1669,6 @@ static void h_role_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
     cl_store *st;
     cl_auth who;
     cl_role_rec r;
-    json_object *body;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) || !require_admin(&who, resp, "identity:get_role"))
@@ -1711,9 +1678,7 @@ static void h_role_show(const cl_http_req *req, cl_http_resp *resp, void *ud)
         ks_store_error(resp, rc, "role", id);
         return;
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "role", role_json(ctx, &r, true));
-    cl_http_resp_json(resp, 200, body);
+    respond_one(resp, 200, "role", role_json(ctx, &r, true));
 }
 
 static void h_role_delete(const cl_http_req *req, cl_http_resp *resp, void *ud)
@@ -1837,7 +1802,7 @@ static void h_grants_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
     const char *pid = cl_http_req_param(req, "pid"), *uid = cl_http_req_param(req, "uid");
     cl_store *st;
     cl_auth who;
-    json_object *body, *list;
+    json_object *list;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st) || !require_admin(&who, resp, "identity:list_grants"))
@@ -1855,10 +1820,7 @@ static void h_grants_list(const cl_http_req *req, cl_http_resp *resp, void *ud)
         cl_strlcpy(r.name, as[i].role_name, sizeof(r.name));
         json_object_array_add(list, role_json(ctx, &r, true));
     }
-    body = json_object_new_object();
-    json_object_object_add(body, "roles", list);
-    json_object_object_add(body, "links", links_coll(ctx, "roles"));
-    cl_http_resp_json(resp, 200, body);
+    respond_list(ctx, resp, "roles", list);
 }
 
 static json_object *assignment_json(const api_ctx *ctx, cl_store *st,
@@ -1907,7 +1869,7 @@ static void h_assignments_list(const cl_http_req *req, cl_http_resp *resp, void 
     bool names = query_flag(req, "include_names");
     cl_store *st;
     cl_auth who;
-    json_object *body, *list;
+    json_object *list;
     int rc;
 
     if (!begin(ctx, req, resp, &who, &st))
@@ -1930,10 +1892,7 @@ static void h_assignments_list(const cl_http_req *req, cl_http_resp *resp, void 
     }
     for (size_t i = 0; i < n; i++)
         json_object_array_add(list, assignment_json(ctx, st, &as[i], names));
-    body = json_object_new_object();
-    json_object_object_add(body, "role_assignments", list);
-    json_object_object_add(body, "links", links_coll(ctx, "role_assignments"));
-    cl_http_resp_json(resp, 200, body);
+    respond_list(ctx, resp, "role_assignments", list);
 }
 
 /* ---- routing ---- */
@@ -1950,19 +1909,19 @@ static const cl_http_route identity_routes[] = {
     {"GET", "/v3/domains", h_domains_list},
     {"GET", "/v3/domains/{id}", h_domain_show},
     {"GET", "/v3/projects", h_projects_list},
-    {"POST", "/v3/projects", h_project_create},
-    {"GET", "/v3/projects/{id}", h_project_show},
-    {"PATCH", "/v3/projects/{id}", h_project_update},
-    {"DELETE", "/v3/projects/{id}", h_project_delete},
+    {"POST", "/v3/projects", h_kind_create},
+    {"GET", "/v3/projects/{id}", h_kind_show},
+    {"PATCH", "/v3/projects/{id}", h_kind_update},
+    {"DELETE", "/v3/projects/{id}", h_kind_delete},
     {"GET", "/v3/projects/{pid}/users/{uid}/roles", h_grants_list},
     {"PUT", "/v3/projects/{pid}/users/{uid}/roles/{rid}", h_grant_put},
     {"GET", "/v3/projects/{pid}/users/{uid}/roles/{rid}", h_grant_check},
     {"DELETE", "/v3/projects/{pid}/users/{uid}/roles/{rid}", h_grant_delete},
     {"GET", "/v3/users", h_users_list},
-    {"POST", "/v3/users", h_user_create},
-    {"GET", "/v3/users/{id}", h_user_show},
-    {"PATCH", "/v3/users/{id}", h_user_update},
-    {"DELETE", "/v3/users/{id}", h_user_delete},
+    {"POST", "/v3/users", h_kind_create},
+    {"GET", "/v3/users/{id}", h_kind_show},
+    {"PATCH", "/v3/users/{id}", h_kind_update},
+    {"DELETE", "/v3/users/{id}", h_kind_delete},
     {"GET", "/v3/users/{id}/projects", h_user_projects},
     {"POST", "/v3/users/{id}/password", h_user_password},
     {"GET", "/v3/roles", h_roles_list},

@@ -1,5 +1,5 @@
 /*
- * migrate_actions.c - live migration through the Compute API (migrate_actions.h).
+ * migrate_actions.c - moving servers through the Compute API (migrate_actions.h).
  *
  * os-migrateLive checks what can be checked at once (admin, state, a named destination
  * that exists, is up and enabled, is not the current host, and runs the same
@@ -8,6 +8,11 @@
  * work to the scheduler (migration.live). The scheduler re-checks and claims the
  * destination under the database lock; everything after that is reported through the
  * instance (status MIGRATING, then ACTIVE on the new host) and the migration rows.
+ *
+ * Cold moves (migrate, a resize the host has no room for, confirmResize/revertResize of
+ * those) and evacuate follow the same pattern: the same checks (host_arg, dest_ok,
+ * begin_failed), a task state, and a message to the scheduler (to_scheduler), which
+ * claims, moves the disk between the agents and reports through the instance.
  *
  * The server migrations sub-resource (Nova 2.22+/2.23+) lists in-progress live
  * migrations with memory/disk progress; show also answers finished ones, and adds nube's
@@ -39,6 +44,82 @@ static bool in_progress(const char *status)
            strcmp(status, "migrating") == 0 || strcmp(status, "cancelling") == 0;
 }
 
+/* ---- what every move checks (os-migrateLive, migrate, resize elsewhere, evacuate) ---- */
+
+/* The optional "host" of an action body (*host "" when absent or null). false with a 400
+ * answered when it is not a short string. */
+static bool host_arg(cl_http_resp *resp, json_object *arg, const char **host)
+{
+    json_object *v = NULL;
+    *host = "";
+    if (!arg || !json_object_is_type(arg, json_type_object) ||
+        !json_object_object_get_ex(arg, "host", &v) || !v)
+        return true;
+    if (!json_object_is_type(v, json_type_string) ||
+        strlen(json_object_get_string(v)) >= CL_HOST_MAX) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute host.");
+        return false;
+    }
+    *host = json_object_get_string(v);
+    return true;
+}
+
+/* A named destination: known, not the current host, up and enabled, and (src given) of
+ * the source's hypervisor type. false with Nova's 400 answered. */
+static bool dest_ok(cl_http_resp *resp, cl_store *st, const char *host, const cl_instance *cur,
+                    const cl_host *src)
+{
+    cl_host d;
+    if (cl_store_host_get(st, host, &d) < 0) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute host %.64s could not be found.",
+                            host);
+        return false;
+    }
+    if (strcmp(host, cur->host) == 0) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "The target host can't be the same one.");
+        return false;
+    }
+    if (!d.up || !d.enabled) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute service of %.64s is unavailable "
+                            "at this time.", host);
+        return false;
+    }
+    if (src && strcmp(src->hypervisor_type, d.hypervisor_type) != 0) {
+        cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Unable to migrate instance (%s) to host "
+                            "(%.64s): hypervisor type %s differs from %s.", cur->uuid, host,
+                            d.hypervisor_type, src->hypervisor_type);
+        return false;
+    }
+    return true;
+}
+
+/* cl_store_action_begin refused: 409 for a state or task in the way (inst as it is). */
+static void begin_failed(cl_http_resp *resp, int rc, const char *action, const char *uuid,
+                         const cl_instance *inst)
+{
+    if (rc == -EBUSY || rc == -EPERM)
+        cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot '%s' instance %s while it is in %s %s",
+                            action, uuid, rc == -EBUSY ? "task_state" : "vm_state",
+                            rc == -EBUSY ? cl_task_state_name(inst->task_state)
+                                         : cl_vm_state_name(inst->vm_state));
+    else
+        cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
+                            strerror(-rc));
+}
+
+/* Hand the move to the scheduler (body taken over). false with the task undone and 503
+ * answered when its queue is full. */
+static bool to_scheduler(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp,
+                         cl_store *st, const char *uuid, const char *type, json_object *b)
+{
+    if (cl_bus_send(ctx->bus, NULL, type, req->request_id, b, true, NULL) == 0)
+        return true;
+    cl_store_instance_set_state(st, uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+    cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
+                        "later.");
+    return false;
+}
+
 void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
                       const cl_instance *cur, json_object *arg)
 {
@@ -54,15 +135,8 @@ void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
                             "os-migrateLive.");
         return;
     }
-    if (json_object_object_get_ex(arg, "host", &v) && v) {
-        if (!json_object_is_type(v, json_type_string) ||
-            strlen(json_object_get_string(v)) >= CL_HOST_MAX) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
-                                "host.");
-            return;
-        }
-        host = json_object_get_string(v);
-    }
+    if (!host_arg(resp, arg, &host))
+        return;
     if (json_object_object_get_ex(arg, "block_migration", &v) && v) {
         /* false asks for shared storage in Nova (< 2.25), and the stock client sends it
          * by default; nube detects shared storage itself, so false means "auto": the
@@ -85,73 +159,52 @@ void api_migrate_live(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
         }
     }
     if (host[0]) {
-        cl_host d, s;
-        rc = cl_store_host_get(st, host, &d);
-        if (rc < 0) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute host %.64s could not be "
-                                "found.", host);
+        cl_host s;
+        if (!dest_ok(resp, st, host, cur, cl_store_host_get(st, cur->host, &s) == 0 ? &s
+                                                                                  : NULL))
             return;
-        }
-        if (strcmp(host, cur->host) == 0) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "The target host can't be the same "
-                                "one.");
-            return;
-        }
-        if (!d.up || !d.enabled) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute service of %.64s is "
-                                "unavailable at this time.", host);
-            return;
-        }
-        if (cl_store_host_get(st, cur->host, &s) == 0 &&
-            strcmp(s.hypervisor_type, d.hypervisor_type) != 0) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Unable to migrate instance (%s) to "
-                                "host (%.64s): hypervisor type %s differs from %s.", cur->uuid,
-                                host, d.hypervisor_type, s.hypervisor_type);
-            return;
-        }
     }
     rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_ACTIVE) | CL_VM_BIT(CL_VM_PAUSED),
                                CL_TASK_MIGRATING, &inst);
     if (rc == 0 && !inst.host[0])
         rc = -EPERM;
     if (rc < 0) {
-        if (rc == -EBUSY || rc == -EPERM)
-            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'os-migrateLive' instance %s "
-                                "while it is in %s %s", cur->uuid,
-                                rc == -EBUSY ? "task_state" : "vm_state",
-                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
-                                             : cl_vm_state_name(inst.vm_state));
-        else
-            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
-                                strerror(-rc));
+        begin_failed(resp, rc, "os-migrateLive", cur->uuid, &inst);
         return;
     }
     json_object *b = json_object_new_object();
     json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
     json_object_object_add(b, "host", json_object_new_string(host));
     json_object_object_add(b, "block", json_object_new_string(block));
-    rc = cl_bus_send(ctx->bus, NULL, CL_MSG_MIGRATION_LIVE, req->request_id, b, true, NULL);
-    if (rc < 0) {
-        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
-        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
-                            "later.");
+    if (!to_scheduler(ctx, req, resp, st, cur->uuid, CL_MSG_MIGRATION_LIVE, b))
         return;
-    }
     cl_info(LOG_MOD, "server %s: live migration to %s requested", cur->uuid,
             host[0] ? host : "(scheduler's choice)");
     cl_http_resp_json(resp, 202, NULL);
 }
 
-/* Cold migration: the scheduler claims and moves (scheduler/migrations.c, on_cold). */
+/* Cold migration: the scheduler claims and moves (scheduler/migrations.c, on_cold): the
+ * source exports the stopped guest's overlay, the destination pulls it over the agents'
+ * HTTP ports. QEMU hosts and test-driver hosts (no disk file) can; Xen and LXC guests
+ * keep other files (rootfs, image properties) that are not moved yet. */
 #define MSG_COLD "migration.cold"
 #define MSG_COLD_CONFIRM "migration.confirm"
 #define MSG_COLD_REVERT "migration.revert"
+
+static bool cold_capable(const cl_host *h)
+{
+    return strcasecmp(h->hypervisor_type, "test") == 0 ||
+           strcasecmp(h->hypervisor_type, "QEMU") == 0 ||
+           strcasecmp(h->hypervisor_type, "KVM") == 0;
+}
+
+/* A stopped server moves too (Nova keeps its power state: SHUTOFF where it lands). */
+#define COLD_STATES (CL_VM_BIT(CL_VM_ACTIVE) | CL_VM_BIT(CL_VM_STOPPED))
 
 void api_migrate_cold(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_store *st,
                       const cl_instance *cur, json_object *arg)
 {
     const char *host = "";
-    json_object *v = NULL;
     cl_instance inst = *cur;
     cl_host s;
     int rc;
@@ -164,72 +217,30 @@ void api_migrate_cold(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, 
                             "migrate.");
         return;
     }
-    if (arg && json_object_object_get_ex(arg, "host", &v) && v) {
-        if (!json_object_is_type(v, json_type_string) ||
-            strlen(json_object_get_string(v)) >= CL_HOST_MAX) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
-                                "host.");
-            return;
-        }
-        host = json_object_get_string(v);
-    }
+    if (!host_arg(resp, arg, &host))
+        return;
     if (!cur->host[0] || cl_store_host_get(st, cur->host, &s) < 0) {
         cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'migrate' instance %s: it has no "
                             "host.", cur->uuid);
         return;
     }
-    if (strcasecmp(s.hypervisor_type, "test") != 0) {
+    if (!cold_capable(&s)) {
         cl_http_resp_errorf(resp, CL_E_NOT_IMPLEMENTED, "Cold migration of %s instances is "
                             "not implemented yet; use os-migrateLive.", s.hypervisor_type);
         return;
     }
-    if (host[0]) {
-        cl_host d;
-        if (cl_store_host_get(st, host, &d) < 0) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute host %.64s could not be "
-                                "found.", host);
-            return;
-        }
-        if (strcmp(host, cur->host) == 0) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "The target host can't be the same "
-                                "one.");
-            return;
-        }
-        if (!d.up || !d.enabled) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Compute service of %.64s is "
-                                "unavailable at this time.", host);
-            return;
-        }
-        if (strcmp(s.hypervisor_type, d.hypervisor_type) != 0) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Host %.64s runs %s, not %s.", host,
-                                d.hypervisor_type, s.hypervisor_type);
-            return;
-        }
-    }
-    rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_ACTIVE),
-                               CL_TASK_RESIZE_MIGRATING, &inst);
+    if (host[0] && !dest_ok(resp, st, host, cur, &s))
+        return;
+    rc = cl_store_action_begin(st, cur->uuid, COLD_STATES, CL_TASK_RESIZE_MIGRATING, &inst);
     if (rc < 0) {
-        if (rc == -EBUSY || rc == -EPERM)
-            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'migrate' instance %s while it "
-                                "is in %s %s", cur->uuid,
-                                rc == -EBUSY ? "task_state" : "vm_state",
-                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
-                                             : cl_vm_state_name(inst.vm_state));
-        else
-            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
-                                strerror(-rc));
+        begin_failed(resp, rc, "migrate", cur->uuid, &inst);
         return;
     }
     json_object *b = json_object_new_object();
     json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
     json_object_object_add(b, "host", json_object_new_string(host));
-    rc = cl_bus_send(ctx->bus, NULL, MSG_COLD, req->request_id, b, true, NULL);
-    if (rc < 0) {
-        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
-        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
-                            "later.");
+    if (!to_scheduler(ctx, req, resp, st, cur->uuid, MSG_COLD, b))
         return;
-    }
     cl_info(LOG_MOD, "server %s: cold migration to %s requested", cur->uuid,
             host[0] ? host : "(scheduler's choice)");
     api_instance_action_record(st, cur->uuid, "migrate");
@@ -242,8 +253,7 @@ bool api_resize_other_host(api_ctx *ctx, const cl_http_req *req, cl_http_resp *r
     cl_instance inst = *cur;
     cl_host s;
 
-    if (!cur->host[0] || cl_store_host_get(st, cur->host, &s) < 0 ||
-        strcasecmp(s.hypervisor_type, "test") != 0)
+    if (!cur->host[0] || cl_store_host_get(st, cur->host, &s) < 0 || !cold_capable(&s))
         return false;
     /* A hint, not a claim (the scheduler claims): with no other host that looks big
      * enough, answer the same-host 400 at once rather than fail later. */
@@ -260,31 +270,18 @@ bool api_resize_other_host(api_ctx *ctx, const cl_http_req *req, cl_http_resp *r
                cl_host_free_disk_gb(&hosts[i]) >= fl->disk_gb;
     if (!some)
         return false;
-    int rc = cl_store_action_begin(st, cur->uuid, CL_VM_BIT(CL_VM_ACTIVE),
-                                   CL_TASK_RESIZE_MIGRATING, &inst);
+    int rc = cl_store_action_begin(st, cur->uuid, COLD_STATES, CL_TASK_RESIZE_MIGRATING,
+                                   &inst);
     if (rc < 0) {
-        if (rc == -EBUSY || rc == -EPERM)
-            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'resize' instance %s while it "
-                                "is in %s %s", cur->uuid,
-                                rc == -EBUSY ? "task_state" : "vm_state",
-                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
-                                             : cl_vm_state_name(inst.vm_state));
-        else
-            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
-                                strerror(-rc));
+        begin_failed(resp, rc, "resize", cur->uuid, &inst);
         return true;
     }
     json_object *b = json_object_new_object();
     json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
     json_object_object_add(b, "host", json_object_new_string(""));
     json_object_object_add(b, "flavor_id", json_object_new_string(fl->id));
-    rc = cl_bus_send(ctx->bus, NULL, MSG_COLD, req->request_id, b, true, NULL);
-    if (rc < 0) {
-        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
-        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
-                            "later.");
+    if (!to_scheduler(ctx, req, resp, st, cur->uuid, MSG_COLD, b))
         return true;
-    }
     cl_info(LOG_MOD, "server %s: resize to %s on another host requested (%s is full)",
             cur->uuid, fl->name, cur->host);
     api_instance_action_record(st, cur->uuid, "resize");
@@ -313,27 +310,14 @@ bool api_migrate_cold_end(api_ctx *ctx, const cl_http_req *req, cl_http_resp *re
                                    confirm ? CL_TASK_RESIZE_CONFIRMING
                                            : CL_TASK_RESIZE_REVERTING, &inst);
     if (rc < 0) {
-        if (rc == -EBUSY || rc == -EPERM)
-            cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot '%s' instance %s while it is "
-                                "in %s %s", name, cur->uuid,
-                                rc == -EBUSY ? "task_state" : "vm_state",
-                                rc == -EBUSY ? cl_task_state_name(inst.task_state)
-                                             : cl_vm_state_name(inst.vm_state));
-        else
-            cl_http_resp_errorf(resp, CL_E_INTERNAL, "Cannot change the server (%s).",
-                                strerror(-rc));
+        begin_failed(resp, rc, name, cur->uuid, &inst);
         return true;
     }
     json_object *b = json_object_new_object();
     json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
-    rc = cl_bus_send(ctx->bus, NULL, confirm ? MSG_COLD_CONFIRM : MSG_COLD_REVERT,
-                     req->request_id, b, true, NULL);
-    if (rc < 0) {
-        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
-        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
-                            "later.");
+    if (!to_scheduler(ctx, req, resp, st, cur->uuid,
+                      confirm ? MSG_COLD_CONFIRM : MSG_COLD_REVERT, b))
         return true;
-    }
     cl_info(LOG_MOD, "server %s: %s of the cold migration requested", cur->uuid, name);
     api_instance_action_record(st, cur->uuid, name);
     cl_http_resp_json(resp, confirm ? 204 : 202, NULL);
@@ -344,23 +328,14 @@ void api_evacuate(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_s
                   const cl_instance *cur, json_object *arg)
 {
     const char *host = "";
-    json_object *v = NULL;
     cl_instance inst = *cur;
     cl_host src;
     int rc;
 
     if (!api_require_admin(resp, "os_compute_api:os-evacuate"))
         return;
-    if (arg && json_object_is_type(arg, json_type_object) &&
-        json_object_object_get_ex(arg, "host", &v) && v) {
-        if (!json_object_is_type(v, json_type_string) ||
-            strlen(json_object_get_string(v)) >= CL_HOST_MAX) {
-            cl_http_resp_errorf(resp, CL_E_BAD_REQUEST, "Invalid input for field/attribute "
-                                "host.");
-            return;
-        }
-        host = json_object_get_string(v);
-    }
+    if (!host_arg(resp, arg, &host))
+        return;
     if (!cur->host[0] || cl_store_host_get(st, cur->host, &src) < 0) {
         cl_http_resp_errorf(resp, CL_E_CONFLICT, "Cannot 'evacuate' instance %s: it has no "
                             "host.", cur->uuid);
@@ -384,23 +359,14 @@ void api_evacuate(api_ctx *ctx, const cl_http_req *req, cl_http_resp *resp, cl_s
                                CL_VM_BIT(CL_VM_STOPPED) | CL_VM_BIT(CL_VM_ERROR) |
                                CL_VM_BIT(CL_VM_PAUSED), CL_TASK_MIGRATING, &inst);
     if (rc < 0) {
-        cl_http_resp_errorf(resp, rc == -EBUSY || rc == -EPERM ? CL_E_CONFLICT : CL_E_INTERNAL,
-                            "Cannot 'evacuate' instance %s while it is in %s %s", cur->uuid,
-                            rc == -EBUSY ? "task_state" : "vm_state",
-                            rc == -EBUSY ? cl_task_state_name(inst.task_state)
-                                         : cl_vm_state_name(inst.vm_state));
+        begin_failed(resp, rc, "evacuate", cur->uuid, &inst);
         return;
     }
     json_object *b = json_object_new_object();
     json_object_object_add(b, "instance_uuid", json_object_new_string(cur->uuid));
     json_object_object_add(b, "host", json_object_new_string(host));
-    rc = cl_bus_send(ctx->bus, NULL, CL_MSG_MIGRATION_EVACUATE, req->request_id, b, true, NULL);
-    if (rc < 0) {
-        cl_store_instance_set_state(st, cur->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
-        cl_http_resp_errorf(resp, CL_E_UNAVAILABLE, "The scheduler queue is full; try again "
-                            "later.");
+    if (!to_scheduler(ctx, req, resp, st, cur->uuid, CL_MSG_MIGRATION_EVACUATE, b))
         return;
-    }
     cl_info(LOG_MOD, "server %s: evacuation from %s requested", cur->uuid, cur->host);
     /* 2.14+: 200 without a body (the adminPass of older microversions is not kept). */
     cl_http_resp_json(resp, 200, NULL);

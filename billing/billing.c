@@ -9,8 +9,11 @@
  * lifts ingest past 100 000 samples/s) and acks each message with cl_bus_ack() only
  * after its group committed. A failed commit (disk full, database locked) acks nothing,
  * so the agents' outboxes resend and nothing is lost; the sample ids make the resend
- * exact. The queue is capped: when the disk is slower than the agents, batches are left
- * unacked and come back later.
+ * exact. The queue is capped: when the disk is slower than the agents, the bus thread
+ * waits (up to QUEUE_WAIT_MS) for the ingest thread to make room, and so stops reading
+ * the socket - ZeroMQ's queues and TCP then hold the senders back, the way a pipe does.
+ * Only when no room comes in that time (a stalled disk) is a batch left unacked, to
+ * come back with its sender's resend.
  *
  * The bus thread also runs the tick: every rate_interval_s it rates what changed
  * (bill_rate_pending) and once an hour it prunes samples past the retention horizon.
@@ -42,6 +45,7 @@
 #define GROUP_MAX_SAMPLES 50000
 #define GROUP_MAX_BATCHES 1024
 #define BILL_QUEUE_MAX_SAMPLES 100000
+#define QUEUE_WAIT_MS 2000
 
 #define CFG_KEY(sec, key, type, def, lo, hi, field, help)                                  \
     {sec, key, type, def, lo, hi, offsetof(bill_cfg, field), help}
@@ -176,9 +180,24 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
     bb->n = n;
 
     pthread_mutex_lock(&b->qlock);
+    if (!b->qstop && b->qsamples + n > BILL_QUEUE_MAX_SAMPLES) {
+        /* Full: the disk is slower than the agents. Wait for the ingest thread to take a
+         * group (with a deadline, so a stalled disk cannot hold the bus thread). */
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        dl.tv_sec += QUEUE_WAIT_MS / 1000;
+        dl.tv_nsec += (QUEUE_WAIT_MS % 1000) * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        while (!b->qstop && b->qsamples + n > BILL_QUEUE_MAX_SAMPLES &&
+               pthread_cond_timedwait(&b->qroom, &b->qlock, &dl) == 0)
+            ;
+    }
     if (b->qstop || b->qsamples + n > BILL_QUEUE_MAX_SAMPLES) {
-        /* Full (the disk is slower than the agents) or stopping: not acked, so the
-         * agent's outbox keeps it and resends it later. Memory stays bounded. */
+        /* Still full or stopping: not acked, so the agent's outbox keeps it and resends
+         * it later. Memory stays bounded. */
         pthread_mutex_unlock(&b->qlock);
         atomic_fetch_add(&b->deferred, 1);
         batch_free(bb);
@@ -275,6 +294,7 @@ static void *ingest_main(void *arg)
             b->qtail = NULL;
         last->next = NULL;
         b->qsamples -= taken;
+        pthread_cond_signal(&b->qroom);
         pthread_mutex_unlock(&b->qlock);
         commit_group(b, group);
         pthread_mutex_lock(&b->qlock);
@@ -291,6 +311,7 @@ static int ingest_start(bill *b, cl_error *err)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&b->qcond, &ca);
+    pthread_cond_init(&b->qroom, &ca);
     pthread_condattr_destroy(&ca);
     b->qcond_init = true;
     if ((r = pthread_create(&b->ingest_thread, NULL, ingest_main, b)) != 0)
@@ -308,6 +329,7 @@ static void ingest_stop(bill *b)
     pthread_mutex_lock(&b->qlock);
     b->qstop = true;
     pthread_cond_broadcast(&b->qcond);
+    pthread_cond_broadcast(&b->qroom);
     pthread_mutex_unlock(&b->qlock);
     pthread_join(b->ingest_thread, NULL);
     while (b->qhead) {
@@ -488,8 +510,10 @@ void bill_stop(bill *b)
     bill_store_close(b->store);
     pthread_mutex_destroy(&b->lock);
     pthread_mutex_destroy(&b->qlock);
-    if (b->qcond_init)
+    if (b->qcond_init) {
         pthread_cond_destroy(&b->qcond);
+        pthread_cond_destroy(&b->qroom);
+    }
     OPENSSL_cleanse(&b->token_key, sizeof b->token_key);
     free(b);
 }

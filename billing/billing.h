@@ -4,7 +4,8 @@
  * Layers, bottom up (each usable alone, which is how the unit tests drive them):
  *
  *   bill_store   the billing database (SQLite, its own file): samples with their
- *                counter deltas, the price plan, rated rows.      meter.c, rating.c
+ *                counter deltas, their hourly sums per instance and project, the
+ *                price plan, rated rows.                          meter.c, rating.c
  *   bill_ingest  samples in, de-duplicated by id, counter deltas kept exact whatever
  *                order the samples arrive in.                     meter.c
  *   bill_rate    per hour, per project, per instance and meter: quantity x price,
@@ -150,7 +151,8 @@ int bill_rate_pending(bill_store *st, const bill_rate_opts *opts, size_t *out_ro
                       cl_error *err);
 
 /* Delete samples older than before_ms, keeping each instance's newest counter sample and
- * all events (deltas and intervals need them). *out_deleted may be NULL. 0 or -errno. */
+ * all events (deltas and intervals need them). The hourly counter sums rating reads are
+ * kept, so pruned hours still re-rate the same. *out_deleted may be NULL. 0 or -errno. */
 int bill_prune(bill_store *st, int64_t before_ms, size_t *out_deleted, cl_error *err);
 
 /* ---- queries over rated rows (project NULL = every project) ---- */

@@ -396,85 +396,41 @@ static int insert_row(rate_ctx *rc, int64_t hour_s, const char *project, const c
     return cl_db_step_done(q);
 }
 
-/* Counters: the window's deltas summed per hour, project and instance.
- *
- * The walk goes instance by instance along the samples' primary key (inst, ts, id): one
- * range seek per instance, then rows in time order, summed here per hour. (A GROUP BY
- * over the ts index instead fetched every row out of order from the table and sorted
- * the groups: 4-5x slower on 10 M samples.) An instance's samples normally carry one
- * project; should one hour hold several, each gets its own sums. */
-#define CTR_PROJECTS_MAX 8
-
-typedef struct ctr_group {
-    char project[CL_ID_MAX];
-    int64_t sum[5];
-} ctr_group;
-
-static int flush_counters(rate_ctx *rc, int64_t hour_s, const char *inst, ctr_group *g,
-                          size_t ng)
-{
-    static const meter_kind order[] = {MT_CPU, MT_NET_IN, MT_NET_OUT, MT_DISK_READ,
-                                       MT_DISK_WRITE};
-    for (size_t k = 0; k < ng; k++)
-        for (size_t i = 0; i < CL_ARRAY_SIZE(order); i++) {
-            int rr = insert_row(rc, hour_s, g[k].project, inst, order[i], "", g[k].sum[i]);
-            if (rr < 0)
-                return rr;
-        }
-    return 0;
-}
-
+/* Counters: the window's deltas summed per hour, project and instance, as the ingest
+ * transaction keeps them in the ctr_hour rollup (meter.c): one row per instance-hour
+ * rather than every sample, one range of its primary key (hour, inst, project). The
+ * rows come sorted as the rated table's key (period, project, resource, meter), meters
+ * in name order too, so the rated rows are appended rather than inserted all over a
+ * b-tree larger than the page cache (3x faster on 3 M samples). */
 static int rate_counters(rate_ctx *rc)
 {
+    /* The meters by name, each with its column in the query below. */
+    static const struct { meter_kind m; int col; } order[] = {
+        {MT_CPU, 3}, {MT_DISK_READ, 6}, {MT_DISK_WRITE, 7}, {MT_NET_IN, 4}, {MT_NET_OUT, 5},
+    };
     _cleanup_stmt_ sqlite3_stmt *q = NULL;
-    ctr_group g[CTR_PROJECTS_MAX];
-    size_t ng = 0;
-    int64_t cur_inst = -1, cur_hour = -1;
-    char inst_uuid[CL_UUID_LEN] = "";
     int r = cl_db_prepare(rc->st->db,
-                          "SELECT i.n, i.uuid, s.ts / 3600000, s.project_id, s.d_cpu,"
-                          " s.d_rx, s.d_tx, s.d_rd, s.d_wr"
-                          " FROM instances i CROSS JOIN samples s ON s.inst = i.n"
-                          " WHERE s.ts >= ?1 AND s.ts < ?2 AND s.kind = 0"
-                          " ORDER BY i.n, s.ts",
+                          "SELECT c.hour, i.uuid, c.project_id, c.d_cpu, c.d_rx, c.d_tx,"
+                          " c.d_rd, c.d_wr FROM ctr_hour c JOIN instances i ON i.n = c.inst"
+                          " WHERE c.hour >= ?1 AND c.hour < ?2"
+                          " ORDER BY c.hour, c.project_id, i.uuid",
                           &q);
     if (r < 0)
         return r;
-    cl_db_bind_int64(q, 1, rc->ws_s * 1000);
-    cl_db_bind_int64(q, 2, rc->we_s * 1000);
+    cl_db_bind_int64(q, 1, rc->ws_s / HOUR_S);
+    cl_db_bind_int64(q, 2, rc->we_s / HOUR_S);
     while ((r = sqlite3_step(q)) == SQLITE_ROW) {
-        int64_t inst = sqlite3_column_int64(q, 0);
-        int64_t hour = sqlite3_column_int64(q, 2);
-        const char *proj = (const char *)sqlite3_column_text(q, 3);
-        size_t k;
-
-        if (inst != cur_inst || hour != cur_hour) {
-            if (ng && (r = flush_counters(rc, cur_hour * HOUR_S, inst_uuid, g, ng)) < 0)
-                return r;
-            ng = 0;
-            if (inst != cur_inst)
-                cl_strlcpy(inst_uuid, (const char *)sqlite3_column_text(q, 1),
-                           sizeof inst_uuid);
-            cur_inst = inst;
-            cur_hour = hour;
+        int64_t hour_s = sqlite3_column_int64(q, 0) * HOUR_S;
+        const char *inst = (const char *)sqlite3_column_text(q, 1);
+        const char *proj = (const char *)sqlite3_column_text(q, 2);
+        for (size_t i = 0; i < CL_ARRAY_SIZE(order); i++) {
+            int rr = insert_row(rc, hour_s, proj ? proj : "", inst ? inst : "", order[i].m,
+                                "", sqlite3_column_int64(q, order[i].col));
+            if (rr < 0)
+                return rr;
         }
-        if (!proj)
-            proj = "";
-        for (k = 0; k < ng && strcmp(g[k].project, proj) != 0; k++)
-            ;
-        if (k == ng) {
-            if (ng == CTR_PROJECTS_MAX)
-                return -EOVERFLOW;
-            memset(&g[ng], 0, sizeof g[ng]);
-            cl_strlcpy(g[ng].project, proj, sizeof g[ng].project);
-            ng++;
-        }
-        for (int i = 0; i < 5; i++)
-            g[k].sum[i] += sqlite3_column_int64(q, 4 + i);
     }
-    if (r != SQLITE_DONE)
-        return cl_db_errno(r);
-    return ng ? flush_counters(rc, cur_hour * HOUR_S, inst_uuid, g, ng) : 0;
+    return r == SQLITE_DONE ? 0 : cl_db_errno(r);
 }
 
 static int acc_add(rate_ctx *rc, int64_t hour_s, meter_kind m, const char *flavor, int64_t qty)

@@ -176,6 +176,9 @@ typedef struct job {
     char uuid[CL_UUID_LEN];
     char req[80];               /* request id to carry into logs and replies */
     cl_msg_instance spec;       /* JOB_SPAWN */
+    bool define_only;           /* JOB_SPAWN of a stopped server that moved here */
+    bool moved;                 /* JOB_SPAWN: it arrived by a cold move; JOB_DESTROY: the
+                                 * copy a cold move left (billing: not created/deleted) */
     cl_msg_action act;          /* JOB_ACTION */
     struct job *next;
 } job;
@@ -767,7 +770,7 @@ static void do_action(agent *a, const cl_msg_action *act)
         watch_addrs(a, uuid);
 }
 
-static void do_spawn(agent *a, const cl_msg_instance *spec)
+static void do_spawn(agent *a, const cl_msg_instance *spec, bool define_only, bool moved)
 {
     cl_error err = {0};
     cl_power_state p = CL_POWER_NOSTATE;
@@ -787,10 +790,18 @@ static void do_spawn(agent *a, const cl_msg_instance *spec)
     /* Tests only ([agent] fail_spawns, simulate.h): every spawn fails. */
     if (agent_sim_fail_spawns())
         cl_error_set(&err, CL_E_INTERNAL, "spawn refused: [agent] fail_spawns is set (test)");
-    else if (agent_driver_spawn(a->drv, spec, &err) == 0) {
+    else if (define_only && agent_driver_define(a->drv, spec, &err) == 0) {
+        /* A stopped server moved here (cold migration): defined, left shut off. */
+        if (first)
+            agent_usage_event(a->usage, spec, CL_USAGE_EV_MIGRATED);
+        report(a, spec->uuid, CL_VM_STOPPED, CL_POWER_SHUTDOWN, NULL, false);
+        set_busy(a, NULL);
+        return;
+    } else if (!define_only && agent_driver_spawn(a->drv, spec, &err) == 0) {
         atomic_fetch_add(&a->spawns, 1);
         if (first)
-            agent_usage_event(a->usage, spec, CL_USAGE_EV_CREATED);
+            agent_usage_event(a->usage, spec, moved ? CL_USAGE_EV_MIGRATED
+                                                    : CL_USAGE_EV_CREATED);
         report(a, spec->uuid, CL_VM_ACTIVE, CL_POWER_RUNNING, NULL, false);
         set_busy(a, NULL);
         watch_addrs(a, spec->uuid);
@@ -806,7 +817,7 @@ static void do_spawn(agent *a, const cl_msg_instance *spec)
 
 /* Destroy, drop the record, report deleted. The record stays (marked deleting) on
  * failure so the next sync or start retries. */
-static void do_destroy(agent *a, const char *uuid)
+static void do_destroy(agent *a, const char *uuid, bool moved)
 {
     cl_error err = {0};
     if (agent_driver_destroy(a->drv, uuid, &err) < 0) {
@@ -816,7 +827,7 @@ static void do_destroy(agent *a, const char *uuid)
         return;
     }
     cl_msg_instance spec;
-    if (a->usage && rec_get(a, uuid, &spec) == 0)
+    if (a->usage && !moved && rec_get(a, uuid, &spec) == 0)
         agent_usage_event(a->usage, &spec, CL_USAGE_EV_DELETED);
     int r = rec_delete(a, uuid);
     if (r < 0)
@@ -879,7 +890,7 @@ static void do_sync(agent *a)
     for (size_t i = 0; i < nrecs; i++) {
         const char *uuid = recs[i].spec.uuid;
         if (recs[i].deleting) {
-            do_destroy(a, uuid);
+            do_destroy(a, uuid, false);
             continue;
         }
         /* Not reported yet means its spawn is still queued: nothing to compare. A
@@ -943,8 +954,8 @@ static void *worker_main(void *arg)
 
         cl_log_set_request_id(j->req[0] ? j->req : NULL);
         switch (j->kind) {
-        case JOB_SPAWN: do_spawn(a, &j->spec); break;
-        case JOB_DESTROY: do_destroy(a, j->uuid); break;
+        case JOB_SPAWN: do_spawn(a, &j->spec, j->define_only, j->moved); break;
+        case JOB_DESTROY: do_destroy(a, j->uuid, j->moved); break;
         case JOB_SYNC: do_sync(a); break;
         case JOB_ACTION: do_action(a, &j->act); break;
         case JOB_ADDRS: do_addrs(a); break;
@@ -999,6 +1010,20 @@ static void mig_forget(void *ud, const char *uuid)
     refresh_running(a);
 }
 
+/* Cold migration's source: stop the guest as the stop action does (ACPI shutdown, destroy
+ * after the grace period); migrate.c owns the instance meanwhile, so its events and the
+ * sync leave it alone. The stop is reported at once (billing's "stopped" must precede
+ * the destination's "started"; the scheduler ignores the state, the instance is on the
+ * destination by then). */
+static int mig_stop(void *ud, const char *uuid, cl_error *err)
+{
+    agent *a = ud;
+    int r = agent_driver_action(a->drv, uuid, CL_ACTION_STOP, NULL, err);
+    if (r == 0)
+        report(a, uuid, CL_VM_STOPPED, CL_POWER_SHUTDOWN, NULL, false);
+    return r;
+}
+
 /* ---- bus handlers (bus thread) ---- */
 
 static void on_spawn(agent *a, const cl_bus_msg *msg)
@@ -1031,9 +1056,15 @@ static void on_spawn(agent *a, const cl_bus_msg *msg)
         report(a, spec.uuid, CL_VM_ERROR, CL_POWER_NOSTATE, fault, false);
         return;
     }
+    /* "power_on": false (cold migration of a stopped server): define, do not start. */
+    bool power_on = true;
+    (void)cl_json_get_bool(msg->body, "power_on", false, &power_on, NULL);
     job *j = job_new(JOB_SPAWN, spec.uuid);
-    if (j)
+    if (j) {
         j->spec = spec;
+        j->define_only = !power_on;
+        j->moved = json_object_object_get_ex(msg->body, "migration_uuid", NULL);
+    }
     if (!j || job_push(a, j) < 0) {
         /* Nothing will run it: drop the record so a restart does not either. */
         rec_delete(a, spec.uuid);
@@ -1056,6 +1087,8 @@ static void on_destroy(agent *a, const cl_bus_msg *msg)
     if (r < 0)
         cl_warn(MOD, "instance %s: cannot mark deleting: %s", uuid, strerror(-r));
     job *j = job_new(JOB_DESTROY, uuid);
+    if (j) /* "moved": the copy a cold move leaves behind; the instance lives on */
+        (void)cl_json_get_bool(msg->body, "moved", false, &j->moved, NULL);
     if (!j || job_push(a, j) < 0)
         cl_warn(MOD, "instance %s: worker queue full; destroy left to the periodic sync",
                 uuid);
@@ -1373,8 +1406,17 @@ static void h_console(const cl_http_req *req, cl_http_resp *resp, void *ud)
     cl_http_resp_json(resp, 200, body);
 }
 
+/* GET /v1/migrations/{mid}/disk: a cold migration's disk, for its destination agent only
+ * (migrate.h: the token of the move). */
+static void h_mig_disk(const cl_http_req *req, cl_http_resp *resp, void *ud)
+{
+    agent *a = ud;
+    agent_mig_serve_disk(a->mig, req, resp);
+}
+
 static const cl_http_route routes[] = {
     {"GET", "/v1/domains", h_domains},
+    {"GET", "/v1/migrations/{mid}/disk", h_mig_disk},
     {"GET", "/v1/instances/{uuid}/console", h_console},
 };
 
@@ -1788,7 +1830,7 @@ int agent_start(const agent_cfg *cfg, agent **out, cl_error *err)
         .post_copy = cfg->migration_post_copy,
         .progress_ms = 500};
     agent_mig_hooks mh = {.ud = a, .send = mig_send, .adopt = mig_adopt,
-                          .forget = mig_forget};
+                          .forget = mig_forget, .stop = mig_stop};
     r = agent_mig_new(&mo, &mh, &a->mig, err);
     if (r < 0)
         goto fail;

@@ -106,6 +106,11 @@ int agent_driver_list(agent_driver *drv, bool nube_only, agent_domain_info **out
  * libvirt's message (the instance fault). */
 int agent_driver_spawn(agent_driver *drv, const cl_msg_instance *inst, cl_error *err);
 
+/* Make the instance's domain exist without starting it (as spawn, disk kept and grown to
+ * the flavor; an existing domain is left as it is): a stopped server that moved to this
+ * host (cold migration). 0 or negative errno + err. */
+int agent_driver_define(agent_driver *drv, const cl_msg_instance *inst, cl_error *err);
+
 /* Make the instance not exist: destroy (if running) and undefine. An absent domain is
  * success. Returns 0 or negative errno + err. */
 int agent_driver_destroy(agent_driver *drv, const char *uuid, cl_error *err);

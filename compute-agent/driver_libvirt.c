@@ -666,6 +666,25 @@ int agent_driver_spawn(agent_driver *drv, const cl_msg_instance *inst, cl_error 
     }
 }
 
+int agent_driver_define(agent_driver *drv, const cl_msg_instance *inst, cl_error *err)
+{
+    _cleanup_conn_ virConnectPtr c = NULL;
+    _cleanup_dom_ virDomainPtr dom = NULL;
+
+    if (!cl_uuid_valid(inst->uuid))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "instance uuid is not a UUID");
+    int r = conn_get(drv, &c, err);
+    if (r < 0)
+        return r;
+    r = lookup(c, inst->uuid, &dom, err);
+    if (r == -ENOENT)
+        return define_domain(drv, c, inst, &dom, err);
+    if (r == 0 && !dom_is_nube(dom))
+        return cl_error_set(err, CL_E_CONFLICT, "a domain with uuid %s exists and is not "
+                            "managed by nube", inst->uuid), -EEXIST;
+    return r;
+}
+
 /* Undefine, tolerating a domain that was transient (gone once destroyed) and drivers
  * that do not know the flags. */
 static int undefine(virDomainPtr dom, cl_error *err)

@@ -33,6 +33,7 @@
 
 #include "bus.h"
 #include "errors.h"
+#include "http.h"
 #include "messages.h"
 
 typedef struct agent_mig agent_mig;
@@ -46,6 +47,9 @@ typedef struct agent_mig_hooks {
     void (*adopt)(void *ud, const cl_msg_instance *spec);
     /* Source: the instance left for another host; drop its record (no destroy). */
     void (*forget)(void *ud, const char *uuid);
+    /* Cold migration's source: stop the guest (ACPI shutdown, then destroy). 0 or
+     * negative errno + err. */
+    int (*stop)(void *ud, const char *uuid, cl_error *err);
 } agent_mig_hooks;
 
 typedef struct agent_mig_opts {
@@ -79,6 +83,28 @@ bool agent_mig_on_msg(agent_mig *m, const cl_bus_msg *msg);
 
 /* True while a migration of the instance is in flight on this host (either role). */
 bool agent_mig_owns(agent_mig *m, const char *uuid);
+
+/* Cold migration (issue 8; the scheduler's side is scheduler/migrations.c):
+ *   source       migration.cold_export -> own the instance, stop the guest (hook stop),
+ *                measure its overlay (size, sha256) and offer it to the holder of the
+ *                move's token on GET /v1/migrations/{mid}/disk; reply cold_exported.
+ *                migration.cold_release -> the offer ends (once the destination has
+ *                the disk, and again at confirm: instance.destroy follows, or revert:
+ *                instance.action start).
+ *   destination  migration.cold_import -> the base image (nube-image cache, else
+ *                image_dir), pull the overlay from the source's URL with the token
+ *                (libcurl, streamed to <uuid>/disk.part, size and sha256 checked, format
+ *                inspected), rebase it on the local base (qemu-img -f qcow2 -u under
+ *                CPU/address-space limits), rename to <uuid>/disk; reply cold_imported.
+ *                instance.spawn follows (the disk is kept and grown to the flavor).
+ *                migration.cold_release (confirm or revert) -> the slot goes; with
+ *                drop_disk (revert, failure) the disk this agent imported is removed
+ *                when no domain uses it (never a disk it did not write: shared storage). */
+
+/* The handler of GET /v1/migrations/{mid}/disk (agent.c's HTTP route): 200 with the
+ * exported overlay for the right X-Nube-Migration-Token, 404 otherwise (no export of
+ * that migration here, or a wrong token: both answer the same). */
+void agent_mig_serve_disk(agent_mig *m, const cl_http_req *req, cl_http_resp *resp);
 
 /* True when this host is the source of an unfinished migration of uuid, by the marker
  * <instances_dir>/<uuid>/migrating that survives an agent crash: the agent must neither

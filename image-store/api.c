@@ -29,10 +29,12 @@
  * file descriptor (sendfile). The server runs a thread per connection: uploads block on
  * disk and must not stall other clients.
  *
- * The upload pipeline: each chunk is counted against the size limits, fed to the format
- * inspector, then written and hashed into a temp blob. The first refusal kills the image
- * at once with its reason (visible to `image show` as nube_status_reason) and drops the
- * temp file; the rest of the body is discarded by cl_http_server. Only after the last byte,
+ * The upload pipeline: each chunk is counted against the size limit and the project's
+ * byte quota (reserved as it arrives, see img_quota_use), fed to the format inspector,
+ * then handed to the blob writer (written and hashed by its workers, blob.c). The first
+ * refusal kills the image at once with its reason (visible to `image show` as
+ * nube_status_reason; a quota refusal puts it back to queued instead, as Glance) and drops
+ * the temp file; the rest of the body is discarded by cl_http_server. Only after the last byte,
  * the final inspection verdict and an fsync does the blob get its address and the image
  * turn active, in one step under the service lock. A connection lost mid-upload puts the
  * image back to queued (as Glance does) so the client can retry; nothing partial is kept.
@@ -63,18 +65,45 @@
 #define MAX_PROPERTIES 128
 #define MAX_TAG_LEN 255
 #define MAX_PROP_VALUE 65535
+/* A 413 decided from the headers is answered after the body when the body is at most
+ * this long (below libcloud's discard cap of 64 MiB), see upload_begin(). */
+#define EARLY_413_DRAIN_MAX (32ULL * 1024 * 1024)
 
 typedef struct img_upload {
     img_service *svc;
     char id[CL_UUID_LEN];
+    char owner[64];
     img_blob_writer *w;
     cl_img_inspector *insp;
     uint64_t received;
-    uint64_t limit;          /* bytes allowed: min(max_image_bytes, quota left) */
-    bool limit_is_quota;
+    struct img_quota_use *quse; /* the owner's quota entry while the upload runs */
+    uint64_t reserved;          /* bytes this upload holds in quse */
     bool refused;
     cl_error err;            /* the answer once refused */
 } img_upload;
+
+/*
+ * The byte quota with uploads running in parallel. Each upload reserves its bytes before
+ * it accepts them: all of Content-Length when the request starts (so the uploads that
+ * cannot fit get 413 at once, before sending their data), else each piece as it
+ * arrives; a project never has stored + reserved bytes over its quota, so whatever the
+ * interleaving, what ends stored fits. Reservations live in memory, one entry per project
+ * with uploads in flight: a restart or a crash ends every upload and so every
+ * reservation (the images left saving are killed by recovery).
+ *
+ * An entry's `stored` is the project's stored bytes as read from the database, kept as
+ * an upper bound: an upload that completes adds its size in the same step, under the
+ * service lock, as its row turns active; a delete (which lowers the truth) leaves it high.
+ * So a reservation that fits is granted without touching the database, and one that does
+ * not fit is decided again on a fresh count under the service lock: refusals are exact.
+ */
+struct img_quota_use {
+    struct img_quota_use *next;
+    char project[64];
+    int64_t stored;   /* bytes of the project's images (upper bound, see above) */
+    int64_t reserved; /* bytes held by its uploads in flight */
+    int uploads;      /* uploads in flight; the entry goes with the last */
+};
 
 static const char *const disk_formats_known[] = {"ami", "ari", "aki", "vhd", "vhdx", "vmdk",
                                                  "raw", "qcow2", "vdi", "iso", "ploop"};
@@ -1244,51 +1273,174 @@ static void api_download(img_service *svc, img_req *req, const char *id)
 
 /* ---------------------------------------------------------------- upload */
 
+/* The entry of project with its fresh stored bytes, one more upload counted in it (created
+ * when absent). Call under svc->lock. NULL when out of memory. */
+static struct img_quota_use *quota_attach(img_service *svc, const char *project,
+                                          int64_t stored)
+{
+    struct img_quota_use *u;
+
+    pthread_mutex_lock(&svc->quota_lock);
+    for (u = svc->quota_uses; u; u = u->next)
+        if (strcmp(u->project, project) == 0)
+            break;
+    if (!u && (u = calloc(1, sizeof(*u)))) {
+        cl_strlcpy(u->project, project, sizeof(u->project));
+        u->next = svc->quota_uses;
+        svc->quota_uses = u;
+    }
+    if (u) {
+        u->stored = stored;
+        u->uploads++;
+    }
+    pthread_mutex_unlock(&svc->quota_lock);
+    return u;
+}
+
+/* Bytes the project may still take. Under quota_lock. */
+static int64_t quota_left(const img_service *svc, const struct img_quota_use *u)
+{
+    return svc->cfg->quota_bytes_per_project - u->stored - u->reserved;
+}
+
+/* Take n bytes for up if they fit. Under quota_lock. */
+static bool quota_take(img_service *svc, img_upload *up, uint64_t n)
+{
+    int64_t left = quota_left(svc, up->quse);
+
+    if (left < 0 || n > (uint64_t)left)
+        return false;
+    up->quse->reserved += (int64_t)n;
+    up->reserved += n;
+    return true;
+}
+
+/* Reserve n more bytes for a running upload: 0, or -EDQUOT when they do not fit even
+ * on a fresh count of the stored bytes. */
+static int quota_reserve(img_service *svc, img_upload *up, uint64_t n)
+{
+    int64_t count = 0, used = 0;
+    bool ok;
+    int rc;
+
+    pthread_mutex_lock(&svc->quota_lock);
+    ok = quota_take(svc, up, n);
+    pthread_mutex_unlock(&svc->quota_lock);
+    if (ok)
+        return 0;
+    lock(svc);
+    rc = img_db_usage(svc->db, up->owner, &count, &used);
+    pthread_mutex_lock(&svc->quota_lock);
+    if (rc == 0)
+        up->quse->stored = used;
+    ok = rc == 0 && quota_take(svc, up, n);
+    if (!ok) {
+        /* Refused: its bytes go in the same step, so an upload deciding next sees
+         * them free (else parallel uploads refused together could all fail, each
+         * counting the others' doomed reservations). */
+        up->quse->reserved -= (int64_t)up->reserved;
+        up->reserved = 0;
+    }
+    pthread_mutex_unlock(&svc->quota_lock);
+    unlock(svc);
+    return ok ? 0 : -EDQUOT;
+}
+
+/* The upload no longer runs: `committed` bytes (its size when its row just turned
+ * active, under svc->lock; else 0) become stored, the rest of its reservation is freed,
+ * and the project's entry goes with its last upload. */
+static void quota_release(img_service *svc, img_upload *up, uint64_t committed)
+{
+    struct img_quota_use *u = up->quse, **pp;
+
+    if (!u)
+        return;
+    pthread_mutex_lock(&svc->quota_lock);
+    u->stored += (int64_t)committed;
+    u->reserved -= (int64_t)up->reserved;
+    up->reserved = 0;
+    up->quse = NULL;
+    if (--u->uploads == 0) {
+        for (pp = &svc->quota_uses; *pp != u; pp = &(*pp)->next)
+            ;
+        *pp = u->next;
+        free(u);
+    }
+    pthread_mutex_unlock(&svc->quota_lock);
+}
+
 static void upload_free(img_upload *up)
 {
     if (!up)
         return;
+    quota_release(up->svc, up, 0);
     img_blob_writer_free(up->w);
     cl_img_inspector_free(up->insp);
     free(up);
 }
 
-/* The upload is refused: the image ends killed with the reason, the temp file goes. */
-static int upload_refuse(img_service *svc, img_upload *up, cl_errcode code, const char *msg)
+/* The upload is refused: the image ends `to` (killed, or queued when only the quota
+ * stood in the way, as Glance restores it) with the reason; the temp file and the
+ * reservation go at once. */
+static int upload_refuse_to(img_service *svc, img_upload *up, cl_errcode code,
+                            const char *msg, const char *to)
 {
     up->refused = true;
     up->err.code = code;
     cl_strlcpy(up->err.message, msg, sizeof(up->err.message));
     img_blob_writer_free(up->w);
     up->w = NULL;
+    quota_release(svc, up, 0);
     lock(svc);
-    img_db_set_status(svc->db, up->id, "saving", "killed", msg);
+    img_db_set_status(svc->db, up->id, "saving", to, msg);
     unlock(svc);
     atomic_fetch_add(&svc->uploads_refused, 1);
-    cl_info("image.upload", "image %s killed: %s", up->id, msg);
+    cl_info("image.upload", "image %s %s: %s", up->id, to, msg);
     return -EINVAL;
 }
 
-/* Authorise the upload and move the image to saving; answers itself and returns < 0
- * when the upload cannot start. */
+static int upload_refuse(img_service *svc, img_upload *up, cl_errcode code, const char *msg)
+{
+    return upload_refuse_to(svc, up, code, msg, "killed");
+}
+
+/* Does the client wait for "100 Continue" before it sends the body? */
+static bool wants_continue(const img_req *req)
+{
+    const char *e = img_req_header(req, "Expect");
+
+    return e && strcasecmp(e, "100-continue") == 0;
+}
+
+/* Authorise the upload, reserve its declared length in the quota and move the image to
+ * saving; answers itself and returns < 0 when the upload cannot start. */
 static int upload_begin(img_service *svc, img_req *req, const char *id,
                         uint64_t content_length, bool has_length, img_upload **out)
 {
     img_upload *up;
     img_record r = {0};
     cl_img_format declared;
+    cl_error too_large = {0};
     int64_t count = 0, used = 0;
-    uint64_t quota_left;
     int rc;
 
     if (img_req_auth(svc, req) < 0)
         return -EACCES;
+    up = calloc(1, sizeof(*up));
+    if (!up) {
+        img_resp_errorf(req, CL_E_INTERNAL, "Out of memory");
+        return -ENOMEM;
+    }
+    up->svc = svc;
+    cl_strlcpy(up->id, id, sizeof(up->id));
     lock(svc);
     rc = load_modifiable(svc, req, id, &r);
     if (rc < 0) {
         unlock(svc);
+        free(up);
         return rc;
     }
+    cl_strlcpy(up->owner, r.owner, sizeof(up->owner));
     if (!r.disk_format[0] || !r.container_format[0] ||
         cl_img_format_parse(r.disk_format, &declared) < 0) {
         img_resp_errorf(req, CL_E_BAD_REQUEST, "Set disk_format and container_format on "
@@ -1299,51 +1451,82 @@ static int upload_begin(img_service *svc, img_req *req, const char *id,
                         "queued image", id, r.status);
         rc = -EBUSY;
     } else if (has_length && content_length > (uint64_t)svc->cfg->max_image_bytes) {
-        img_resp_errorf(req, CL_E_TOO_LARGE, "The image is larger than the limit of %" PRId64
-                        " bytes", svc->cfg->max_image_bytes);
-        rc = -E2BIG;
+        rc = cl_error_set(&too_large, CL_E_TOO_LARGE, "The image is larger than the limit "
+                          "of %" PRId64 " bytes", svc->cfg->max_image_bytes);
     } else if ((rc = img_db_usage(svc->db, r.owner, &count, &used)) < 0) {
         img_resp_errorf(req, CL_E_INTERNAL, "The image database failed");
-    } else if (used >= svc->cfg->quota_bytes_per_project ||
-               (has_length && content_length >
-                                  (uint64_t)(svc->cfg->quota_bytes_per_project - used))) {
-        img_resp_errorf(req, CL_E_TOO_LARGE, "Quota exceeded: project %s stores %" PRId64
-                        " of %" PRId64 " bytes; this upload does not fit", r.owner, used,
-                        svc->cfg->quota_bytes_per_project);
-        rc = -EDQUOT;
-    } else if (img_db_set_status(svc->db, id, "queued", "saving", NULL) < 0) {
-        img_resp_errorf(req, CL_E_CONFLICT, "Another upload to image %s is in progress", id);
-        rc = -EBUSY;
+    } else if (!(up->quse = quota_attach(svc, r.owner, used))) {
+        img_resp_errorf(req, CL_E_INTERNAL, "Out of memory");
+        rc = -ENOMEM;
+    } else {
+        /* The whole declared length now, or (chunked) at least some room left. */
+        int64_t reserved, left;
+        bool fits;
+        int uploads;
+        pthread_mutex_lock(&svc->quota_lock);
+        reserved = up->quse->reserved;
+        left = quota_left(svc, up->quse);
+        /* This upload is counted in uploads already. Each costs a ring of chunks and
+         * digest threads, so one project cannot take them all (Glance's limit
+         * image_count_uploading). */
+        uploads = up->quse->uploads;
+        fits = uploads <= svc->cfg->quota_uploads_per_project &&
+               (has_length ? quota_take(svc, up, content_length) : left > 0);
+        pthread_mutex_unlock(&svc->quota_lock);
+        if (uploads > svc->cfg->quota_uploads_per_project) {
+            rc = cl_error_set(&too_large, CL_E_TOO_LARGE, "Quota exceeded: project %s has "
+                              "%d uploads in progress, the limit is %" PRId64, r.owner,
+                              uploads - 1, svc->cfg->quota_uploads_per_project);
+        } else if (!fits) {
+            rc = cl_error_set(&too_large, CL_E_TOO_LARGE, "Quota exceeded: project %s stores "
+                              "%" PRId64 " of %" PRId64 " bytes and uploads in progress hold "
+                              "%" PRId64 " more; this upload does not fit", r.owner, used,
+                              svc->cfg->quota_bytes_per_project, reserved);
+        } else if (img_db_set_status(svc->db, id, "queued", "saving", NULL) < 0) {
+            img_resp_errorf(req, CL_E_CONFLICT, "Another upload to image %s is in progress",
+                            id);
+            rc = -EBUSY;
+        }
     }
     unlock(svc);
-    img_record_clear(&r);
-    if (rc < 0)
-        return rc;
-
-    quota_left = (uint64_t)(svc->cfg->quota_bytes_per_project - used);
-    up = calloc(1, sizeof(*up));
-    if (up) {
-        up->svc = svc;
-        cl_strlcpy(up->id, id, sizeof(up->id));
-        up->limit = (uint64_t)svc->cfg->max_image_bytes;
-        if (quota_left < up->limit) {
-            up->limit = quota_left;
-            up->limit_is_quota = true;
-        }
-        up->insp = cl_img_inspector_new(declared, svc->max_virtual_size);
-        rc = up->insp ? img_blob_writer_new(&svc->blobs, &up->w) : -ENOMEM;
+    if (rc < 0 && too_large.code && !wants_continue(req) &&
+        content_length <= EARLY_413_DRAIN_MAX) {
+        /* 413 from the headers while the client is already sending: the server would
+         * close the connection with the body unread, and the client would likely see a
+         * reset instead of the reason. Refuse at the first piece instead: the body is
+         * read and dropped, and end() answers the 413. The image stays queued. */
+        quota_release(svc, up, 0);
+        up->refused = true;
+        up->err = too_large;
+        atomic_fetch_add(&svc->uploads_refused, 1);
+        cl_info("image.upload", "image %s: %s", id, too_large.message);
+        img_record_clear(&r);
+        *out = up;
+        return 0;
     }
-    if (!up || rc < 0) {
+    if (too_large.code)
+        img_resp_error(req, &too_large);
+    if (rc < 0) {
+        img_record_clear(&r);
+        upload_free(up);
+        return rc;
+    }
+
+    up->insp = cl_img_inspector_new(declared, svc->max_virtual_size);
+    rc = up->insp ? img_blob_writer_new(&svc->blobs, &up->w) : -ENOMEM;
+    if (rc < 0) {
         upload_free(up);
         lock(svc);
         img_db_set_status(svc->db, id, "saving", "queued", NULL);
         unlock(svc);
         img_resp_errorf(req, CL_E_INTERNAL, "The image store cannot accept data now (%s)",
-                        strerror(up ? -rc : ENOMEM));
+                        strerror(-rc));
+        img_record_clear(&r);
         return -EIO;
     }
     *out = up;
     cl_info("image.upload", "upload to image %s started (%s)", id, r.disk_format);
+    img_record_clear(&r);
     return 0;
 }
 
@@ -1358,12 +1541,19 @@ static int upload_chunk(img_upload *up, const char *data, size_t len)
         return -EINVAL;
     up->received += len;
     atomic_fetch_add(&svc->bytes_in, len);
-    if (up->received > up->limit) {
-        snprintf(msg, sizeof(msg), up->limit_is_quota
-                 ? "Quota exceeded: the upload goes beyond the project's storage quota "
-                   "(%" PRIu64 " bytes left)"
-                 : "The image is larger than the limit of %" PRIu64 " bytes", up->limit);
+    if (up->received > (uint64_t)svc->cfg->max_image_bytes) {
+        snprintf(msg, sizeof(msg), "The image is larger than the limit of %" PRId64 " bytes",
+                 svc->cfg->max_image_bytes);
         return upload_refuse(svc, up, CL_E_TOO_LARGE, msg);
+    }
+    /* Bytes beyond the declared length (chunked uploads): reserve before accepting. */
+    if (up->received > up->reserved &&
+        quota_reserve(svc, up, up->received - up->reserved) < 0) {
+        snprintf(msg, sizeof(msg), "Quota exceeded: the upload goes beyond the storage quota "
+                 "of project %s (%" PRId64 " bytes, counting the uploads in progress); "
+                 "upload the data again when there is room", up->owner,
+                 svc->cfg->quota_bytes_per_project);
+        return upload_refuse_to(svc, up, CL_E_TOO_LARGE, msg, "queued");
     }
     if (cl_img_inspector_feed(up->insp, data, len) < 0)
         return upload_refuse(svc, up, CL_E_BAD_REQUEST, cl_img_inspector_reason(up->insp));
@@ -1417,6 +1607,8 @@ static void upload_end(img_upload *up, img_req *req)
         rc = img_db_update(svc->db, &r);
         if (rc < 0) /* the row could not point at the blob: don't leak it */
             drop_blob_if_unused(svc, info.sha256);
+        else /* reserved -> stored, in the same step as the row (see quota_reserve) */
+            quota_release(svc, up, info.size);
     }
     img_record_clear(&r);
     unlock(svc);
@@ -1444,6 +1636,10 @@ static void upload_abort(img_upload *up)
 {
     img_service *svc = up->svc;
 
+    /* Temp file and reservation first: once the image shows queued, nothing is left. */
+    img_blob_writer_free(up->w);
+    up->w = NULL;
+    quota_release(svc, up, 0);
     if (!up->refused) {
         char msg[160];
         snprintf(msg, sizeof(msg), "The upload was interrupted after %" PRIu64 " bytes; "
@@ -1535,6 +1731,20 @@ void img_api_metrics(FILE *f, void *ud)
             (uint_fast64_t)atomic_load(&svc->uploads_aborted),
             (uint_fast64_t)atomic_load(&svc->bytes_in),
             (uint_fast64_t)atomic_load(&svc->bytes_out));
+
+    /* Uploads in flight and the quota bytes they hold (all projects together). */
+    int64_t reserved = 0;
+    int uploads = 0;
+    pthread_mutex_lock(&svc->quota_lock);
+    for (const struct img_quota_use *u = svc->quota_uses; u; u = u->next) {
+        reserved += u->reserved;
+        uploads += u->uploads;
+    }
+    pthread_mutex_unlock(&svc->quota_lock);
+    fprintf(f, "# TYPE nube_image_uploads_in_progress gauge\n"
+               "nube_image_uploads_in_progress %d\n"
+               "# TYPE nube_image_quota_reserved_bytes gauge\n"
+               "nube_image_quota_reserved_bytes %" PRId64 "\n", uploads, reserved);
 }
 
 /* ---------------------------------------------------------------- routing */

@@ -38,6 +38,7 @@ typedef struct img_config {
     int64_t max_virtual_size_gb;
     int64_t quota_images_per_project;
     int64_t quota_bytes_per_project;
+    int64_t quota_uploads_per_project;
     char *db_connection;   /* "" = <state_dir>/image.db */
     char *admin_token;
     char *admin_project_id;
@@ -273,6 +274,10 @@ struct img_service {
     uint64_t max_virtual_size;
     bool have_token_key; /* sealed tokens verified with token_key */
     cl_token_key token_key;
+    /* The byte quota with uploads in flight (api.c): one entry per project that has
+     * uploads running, with the bytes they reserved. quota_lock nests inside lock. */
+    pthread_mutex_t quota_lock;
+    struct img_quota_use *quota_uses;
     /* metrics */
     atomic_uint_fast64_t uploads_ok, uploads_refused, uploads_aborted;
     atomic_uint_fast64_t bytes_in, bytes_out;

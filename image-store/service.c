@@ -49,7 +49,12 @@ const cl_cfg_key img_config_keys[] = {
      offsetof(img_config, quota_images_per_project), "Images a project may own."},
     {"image", "quota_bytes_per_project", CL_CFG_INT, "107374182400", 0, 9e15,
      offsetof(img_config, quota_bytes_per_project),
-     "Bytes of image data a project may store."},
+     "Bytes of image data a project may store; uploads in progress count with what "
+     "they have reserved (their Content-Length, or what they received so far)."},
+    {"image", "quota_uploads_per_project", CL_CFG_INT, "8", 1, 100000,
+     offsetof(img_config, quota_uploads_per_project),
+     "Uploads a project may run at the same time (each holds 4 MiB of buffers and 4 "
+     "threads); one more is refused with 413 until one ends."},
     {"database", "connection", CL_CFG_STR, "", 0, -1, offsetof(img_config, db_connection),
      "Path of the image database (default <state_dir>/image.db)."},
     {"auth", "admin_token", CL_CFG_STR, "", 0, -1, offsetof(img_config, admin_token),
@@ -179,6 +184,7 @@ int img_service_start(const img_config *cfg, img_service **out, cl_error *err)
     svc->cfg = cfg;
     svc->max_virtual_size = (uint64_t)cfg->max_virtual_size_gb << 30;
     pthread_mutex_init(&svc->lock, NULL);
+    pthread_mutex_init(&svc->quota_lock, NULL);
     rc = load_token_key(svc, err);
     if (rc < 0)
         goto fail;
@@ -249,6 +255,7 @@ void img_service_stop(img_service *svc)
     cl_http_server_stop(svc->http);
     cl_db_close(svc->db);
     pthread_mutex_destroy(&svc->lock);
+    pthread_mutex_destroy(&svc->quota_lock); /* no upload is left: no entry either */
     OPENSSL_cleanse(&svc->token_key, sizeof(svc->token_key));
     free(svc);
 }

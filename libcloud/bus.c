@@ -26,6 +26,21 @@
  * same while no connection is up (instead of piling copies into a pipe that would be
  * flushed as a burst of duplicates on reconnect).
  *
+ * Routes (ROUTER side): a DEALER's routing id is "<name>#<nonce>", a fresh 128-bit nonce
+ * per socket, so a host's name is never "taken": a restarted agent, or an impostor, is
+ * one more connection beside the others. Which connection a name is sent to is learned
+ * only from accepted messages (with ZAP: those whose key maps to the name, bus_authorize)
+ * and kept in routes (name -> routing id and key). Until a name has spoken, a send to it
+ * fails like a send to an absent peer and the message waits; when the route changes, the
+ * messages waiting for that name are made due at once. A route is dropped when its key
+ * is revoked (checked on every send), when a refused message arrives on it, and when
+ * ZeroMQ reports its connection gone; a DEALER's "hello" teaches it again even to a
+ * peer that sends nothing else: the DEALER says it after every handshake (a socket
+ * monitor reports them: first connection, reconnection, restarted ROUTER), resends it
+ * until acked, and repeats it every BUS_HELLO_REFRESH_MS in case one was missed.
+ * The nonce travels inside CURVE's encrypted handshake and is never logged: a
+ * connection can only present another's routing id by knowing it.
+ *
  * Pending reliable messages live in a list ordered by their next resend time (every
  * reschedule is "now + resend_ms" on a monotonic clock, so appending keeps the order)
  * and in a tsearch(3) tree keyed by id for the ack lookup. Ids already handled are
@@ -50,6 +65,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/queue.h>
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <zmq.h>
@@ -73,7 +89,16 @@
  * goes away and ROUTER_MANDATORY reports it absent instead of queueing into the void. */
 #define BUS_HEARTBEAT_IVL_MS 1000
 #define BUS_HEARTBEAT_TIMEOUT_MS 5000
-#define BUS_SUSPECT_MAX 64
+/* Routes kept at most (a plain-TCP ROUTER learns one per name anyone presents). */
+#define BUS_ROUTES_MAX 65536
+#define BUS_HELLO_TYPE "bus.hello"
+/* A DEALER's hello: said at once after each handshake, retried this often while the
+ * send fails (not connected), then every resend_ms until acked, then repeated every
+ * BUS_HELLO_REFRESH_MS. */
+#define BUS_HELLO_RETRY_MS 100
+#define BUS_HELLO_REFRESH_MS 30000
+#define BUS_MONITOR_EP "inproc://nube-bus-monitor"
+#define BUS_NONCE_BYTES 16
 #define BUS_OUTBOX_BUSY_MS 5000
 /* ZMQ_ZAP_ENFORCE_DOMAIN is a draft option (zmq.h hides it without ZMQ_BUILD_DRAFT_API). */
 #ifdef ZMQ_ZAP_ENFORCE_DOMAIN
@@ -135,11 +160,15 @@ struct cl_bus {
     size_t seen_head, seen_count;
     cl_db *outbox;
     cl_bus_auth *auth;     /* ZAP handler (ROUTER with curve_allowed_dir), else NULL */
-    /* With auth: routing ids whose last message came with a key that may not speak for
-     * them (another host's, or a revoked one). Nothing is sent to them until a message
-     * with their own valid key arrives; a ring, the oldest entry is forgotten first. */
-    char suspect[BUS_SUSPECT_MAX][CL_BUS_NAME_MAX];
-    size_t suspect_next;
+    /* ROUTER: name -> "<key> <routing id>" of the connection the name last spoke on and
+     * the key it spoke with ("" without ZAP); see Routes above and bus_route_get(). */
+    json_object *routes;
+    /* DEALER: "<name>#<nonce>", and the hello that makes it known. */
+    char routing_id[CL_BUS_NAME_MAX];
+    char hello_id[CL_UUID_LEN];
+    char *hello_frame;
+    int64_t hello_next;
+    void *mon;             /* PAIR receiving the DEALER socket's handshake events */
     int64_t next_tick;
 };
 
@@ -377,6 +406,26 @@ static void bus_pending_remove(cl_bus *b, bus_item *it)
     tdelete(it, &b->pending_index, bus_id_cmp);
 }
 
+/* Make the pending messages for name due now (its route changed: no need to wait for
+ * their resend time). They move to the head of the resend list, whose order holds: every
+ * item before the first one not yet due is due. */
+static void bus_pending_due_now(cl_bus *b, const char *name)
+{
+    struct bus_list due = TAILQ_HEAD_INITIALIZER(due);
+    int64_t now = cl_mono_ms();
+    bus_item *it, *next;
+    for (it = TAILQ_FIRST(&b->pending); it; it = next) {
+        next = TAILQ_NEXT(it, link);
+        if (it->next_resend <= now || strcmp(it->peer, name) != 0)
+            continue;
+        TAILQ_REMOVE(&b->pending, it, link);
+        it->next_resend = now;
+        TAILQ_INSERT_TAIL(&due, it, link);
+    }
+    TAILQ_CONCAT(&due, &b->pending, link);
+    TAILQ_CONCAT(&b->pending, &due, link);
+}
+
 /* Reload the outbox rows as pending messages, due at once. Runs in cl_bus_new(). */
 static int bus_outbox_load(cl_bus *b, cl_error *err)
 {
@@ -423,24 +472,120 @@ static int bus_outbox_load(cl_bus *b, cl_error *err)
     return 0;
 }
 
+/* ------------------------------------------------------------------ routes */
+
+#define BUS_REFUSED_LEVEL(b) (cl_bus_auth_warn_due((b)->auth) ? CL_LOG_WARN : CL_LOG_DEBUG)
+
+static void bus_pending_due_now(cl_bus *b, const char *name);
+
+/* A route is one json string "<key> <routing id>" (key: 40 Z85 characters, which hold no
+ * space, or "" without ZAP). Returns the routing id part of the route to name, or NULL,
+ * and copies the key into key when it is not NULL. */
+static const char *bus_route_get(cl_bus *b, const char *name, char key[CL_BUS_KEY_LEN])
+{
+    json_object *r = NULL;
+    if (!json_object_object_get_ex(b->routes, name, &r) || !r)
+        return NULL;
+    const char *v = json_object_get_string(r);
+    const char *sp = v ? strchr(v, ' ') : NULL;
+    if (!sp || (size_t)(sp - v) >= CL_BUS_KEY_LEN)
+        return NULL;
+    if (key) {
+        memcpy(key, v, (size_t)(sp - v));
+        key[sp - v] = '\0';
+    }
+    return sp + 1;
+}
+
+/* Forget the route to name; only when it is conn, if conn is not NULL. */
+static void bus_route_forget(cl_bus *b, const char *name, const char *conn)
+{
+    const char *cur = bus_route_get(b, name, NULL);
+    if (!cur || (conn && strcmp(cur, conn) != 0))
+        return;
+    json_object_object_del(b->routes, name);
+    cl_debug(BUS_LOG, "no route to '%s' until it speaks again", name);
+}
+
+/* The routing id of the connection name last spoke on, or NULL. With ZAP, only while the
+ * key it spoke with is still allowed for name: a revoked host gets nothing more, even if
+ * it stays silent. The string belongs to routes: use it before changing them. */
+static const char *bus_route(cl_bus *b, const char *name)
+{
+    char key[CL_BUS_KEY_LEN];
+    const char *conn = bus_route_get(b, name, key);
+    if (conn && b->auth && !cl_bus_auth_allowed(b->auth, key, name)) {
+        cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG, "nothing more is sent to '%s': key %s "
+                     "was revoked", name, key);
+        json_object_object_del(b->routes, name);
+        return NULL;
+    }
+    return conn;
+}
+
+/* name spoke on connection conn with key ("" without ZAP): route to it from now on, and
+ * send what waited for name at once. */
+static void bus_route_learn(cl_bus *b, const char *name, const char *conn, const char *key)
+{
+    const char *cur = bus_route_get(b, name, NULL);
+    if (cur && strcmp(cur, conn) == 0)
+        return; /* one connection, one key: nothing changed */
+    bool known = cur != NULL;
+    if (!known && json_object_object_length(b->routes) >= BUS_ROUTES_MAX) {
+        /* Forget the oldest name (json-c iterates in insertion order); it is learned
+         * again the next time it speaks. */
+        char oldest[CL_BUS_NAME_MAX] = "";
+        json_object_object_foreach(b->routes, k, v) {
+            (void)v;
+            cl_strlcpy(oldest, k, sizeof oldest);
+            break;
+        }
+        json_object_object_del(b->routes, oldest);
+    }
+    char val[CL_BUS_KEY_LEN + 1 + CL_BUS_NAME_MAX];
+    snprintf(val, sizeof val, "%s %s", key, conn);
+    json_object *jv = json_object_new_string(val);
+    if (!jv || json_object_object_add(b->routes, name, jv) < 0) {
+        /* Out of memory: no route (the name gets nothing) rather than a stale one. */
+        json_object_put(jv);
+        json_object_object_del(b->routes, name);
+        return;
+    }
+    cl_debug(BUS_LOG, "'%s' spoke on a %s connection: routing to it", name,
+             known ? "new" : "first");
+    bus_pending_due_now(b, name);
+}
+
 /* ------------------------------------------------------------------ socket I/O */
 
-static bool bus_is_suspect(const cl_bus *b, const char *peer);
-
-/* Hand one frame to ZeroMQ without blocking. 0 or -errno (EHOSTUNREACH: peer absent or
- * suspect, EAGAIN: no connection / high-water mark). */
-static int bus_zsend(cl_bus *b, const char *peer, const char *frame, size_t len)
+/* Hand one frame to ZeroMQ without blocking, on the connection conn (ROUTER; ignored on a
+ * DEALER). 0 or -errno (EHOSTUNREACH: not connected, EAGAIN: no connection / high-water
+ * mark). */
+static int bus_zsend_conn(cl_bus *b, const char *conn, const char *frame, size_t len)
 {
-    /* A routing id last heard with a foreign key may be held by an impostor: its
-     * commands wait (and are resent) until the rightful key speaks again. */
-    if (b->role == CL_BUS_ROUTER && b->auth && bus_is_suspect(b, peer))
-        return -EHOSTUNREACH;
     if (b->role == CL_BUS_ROUTER &&
-        zmq_send(b->sock, peer, strlen(peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        zmq_send(b->sock, conn, strlen(conn), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -errno;
     if (zmq_send(b->sock, frame, len, ZMQ_DONTWAIT) < 0)
         return -errno;
     return 0;
+}
+
+/* Send one frame to peer: on a ROUTER, a name, sent to the connection it last spoke on
+ * (-EHOSTUNREACH while there is none: the message waits). */
+static int bus_zsend(cl_bus *b, const char *peer, const char *frame, size_t len)
+{
+    if (b->role != CL_BUS_ROUTER)
+        return bus_zsend_conn(b, "", frame, len);
+    const char *conn = bus_route(b, peer);
+    if (!conn)
+        return -EHOSTUNREACH;
+    int r = bus_zsend_conn(b, conn, frame, len);
+    if (r == -EHOSTUNREACH)
+        /* That connection is gone. Should its routing id come back (the same socket
+         * reconnecting), it is routed to once it has spoken again. */
+        bus_route_forget(b, peer, NULL);
+    return r;
 }
 
 /* Send (or resend) a message now. Reliable messages go back to the tail of the pending
@@ -557,13 +702,18 @@ static void bus_send_ack(cl_bus *b, const cl_bus_msg *msg)
     _cleanup_free_ char *frame = NULL;
     if (cl_bus_encode(&ack, &frame) < 0)
         return;
-    int r = bus_zsend(b, msg->peer, frame, strlen(frame));
+    /* Back on the connection it came on: it was accepted there. */
+    int r = bus_zsend_conn(b, msg->conn, frame, strlen(frame));
     if (r < 0)
         cl_debug(BUS_LOG, "ack %s to '%s' failed: %s", msg->id, msg->peer, zmq_strerror(-r));
 }
 
 static void bus_handle_ack(cl_bus *b, const cl_bus_msg *msg)
 {
+    if (b->role == CL_BUS_DEALER && strcmp(msg->id, b->hello_id) == 0) {
+        b->hello_next = cl_mono_ms() + BUS_HELLO_REFRESH_MS;
+        return;
+    }
     void **node = tfind(msg->id, &b->pending_index, bus_id_cmp);
     if (!node) {
         cl_debug(BUS_LOG, "ack %s: nothing pending (late duplicate ack)", msg->id);
@@ -629,54 +779,30 @@ static void bus_zmsg_closep(zmq_msg_t *m)
 }
 
 /* With a ZAP handler: the key a message came with (ZAP metadata) must still be allowed
- * and map to the routing id the peer chose, so a host cannot pose as another one or keep
- * talking after its key was revoked. Fills msg->user_id. */
-#define BUS_REFUSED_LEVEL(b) (cl_bus_auth_warn_due((b)->auth) ? CL_LOG_WARN : CL_LOG_DEBUG)
-
-static bool bus_is_suspect(const cl_bus *b, const char *peer)
-{
-    for (size_t i = 0; i < BUS_SUSPECT_MAX; i++)
-        if (b->suspect[i][0] && strcmp(b->suspect[i], peer) == 0)
-            return true;
-    return false;
-}
-
-static void bus_set_suspect(cl_bus *b, const char *peer, bool suspect)
-{
-    for (size_t i = 0; i < BUS_SUSPECT_MAX; i++)
-        if (b->suspect[i][0] && strcmp(b->suspect[i], peer) == 0) {
-            if (!suspect)
-                b->suspect[i][0] = '\0';
-            return;
-        }
-    if (!suspect)
-        return;
-    cl_strlcpy(b->suspect[b->suspect_next], peer, CL_BUS_NAME_MAX);
-    b->suspect_next = (b->suspect_next + 1) % BUS_SUSPECT_MAX;
-}
-
+ * and map to the name in the routing id the peer chose, so a host cannot pose as another
+ * one or keep talking after its key was revoked. Fills msg->user_id and learns the route.
+ * Refusals are logged at warning level at most every CL_BUS_AUTH_WARN_MS (a refused peer
+ * resends every resend_ms). */
 static bool bus_authorize(cl_bus *b, zmq_msg_t *payload, cl_bus_msg *msg)
 {
     const char *user = zmq_msg_gets(payload, "User-Id");
     const char *key = zmq_msg_gets(payload, CL_BUS_AUTH_KEY_PROP);
-    /* Warnings are rate limited (BUS_REFUSED_LEVEL): a refused peer resends every
-     * resend_ms. */
     if (!user || !key || strcmp(user, msg->peer) != 0) {
         cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG,
                      "refused %s '%s' from peer '%s': its key belongs to '%s'", msg->id,
                      msg->type, msg->peer, user ? user : "(none)");
-        bus_set_suspect(b, msg->peer, true);
+        bus_route_forget(b, msg->peer, msg->conn);
         return false;
     }
     if (!cl_bus_auth_allowed(b->auth, key, user)) {
         cl_log_write(BUS_REFUSED_LEVEL(b), BUS_LOG, "refused %s '%s' from '%s': key %s was "
                      "revoked", msg->id, msg->type, user, key);
         cl_bus_auth_count_revoked(b->auth);
-        bus_set_suspect(b, msg->peer, true);
+        bus_route_forget(b, msg->peer, msg->conn);
         return false;
     }
-    bus_set_suspect(b, msg->peer, false);
     cl_strlcpy(msg->user_id, user, sizeof msg->user_id);
+    bus_route_learn(b, msg->peer, msg->conn, key);
     return true;
 }
 
@@ -708,37 +834,71 @@ static bool bus_recv_one(cl_bus *b)
     }
 
     bool ok = nparts == want;
-    cl_bus_msg msg;
-    memset(&msg, 0, sizeof msg);
+    char conn[CL_BUS_NAME_MAX] = "", peer[CL_BUS_NAME_MAX] = "";
     if (ok && want == 2) {
         size_t idlen = zmq_msg_size(&id);
         const char *idp = zmq_msg_data(&id);
-        /* Peers are addressed by name: an anonymous (binary) routing id cannot be. */
+        /* Peers are addressed by name: an anonymous (binary) routing id cannot be. The
+         * name is the routing id up to '#' (all of it for a peer without a nonce). */
         ok = idlen > 0 && idlen < CL_BUS_NAME_MAX && memchr(idp, '\0', idlen) == NULL;
-        if (ok)
-            memcpy(msg.peer, idp, idlen);
+        if (ok) {
+            memcpy(conn, idp, idlen);
+            conn[idlen] = '\0';
+            size_t nlen = strcspn(conn, "#");
+            memcpy(peer, conn, nlen);
+            peer[nlen] = '\0';
+            ok = nlen > 0;
+        }
     }
     cl_error err = {0};
-    if (ok) {
-        char peer[CL_BUS_NAME_MAX];
-        memcpy(peer, msg.peer, sizeof peer);
+    cl_bus_msg msg;
+    memset(&msg, 0, sizeof msg);
+    if (ok)
         ok = cl_bus_decode(zmq_msg_data(&payload), zmq_msg_size(&payload), &msg, &err) == 0;
-        memcpy(msg.peer, peer, sizeof peer);
-    }
     if (!ok) {
         cl_debug(BUS_LOG, "dropping a bad message (%zu frames): %s", nparts, err.message);
         bus_stat_add(b, &b->stats.bad_frames);
         return true;
     }
-    if (b->auth && !bus_authorize(b, &payload, &msg)) {
+    memcpy(msg.peer, peer, sizeof msg.peer);
+    memcpy(msg.conn, conn, sizeof msg.conn);
+    if (b->role == CL_BUS_ROUTER) {
+        bool accepted = true;
+        if (b->auth)
+            accepted = bus_authorize(b, &payload, &msg);
+        else
+            bus_route_learn(b, msg.peer, msg.conn, ""); /* no keys: the name is the proof */
+        if (!accepted) {
+            cl_bus_msg_clear(&msg);
+            bus_stat_add(b, &b->stats.bad_frames);
+            return true;
+        }
+        if (strcmp(msg.type, BUS_HELLO_TYPE) == 0) {
+            /* Bus-internal: the route is learned, the ack stops the resends. */
+            bus_send_ack(b, &msg);
+            cl_bus_msg_clear(&msg);
+            return true;
+        }
+    } else if (strcmp(msg.type, BUS_ACK_TYPE) == 0 && strcmp(msg.id, b->hello_id) == 0) {
+        bus_handle_ack(b, &msg); /* internal: not counted */
         cl_bus_msg_clear(&msg);
-        bus_stat_add(b, &b->stats.bad_frames);
         return true;
     }
     bus_stat_add(b, &b->stats.received);
     bus_handle_msg(b, &msg);
     cl_bus_msg_clear(&msg);
     return true;
+}
+
+/* DEALER: say hello when it is due (see BUS_HELLO_*). */
+static void bus_hello_due(cl_bus *b, int64_t now)
+{
+    if (b->role != CL_BUS_DEALER || now < b->hello_next)
+        return;
+    int r = bus_zsend_conn(b, "", b->hello_frame, strlen(b->hello_frame));
+    int retry = b->resend_ms < BUS_HELLO_RETRY_MS ? b->resend_ms : BUS_HELLO_RETRY_MS;
+    /* Sent: wait for the ack (bus_handle_ack moves the next one far out). */
+    b->hello_next = now + (r == 0 ? b->resend_ms : retry);
 }
 
 /* ------------------------------------------------------------------ the loop */
@@ -751,6 +911,8 @@ static int bus_poll_timeout(cl_bus *b, int64_t now)
     bus_item *head = TAILQ_FIRST(&b->pending);
     if (head && head->next_resend < deadline)
         deadline = head->next_resend;
+    if (b->role == CL_BUS_DEALER && b->hello_next < deadline)
+        deadline = b->hello_next;
     if (deadline == INT64_MAX)
         return -1;
     int64_t t = deadline - now;
@@ -761,13 +923,43 @@ static int bus_poll_timeout(cl_bus *b, int64_t now)
     return (int)t;
 }
 
+/* Read the socket monitor's events (two frames each: event id and value, endpoint).
+ * True when a handshake succeeded: a (new) connection to the ROUTER is up. */
+static bool bus_monitor_drain(cl_bus *b)
+{
+    bool up = false;
+    for (int i = 0; i < BUS_RECV_BATCH; i++) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, b->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            break;
+        }
+        uint16_t ev = 0;
+        if (zmq_msg_size(&m) >= sizeof ev && zmq_msg_more(&m))
+            memcpy(&ev, zmq_msg_data(&m), sizeof ev);
+        bool more = zmq_msg_more(&m);
+        zmq_msg_close(&m);
+        while (more) { /* the endpoint frame */
+            zmq_msg_init(&m);
+            more = zmq_msg_recv(&m, b->mon, 0) >= 0 && zmq_msg_more(&m);
+            zmq_msg_close(&m);
+        }
+        if (ev == ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            up = true;
+    }
+    return up;
+}
+
 static void *bus_thread_main(void *arg)
 {
     cl_bus *b = arg;
-    zmq_pollitem_t items[2] = {
+    zmq_pollitem_t items[3] = {
         {.socket = b->sock, .events = ZMQ_POLLIN},
         {.socket = NULL, .fd = b->efd, .events = ZMQ_POLLIN},
+        {.socket = b->mon, .events = ZMQ_POLLIN},
     };
+    int nitems = b->mon ? 3 : 2;
 
     for (;;) {
         int64_t now = cl_mono_ms();
@@ -781,12 +973,18 @@ static void *bus_thread_main(void *arg)
                 b->next_tick = now + b->tick_ms;
         }
         bus_resend_due(b, now);
+        bus_hello_due(b, now);
 
-        int n = zmq_poll(items, 2, bus_poll_timeout(b, cl_mono_ms()));
+        int n = zmq_poll(items, nitems, bus_poll_timeout(b, cl_mono_ms()));
         if (n < 0 && errno != EINTR) {
             cl_debug(BUS_LOG, "zmq_poll: %s", zmq_strerror(errno));
             if (errno == ETERM)
                 break;
+        }
+        if (n > 0 && nitems == 3 && (items[2].revents & ZMQ_POLLIN) && bus_monitor_drain(b)) {
+            /* A connection is (again) up: say hello now. */
+            b->hello_next = cl_mono_ms();
+            bus_hello_due(b, b->hello_next);
         }
         if (n > 0 && (items[1].revents & ZMQ_POLLIN)) {
             uint64_t v;
@@ -817,6 +1015,8 @@ static void bus_destroy(cl_bus *b)
     bus_item *it;
     if (b->sock)
         zmq_close(b->sock);
+    if (b->mon)
+        zmq_close(b->mon);
     /* zmq_ctx_term() waits for every socket of the context, the ZAP one included. */
     cl_bus_auth_stop(b->auth);
     if (b->zctx)
@@ -832,6 +1032,8 @@ static void bus_destroy(cl_bus *b)
     }
     tdestroy(b->pending_index, bus_free_nothing);
     json_object_put(b->seen);
+    json_object_put(b->routes);
+    free(b->hello_frame);
     free(b->seen_ring);
     cl_db_close(b->outbox);
     if (b->efd >= 0)
@@ -881,12 +1083,12 @@ static int bus_setup_curve(cl_bus *b, const cl_bus_opts *o, cl_error *err)
             if ((r = bus_setopt(b->sock, ZMQ_ZAP_DOMAIN, CL_BUS_ZAP_DOMAIN,
                                  strlen(CL_BUS_ZAP_DOMAIN))) < 0)
                 goto fail;
-            /* No ROUTER_HANDOVER with client authentication: with it any admitted key
-             * could connect with another host's routing id and take that host's commands.
-             * Without it a second connection with a routing id in use is refused; the
-             * heartbeat timeout (BUS_HEARTBEAT_*) frees the id of a dead connection, and
-             * an agent that restarts gets its id back as soon as its old TCP connection
-             * is closed (at once when the process dies). */
+            /* No ROUTER_HANDOVER with client authentication: a second connection
+             * presenting a routing id in use is refused rather than taking it over.
+             * Routing ids carry a secret per-socket nonce, so only the socket's own
+             * reconnect presents one again (after a network cut: it gets in once the
+             * heartbeat timeout, BUS_HEARTBEAT_*, has freed the old connection); a
+             * restarted agent has a new routing id and is served at once. */
             if ((r = bus_setopt_int(b->sock, ZMQ_ROUTER_HANDOVER, 0)) < 0)
                 goto fail;
             /* A draft option: a stable libzmq build refuses it (EINVAL). Our handler is
@@ -942,9 +1144,24 @@ static int bus_setup_socket(cl_bus *b, const cl_bus_opts *o, cl_error *err)
             (r = bus_setopt_int(b->sock, ZMQ_ROUTER_HANDOVER, 1)) < 0)
             goto fail;
     } else {
-        if ((r = bus_setopt(b->sock, ZMQ_ROUTING_ID, b->name, strlen(b->name))) < 0 ||
+        if ((r = bus_setopt(b->sock, ZMQ_ROUTING_ID, b->routing_id,
+                            strlen(b->routing_id))) < 0 ||
             (r = bus_setopt_int(b->sock, ZMQ_IMMEDIATE, 1)) < 0)
             goto fail;
+        /* Handshake events, so the hello goes out as soon as a connection is up (the
+         * bus has its own context: the inproc name is private to it). Without them the
+         * periodic hello still works, later. */
+        if (zmq_socket_monitor(b->sock, BUS_MONITOR_EP, ZMQ_EVENT_HANDSHAKE_SUCCEEDED) == 0) {
+            b->mon = zmq_socket(b->zctx, ZMQ_PAIR);
+            int zero = 0;
+            if (b->mon && (zmq_setsockopt(b->mon, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+                           zmq_connect(b->mon, BUS_MONITOR_EP) < 0)) {
+                zmq_close(b->mon);
+                b->mon = NULL;
+            }
+        }
+        if (!b->mon)
+            cl_debug(BUS_LOG, "no socket monitor: hello only on its timer");
     }
     if ((r = bus_setup_curve(b, o, err)) < 0)
         return r;
@@ -967,6 +1184,39 @@ fail:
     return r;
 }
 
+/* DEALER: a routing id of its own for this socket ("<name>#<nonce>") and the hello
+ * that teaches it to the ROUTER (see Routes at the top). */
+static int bus_dealer_identity(cl_bus *b, cl_error *err)
+{
+    unsigned char nonce[BUS_NONCE_BYTES];
+    if (getrandom(nonce, sizeof nonce, 0) != (ssize_t)sizeof nonce) {
+        int r = errno ? -errno : -EIO;
+        cl_error_set(err, CL_E_INTERNAL, "bus: no random bytes: %s", strerror(-r));
+        return r;
+    }
+    char hex[2 * BUS_NONCE_BYTES + 1];
+    for (size_t i = 0; i < sizeof nonce; i++)
+        snprintf(hex + 2 * i, 3, "%02x", nonce[i]);
+    explicit_bzero(nonce, sizeof nonce);
+    /* cl_bus_new() checked the name against CL_BUS_DEALER_NAME_MAX: it fits. */
+    int n = snprintf(b->routing_id, sizeof b->routing_id, "%s#%s", b->name, hex);
+    explicit_bzero(hex, sizeof hex);
+    if (n < 0 || (size_t)n >= sizeof b->routing_id)
+        return cl_error_set(err, CL_E_BAD_REQUEST, "bus: name too long");
+
+    cl_bus_msg m;
+    memset(&m, 0, sizeof m);
+    m.v = CL_BUS_VERSION;
+    cl_uuid_new(m.id);
+    cl_strlcpy(m.type, BUS_HELLO_TYPE, sizeof m.type);
+    cl_strlcpy(m.from, b->name, sizeof m.from);
+    memcpy(b->hello_id, m.id, sizeof b->hello_id);
+    int r = cl_bus_encode(&m, &b->hello_frame);
+    if (r < 0)
+        cl_error_set(err, CL_E_INTERNAL, "bus: out of memory");
+    return r;
+}
+
 /* Create the bus described by opts (see bus.h): validate, set up the socket, reload the
  * outbox, start the bus thread. Returns 0 and *out (free with cl_bus_free), or a
  * negative errno with err filled (-EINVAL bad options, -EADDRINUSE, -EIO outbox ...). */
@@ -974,11 +1224,13 @@ int cl_bus_new(const cl_bus_opts *opts, cl_bus **out, cl_error *err)
 {
     if (!opts || !out || opts->role < 0 || opts->role >= CL_BUS_ROLE_MAX ||
         !bus_nonempty(opts->endpoint) || !bus_nonempty(opts->name) ||
-        strlen(opts->name) >= CL_BUS_NAME_MAX || opts->tick_ms < 0 || opts->resend_ms < 0 ||
+        strlen(opts->name) > (opts->role == CL_BUS_DEALER ? CL_BUS_DEALER_NAME_MAX
+                                                          : CL_BUS_NAME_MAX - 1) ||
+        strchr(opts->name, '#') || opts->tick_ms < 0 || opts->resend_ms < 0 ||
         opts->max_tries < 0)
         return cl_error_set(err, CL_E_BAD_REQUEST,
-                            "bus: invalid options (role, endpoint, name 1..%d bytes, "
-                            "non-negative intervals)", CL_BUS_NAME_MAX - 1);
+                            "bus: invalid options (role, endpoint, name 1..%d bytes without "
+                            "'#', non-negative intervals)", CL_BUS_DEALER_NAME_MAX);
 
     cl_bus *b = calloc(1, sizeof *b);
     if (!b) {
@@ -1015,6 +1267,16 @@ int cl_bus_new(const cl_bus_opts *opts, cl_bus **out, cl_error *err)
         cl_error_set(err, CL_E_INTERNAL, "bus: eventfd: %s", strerror(-r));
         goto fail;
     }
+    if (b->role == CL_BUS_ROUTER) {
+        b->routes = json_object_new_object();
+        if (!b->routes) {
+            cl_error_set(err, CL_E_INTERNAL, "bus: out of memory");
+            r = -ENOMEM;
+            goto fail;
+        }
+    } else if ((r = bus_dealer_identity(b, err)) < 0) {
+        goto fail;
+    }
     if (bus_nonempty(opts->outbox_path)) {
         r = cl_db_open(opts->outbox_path, bus_outbox_migrations,
                        CL_ARRAY_SIZE(bus_outbox_migrations), BUS_OUTBOX_BUSY_MS, &b->outbox,
@@ -1027,6 +1289,7 @@ int cl_bus_new(const cl_bus_opts *opts, cl_bus **out, cl_error *err)
     if ((r = bus_setup_socket(b, opts, err)) < 0)
         goto fail;
     b->next_tick = cl_mono_ms() + b->tick_ms;
+    b->hello_next = cl_mono_ms();
     r = -pthread_create(&b->thread, NULL, bus_thread_main, b);
     if (r < 0) {
         cl_error_set(err, CL_E_INTERNAL, "bus: cannot start thread: %s", strerror(-r));
@@ -1067,10 +1330,12 @@ int cl_bus_send(cl_bus *bus, const char *peer, const char *type, const char *req
                 json_object *body, bool reliable, char out_id[CL_UUID_LEN])
 {
     _cleanup_json_ json_object *owned = body;
-    if (!bus || !bus_type_valid(type) || strcmp(type, BUS_ACK_TYPE) == 0)
+    if (!bus || !bus_type_valid(type) || strcmp(type, BUS_ACK_TYPE) == 0 ||
+        strcmp(type, BUS_HELLO_TYPE) == 0)
         return -EINVAL;
     if (bus->role == CL_BUS_ROUTER) {
-        if (!bus_nonempty(peer) || strlen(peer) >= CL_BUS_NAME_MAX)
+        /* A name, not a routing id: which connection gets it is the bus's decision. */
+        if (!bus_nonempty(peer) || strlen(peer) >= CL_BUS_NAME_MAX || strchr(peer, '#'))
             return -EINVAL;
     } else if (bus_nonempty(peer)) {
         return -EINVAL; /* a DEALER has one destination: the ROUTER it connected to */
@@ -1136,7 +1401,7 @@ int cl_bus_ack(cl_bus *bus, const char *peer, const char *id)
     if (!bus || !bus->manual_ack || !id || !cl_uuid_valid(id))
         return -EINVAL;
     if (bus->role == CL_BUS_ROUTER) {
-        if (!bus_nonempty(peer) || strlen(peer) >= CL_BUS_NAME_MAX)
+        if (!bus_nonempty(peer) || strlen(peer) >= CL_BUS_NAME_MAX || strchr(peer, '#'))
             return -EINVAL;
     } else if (bus_nonempty(peer)) {
         return -EINVAL;

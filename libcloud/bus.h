@@ -6,10 +6,18 @@
  *    "req":"<request id>", "body":{...}}
  *
  * Topology: the scheduler (and billing) bind a ROUTER; agents and nube-api connect a
- * DEALER whose routing id is their name (host name for agents). Without CURVE,
- * ROUTER_HANDOVER lets a restarted agent take its name back at once; with an allowed-keys
- * directory handover is off (no key may take over another host's name) and a restarted
- * agent gets its name back when the heartbeat timeout frees the old connection.
+ * DEALER named by their name (host name for agents). Peers are addressed by name in the
+ * API, but on the wire each DEALER socket has a routing id of its own,
+ * "<name>#<32 random hex digits>" ('#' cannot appear in a name), so two connections
+ * never compete for one id: an agent that restarts is a new connection, routed to as
+ * soon as it has spoken, whatever became of its old one. The ROUTER learns
+ * name -> current routing id only from the messages it accepts: with an allowed-keys
+ * directory only from messages whose CURVE key maps to that name (bus_auth.h), without
+ * one from the name part of the routing id. A send to a name waits (pending, resent)
+ * until such a message has arrived; a DEALER says "hello" (an internal message, acked,
+ * never handed to on_msg) as soon as it is connected and again now and then, so it is
+ * known before it sends anything else. The route is forgotten when its key is revoked
+ * or a message on it comes with a key that may not speak for the name.
  * ROUTER_MANDATORY turns sends to absent peers into errors that the resend timer retries.
  *
  * Delivery: a reliable message stays in the sender's pending set until an "ack" carrying
@@ -45,6 +53,8 @@
 #define CL_BUS_VERSION 1
 #define CL_BUS_MAX_FRAME (1024 * 1024) /* larger frames are dropped and logged */
 #define CL_BUS_NAME_MAX 256
+/* A DEALER's routing id is "<name>#<32 hex>" and ZeroMQ allows 255 bytes. */
+#define CL_BUS_DEALER_NAME_MAX (CL_BUS_NAME_MAX - 1 - 33)
 
 typedef struct cl_bus cl_bus;
 
@@ -57,9 +67,12 @@ typedef struct cl_bus_msg {
     char from[CL_BUS_NAME_MAX];
     char req[80];              /* request id, may be "" */
     json_object *body;         /* always an object (empty when absent) */
-    char peer[CL_BUS_NAME_MAX]; /* ROUTER side: routing id it arrived from; DEALER: "" */
+    char peer[CL_BUS_NAME_MAX]; /* ROUTER side: the sender's name (its routing id up to
+                                   '#'), what cl_bus_send/cl_bus_ack take; DEALER: "" */
     char user_id[CL_BUS_NAME_MAX]; /* ROUTER with curve_allowed_dir: the name the sender's
                                       key maps to (== peer, checked); otherwise "" */
+    char conn[CL_BUS_NAME_MAX]; /* ROUTER side: the raw routing id of the connection (for
+                                   logs and tests; never needed to reply); DEALER: "" */
 } cl_bus_msg;
 
 typedef enum { CL_BUS_ROUTER, CL_BUS_DEALER, CL_BUS_ROLE_MAX } cl_bus_role;
@@ -70,7 +83,8 @@ typedef void (*cl_bus_tick_fn)(cl_bus *bus, void *ud);
 typedef struct cl_bus_opts {
     cl_bus_role role;
     const char *endpoint;   /* "tcp://127.0.0.1:5570"; ROUTER binds, DEALER connects */
-    const char *name;       /* "from" of sent messages; DEALER routing id */
+    const char *name;       /* "from" of sent messages, the peer name the ROUTER sees;
+                             * no '#'; a DEALER's at most CL_BUS_DEALER_NAME_MAX bytes */
     int resend_ms;          /* default 2000 */
     int max_tries;          /* 0 = resend until acked */
     size_t dedup_cap;       /* remembered ids, default 4096 */
@@ -85,8 +99,10 @@ typedef struct cl_bus_opts {
     const char *curve_secret_key;
     const char *curve_server_key; /* DEALER: the ROUTER's public key */
     /* ROUTER with curve_secret_key: directory of allowed client keys (bus_auth.h). A ZAP
-     * handler admits only those keys, a message whose routing id differs from its key's
-     * name or whose key was since revoked is dropped, and user_id is filled. */
+     * handler admits only those keys, a message whose name (routing id up to '#') differs
+     * from its key's name or whose key was since revoked is dropped (and forgets the
+     * route to that name if it came on it), user_id is filled, and a name is routed to
+     * only over the last connection its own, still allowed, key spoke on. */
     const char *curve_allowed_dir;
     /* Manual acknowledgement (default off): the bus does not ack after on_msg returns;
      * the receiver calls cl_bus_ack() once it has made the message durable, from any
@@ -104,16 +120,19 @@ int cl_bus_new(const cl_bus_opts *opts, cl_bus **out, cl_error *err);
  * Accepts NULL. Must not be called from the bus thread. */
 void cl_bus_free(cl_bus *bus);
 
-/* Queue a message. peer: routing id to send to (ROUTER side) or NULL (DEALER side).
+/* Queue a message. peer: name to send to (ROUTER side: it goes to the connection that
+ * name last spoke on, see Topology) or NULL (DEALER side).
  * req: request id to carry (NULL -> the calling thread's log request id).
  * body: taken over (NULL -> {}). reliable: keep and resend until acked.
  * out_id (may be NULL) receives the message id.
- * Returns 0, -ENOBUFS when the pending set is full, -EINVAL for a bad type/peer.
+ * Returns 0, -ENOBUFS when the pending set is full, -EINVAL for a bad type/peer
+ * ("ack" and "bus.hello" are reserved; a peer name has no '#').
  * Thread-safe. */
 int cl_bus_send(cl_bus *bus, const char *peer, const char *type, const char *req,
                 json_object *body, bool reliable, char out_id[CL_UUID_LEN]);
 
-/* Acknowledge message id received from peer (ROUTER side; NULL or "" on a DEALER), for
+/* Acknowledge message id received from peer (ROUTER side: msg->peer, the name; NULL or
+ * "" on a DEALER), for
  * a bus in manual_ack mode: the id is remembered as handled (a later copy is acked again
  * without reaching on_msg) and the ack goes out from the bus thread. Returns 0, -EINVAL
  * (not manual_ack, bad id or peer), -ENOBUFS (send queue full: the sender will resend)

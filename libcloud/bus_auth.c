@@ -115,7 +115,7 @@ int cl_bus_key_write(const char *path, const char *pub_path, const char *name,
 {
     char line[CL_BUS_KEY_LEN + CL_BUS_NAME_MAX + 4];
     if (!path || !cl_bus_key_valid(pub) || !cl_bus_key_valid(sec) || !name ||
-        strlen(name) >= CL_BUS_NAME_MAX || strpbrk(name, " \t\r\n/"))
+        strlen(name) >= CL_BUS_NAME_MAX || strpbrk(name, " \t\r\n/#"))
         return cl_error_set(err, CL_E_BAD_REQUEST, "bad key or name");
     snprintf(line, sizeof line, "%s\n", sec);
     int r = auth_write_file(path, line, 0600, overwrite, err);

@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
@@ -328,4 +329,34 @@ int cl_db_step_row(sqlite3_stmt *stmt)
         return 0;
     cl_debug("db", "query failed (%d): %s", rc, sqlite3_errmsg(sqlite3_db_handle(stmt)));
     return cl_db_errno(rc) ? cl_db_errno(rc) : -EIO;
+}
+
+int cl_db_collect(sqlite3_stmt *stmt, size_t elem_size, cl_db_row_fn read_row, void *ctx,
+                  cl_db_clear_fn clear, void **out, size_t *out_n)
+{
+    char *arr = NULL;
+    size_t n = 0, cap = 0;
+    int r;
+
+    while ((r = cl_db_step_row(stmt)) == 1) {
+        if (cl_grow_array((void **)&arr, &cap, n, elem_size) < 0) {
+            r = -ENOMEM;
+            break;
+        }
+        memset(arr + n * elem_size, 0, elem_size);
+        r = read_row(stmt, arr + n * elem_size, ctx);
+        if (r <= 0)
+            n++;
+        if (r < 0)
+            break;
+    }
+    if (r < 0) {
+        for (size_t i = 0; clear && i < n; i++)
+            clear(arr + i * elem_size);
+        free(arr);
+        return r;
+    }
+    *out = arr;
+    *out_n = n;
+    return 0;
 }

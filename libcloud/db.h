@@ -66,6 +66,22 @@ int cl_db_step_done(sqlite3_stmt *stmt);
  * (as cl_db_errno) with the SQLite message logged at debug level. */
 int cl_db_step_row(sqlite3_stmt *stmt);
 
+/* Reads the statement's current row into elem, zeroed by cl_db_collect. Returns 0 to keep
+ * the element, a positive value to skip the row (the element is reused), or a negative
+ * errno to stop (the element is then kept so the clear function can release it). */
+typedef int (*cl_db_row_fn)(sqlite3_stmt *stmt, void *elem, void *ctx);
+
+/* Releases what a row reader allocated inside one element (not the element itself). */
+typedef void (*cl_db_clear_fn)(void *elem);
+
+/* Step stmt to its end, collecting one elem_size element a row through read_row (ctx is
+ * passed along) into a malloc'd array that doubles as it grows. Returns 0 with *out (free
+ * it; NULL when there were no rows) and *out_n, or a negative errno (-ENOMEM, the step's
+ * error, or read_row's) after calling clear (may be NULL) on every collected element and
+ * freeing the array; *out and *out_n are left as they were on failure. */
+int cl_db_collect(sqlite3_stmt *stmt, size_t elem_size, cl_db_row_fn read_row, void *ctx,
+                  cl_db_clear_fn clear, void **out, size_t *out_n);
+
 /* Bind helpers: NULL text binds SQL NULL. Index is 1-based as in SQLite. */
 int cl_db_bind_text(sqlite3_stmt *stmt, int idx, const char *s);
 int cl_db_bind_int64(sqlite3_stmt *stmt, int idx, int64_t v);

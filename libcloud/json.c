@@ -13,6 +13,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <string.h>
 
 #include "util.h"
@@ -34,6 +35,44 @@ static void tokener_freep(json_tokener **t)
 {
     if (*t)
         json_tokener_free(*t);
+}
+
+/* Does the tree hold a NaN or an infinity? json-c reads the literals NaN, Infinity and
+ * -Infinity even in strict mode, but RFC 8259 has no such numbers, and a NaN would
+ * compare unequal to itself in every check downstream. The depth is capped by the
+ * tokener, so the recursion is bounded. */
+static bool has_non_finite(json_object *o)
+{
+    switch (json_object_get_type(o)) {
+    case json_type_double:
+        return !isfinite(json_object_get_double(o));
+    case json_type_array:
+        for (size_t i = 0, n = json_object_array_length(o); i < n; i++)
+            if (has_non_finite(json_object_array_get_idx(o, i)))
+                return true;
+        return false;
+    case json_type_object: {
+        json_object_object_foreach(o, key, val) {
+            (void)key;
+            if (has_non_finite(val))
+                return true;
+        }
+        return false;
+    }
+    default:
+        return false;
+    }
+}
+
+/* The last check of a parsed value: only walk the tree when the text could hold one of
+ * json-c's non-standard number literals. */
+static int check_numbers(const char *buf, size_t len, json_object *obj, cl_error *err)
+{
+    if ((memmem(buf, len, "NaN", 3) || memmem(buf, len, "Infinity", 8)) &&
+        has_non_finite(obj))
+        return cl_error_set(err, CL_E_BAD_REQUEST, "Malformed request body: NaN and "
+                            "Infinity are not JSON numbers");
+    return 0;
 }
 
 /*
@@ -75,6 +114,8 @@ int cl_json_parse(const char *buf, size_t len, json_object **out, cl_error *err)
                                 jerr == json_tokener_continue ? "unexpected end of input"
                                                               : json_tokener_error_desc(jerr));
         }
+        if (check_numbers(buf, len, obj, err) < 0)
+            return -EINVAL;
         *out = TAKE_PTR(obj);
         return 0;
     }
@@ -92,6 +133,8 @@ int cl_json_parse(const char *buf, size_t len, json_object **out, cl_error *err)
                             "Malformed request body: unexpected data after the JSON value "
                             "at offset %zu",
                             end);
+    if (check_numbers(buf, len, obj, err) < 0)
+        return -EINVAL;
     *out = TAKE_PTR(obj);
     return 0;
 }

@@ -255,8 +255,12 @@ cl_db *cl_store_db(cl_store *st) { return st ? st->db : NULL; }
 
 #define FLAVOR_COLS "id, name, vcpus, ram_mb, disk_gb, ephemeral_gb, swap_mb, is_public, disabled"
 
-static void flavor_read(sqlite3_stmt *s, cl_flavor *f)
+/* A cl_db_row_fn: decode one flavor row into elem (a cl_flavor). */
+static int flavor_read(sqlite3_stmt *s, void *elem, void *ctx)
 {
+    cl_flavor *f = elem;
+
+    (void)ctx;
     cl_db_column_text(s, 0, f->id, sizeof(f->id));
     cl_db_column_text(s, 1, f->name, sizeof(f->name));
     f->vcpus = sqlite3_column_int64(s, 2);
@@ -266,6 +270,7 @@ static void flavor_read(sqlite3_stmt *s, cl_flavor *f)
     f->swap_mb = sqlite3_column_int64(s, 6);
     f->is_public = sqlite3_column_int(s, 7) != 0;
     f->disabled = sqlite3_column_int(s, 8) != 0;
+    return 0;
 }
 
 int cl_store_flavor_get(cl_store *st, const char *id_or_name, cl_flavor *out)
@@ -285,8 +290,7 @@ int cl_store_flavor_get(cl_store *st, const char *id_or_name, cl_flavor *out)
     r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
-    flavor_read(s, out);
-    return 0;
+    return flavor_read(s, out, NULL);
 }
 
 int cl_store_flavor_list(cl_store *st, cl_flavor **out, size_t *out_n)
@@ -301,18 +305,7 @@ int cl_store_flavor_list(cl_store *st, cl_flavor **out, size_t *out_n)
                           &s);
     if (r < 0)
         return r;
-    _cleanup_free_ cl_flavor *arr = NULL;
-    size_t n = 0, cap = 0;
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        flavor_read(s, &arr[n++]);
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), flavor_read, NULL, NULL, (void **)out, out_n);
 }
 
 int cl_store_flavor_create(cl_store *st, const cl_flavor *f)
@@ -347,11 +340,14 @@ int cl_store_flavor_create(cl_store *st, const cl_flavor *f)
     " task_state, power_state, fault, fault_code, fault_at_ms, request_id, created_ms,"    \
     " updated_ms, launched_ms, deleted_ms"
 
-/* Decode one instance row into *out (untouched on failure). -EIO when a stored state
- * name is unknown to this binary. */
-static int instance_read(sqlite3_stmt *s, cl_instance *out)
+/* A cl_db_row_fn: decode one instance row into elem, a cl_instance (untouched on
+ * failure). -EIO when a stored state name is unknown to this binary. */
+static int instance_read(sqlite3_stmt *s, void *elem, void *ctx)
 {
+    cl_instance *out = elem;
     cl_instance i;
+
+    (void)ctx;
     memset(&i, 0, sizeof(i));
     cl_db_column_text(s, 0, i.uuid, sizeof(i.uuid));
     cl_db_column_text(s, 1, i.name, sizeof(i.name));
@@ -460,7 +456,7 @@ int cl_store_instance_get(cl_store *st, const char *uuid, cl_instance *out)
     r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
-    return instance_read(s, out);
+    return instance_read(s, out, NULL);
 }
 
 int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instance **out,
@@ -518,22 +514,7 @@ int cl_store_instance_list(cl_store *st, const cl_instance_filter *f, cl_instanc
                         cl_vm_state_name(CL_VM_DELETED));
     if (f->limit > 0)
         cl_db_bind_int64(s, sqlite3_bind_parameter_index(s, ":limit"), f->limit);
-
-    _cleanup_free_ cl_instance *arr = NULL;
-    size_t n = 0, cap = 0;
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        r = instance_read(s, &arr[n]);
-        if (r < 0)
-            return r;
-        n++;
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), instance_read, NULL, NULL, (void **)out, out_n);
 }
 
 /* Current vm_state / task_state / launched_ms of a live instance, inside a transaction.
@@ -772,8 +753,12 @@ int cl_store_instance_count(cl_store *st, const char *project_id, int64_t *out)
     " COUNT(a.instance_uuid)"                                                              \
     " FROM hosts h LEFT JOIN allocations a ON a.host = h.name"
 
-static void host_read(sqlite3_stmt *s, cl_host *h)
+/* A cl_db_row_fn: decode one HOST_SELECT row into elem (a cl_host). */
+static int host_read(sqlite3_stmt *s, void *elem, void *ctx)
 {
+    cl_host *h = elem;
+
+    (void)ctx;
     memset(h, 0, sizeof(*h));
     h->id = sqlite3_column_int64(s, 0);
     cl_db_column_text(s, 1, h->name, sizeof(h->name));
@@ -796,6 +781,7 @@ static void host_read(sqlite3_stmt *s, cl_host *h)
     h->used_ram_mb = sqlite3_column_int64(s, 18);
     h->used_disk_gb = sqlite3_column_int64(s, 19);
     h->running_vms = sqlite3_column_int64(s, 20);
+    return 0;
 }
 
 /* A ratio of 0 (an unset field) would make a host unusable; treat it as 1.0. */
@@ -902,18 +888,7 @@ int cl_store_host_list(cl_store *st, cl_host **out, size_t *out_n)
     int r = cl_db_prepare(st->db, HOST_SELECT " GROUP BY h.id ORDER BY h.name", &s);
     if (r < 0)
         return r;
-    _cleanup_free_ cl_host *arr = NULL;
-    size_t n = 0, cap = 0;
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        host_read(s, &arr[n++]);
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), host_read, NULL, NULL, (void **)out, out_n);
 }
 
 static int host_get_db(cl_db *db, const char *name, cl_host *out)
@@ -926,8 +901,7 @@ static int host_get_db(cl_db *db, const char *name, cl_host *out)
     r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
-    host_read(s, out);
-    return 0;
+    return host_read(s, out, NULL);
 }
 
 int cl_store_host_get(cl_store *st, const char *name, cl_host *out)

@@ -457,6 +457,21 @@ int cl_store_instance_extra_get(cl_store *st, const char *uuid, char *out_key, s
     return 0;
 }
 
+/* A cl_db_row_fn for (index, key, value) rows; rows whose index is not below *ctx (the
+ * number of uuids asked about) are skipped. */
+static int indexed_kv_read(sqlite3_stmt *s, void *elem, void *ctx)
+{
+    cl_indexed_kv *it = elem;
+    int64_t idx = sqlite3_column_int64(s, 0);
+
+    if (idx < 0 || (size_t)idx >= *(const size_t *)ctx)
+        return 1;
+    it->idx = (size_t)idx;
+    cl_db_column_text(s, 1, it->kv.key, sizeof(it->kv.key));
+    cl_db_column_text(s, 2, it->kv.value, sizeof(it->kv.value));
+    return 0;
+}
+
 int cl_store_instance_extras_many(cl_store *st, const char *const *uuids, size_t n,
                                   char (*keys)[256], bool *has_key, cl_indexed_kv **md,
                                   size_t *n_md)
@@ -465,8 +480,6 @@ int cl_store_instance_extras_many(cl_store *st, const char *const *uuids, size_t
     _cleanup_json_ json_object *arr = json_object_new_array();
     _cleanup_stmt_ sqlite3_stmt *k = NULL;
     _cleanup_stmt_ sqlite3_stmt *m = NULL;
-    _cleanup_free_ cl_indexed_kv *items = NULL;
-    size_t ni = 0, cap = 0;
     const char *json;
     int r;
 
@@ -506,23 +519,7 @@ int cl_store_instance_extras_many(cl_store *st, const char *const *uuids, size_t
     if (r < 0)
         return r;
     cl_db_bind_text(m, 1, json);
-    while ((r = cl_db_step_row(m)) == 1) {
-        int64_t idx = sqlite3_column_int64(m, 0);
-
-        if (idx < 0 || (size_t)idx >= n)
-            continue;
-        if (cl_grow_array((void **)&items, &cap, ni, sizeof(*items)) < 0)
-            return -ENOMEM;
-        items[ni].idx = (size_t)idx;
-        cl_db_column_text(m, 1, items[ni].kv.key, sizeof(items[ni].kv.key));
-        cl_db_column_text(m, 2, items[ni].kv.value, sizeof(items[ni].kv.value));
-        ni++;
-    }
-    if (r < 0)
-        return r;
-    *md = TAKE_PTR(items);
-    *n_md = ni;
-    return 0;
+    return cl_db_collect(m, sizeof(**md), indexed_kv_read, &n, NULL, (void **)md, n_md);
 }
 
 int cl_store_instance_rename(cl_store *st, const char *uuid, const char *name)
@@ -549,28 +546,26 @@ int cl_store_instance_rename(cl_store *st, const char *uuid, const char *name)
 
 /* ---- key/value lists (metadata, extra specs) ---- */
 
+/* A cl_db_row_fn for (key, value) rows. */
+static int kv_read(sqlite3_stmt *s, void *elem, void *ctx)
+{
+    cl_kv *kv = elem;
+
+    (void)ctx;
+    cl_db_column_text(s, 0, kv->key, sizeof(kv->key));
+    cl_db_column_text(s, 1, kv->value, sizeof(kv->value));
+    return 0;
+}
+
 static int kv_list(cl_db *db, const char *sql, const char *id, cl_kv **out, size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    _cleanup_free_ cl_kv *arr = NULL;
-    size_t n = 0, cap = 0;
     int r = cl_db_prepare(db, sql, &s);
 
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, id);
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        cl_db_column_text(s, 0, arr[n].key, sizeof(arr[n].key));
-        cl_db_column_text(s, 1, arr[n].value, sizeof(arr[n].value));
-        n++;
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), kv_read, NULL, NULL, (void **)out, out_n);
 }
 
 int cl_store_metadata_list(cl_store *st, const char *uuid, cl_kv **out, size_t *out_n)
@@ -641,12 +636,19 @@ void cl_keypairs_free(cl_keypair *arr, size_t n)
     free(arr);
 }
 
+/* A cl_db_clear_fn for the collector. */
+static void keypair_clear_elem(void *elem) { cl_keypair_clear(elem); }
+
 #define KP_COLS "id, user_id, name, type, public_key, fingerprint, created_ms"
 
-static int keypair_read(sqlite3_stmt *s, cl_keypair *kp)
+/* A cl_db_row_fn: decode one KP_COLS row into elem (a cl_keypair; -ENOMEM leaves its
+ * public_key NULL). */
+static int keypair_read(sqlite3_stmt *s, void *elem, void *ctx)
 {
+    cl_keypair *kp = elem;
     const char *pk = (const char *)sqlite3_column_text(s, 4);
 
+    (void)ctx;
     memset(kp, 0, sizeof(*kp));
     kp->id = sqlite3_column_int64(s, 0);
     cl_db_column_text(s, 1, kp->user_id, sizeof(kp->user_id));
@@ -702,14 +704,12 @@ int cl_store_keypair_get(cl_store *st, const char *user_id, const char *name, cl
     r = cl_db_step_row(s);
     if (r <= 0)
         return r == 0 ? -ENOENT : r;
-    return keypair_read(s, out);
+    return keypair_read(s, out, NULL);
 }
 
 int cl_store_keypair_list(cl_store *st, const char *user_id, cl_keypair **out, size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    cl_keypair *arr = NULL;
-    size_t n = 0, cap = 0;
     int r = cl_db_prepare(cl_store_db(st),
                           "SELECT " KP_COLS " FROM key_pairs WHERE user_id = ? ORDER BY name", &s);
 
@@ -718,23 +718,8 @@ int cl_store_keypair_list(cl_store *st, const char *user_id, cl_keypair **out, s
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, user_id);
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
-            r = -ENOMEM;
-            break;
-        }
-        r = keypair_read(s, &arr[n]);
-        n++;
-        if (r < 0)
-            break;
-    }
-    if (r < 0) {
-        cl_keypairs_free(arr, n);
-        return r;
-    }
-    *out = arr;
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), keypair_read, NULL, keypair_clear_elem, (void **)out,
+                         out_n);
 }
 
 int cl_store_keypair_delete(cl_store *st, const char *user_id, const char *name)
@@ -826,12 +811,18 @@ int cl_store_flavor_spec_delete(cl_store *st, const char *id, const char *key)
     return r > 0 ? 0 : -ENOENT;
 }
 
+/* A cl_db_row_fn for one-column rows of ids (elem is a char[CL_ID_MAX]). */
+static int id_read(sqlite3_stmt *s, void *elem, void *ctx)
+{
+    (void)ctx;
+    cl_db_column_text(s, 0, elem, CL_ID_MAX);
+    return 0;
+}
+
 int cl_store_flavor_access_list(cl_store *st, const char *id, char (**out)[CL_ID_MAX],
                                 size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    _cleanup_free_ char(*arr)[CL_ID_MAX] = NULL;
-    size_t n = 0, cap = 0;
     int r = cl_db_prepare(cl_store_db(st), "SELECT project_id FROM flavor_projects"
                                            " WHERE flavor_id = ? ORDER BY project_id", &s);
 
@@ -840,17 +831,7 @@ int cl_store_flavor_access_list(cl_store *st, const char *id, char (**out)[CL_ID
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, id);
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        cl_db_column_text(s, 0, arr[n], sizeof(arr[n]));
-        n++;
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), id_read, NULL, NULL, (void **)out, out_n);
 }
 
 int cl_store_flavor_access_add(cl_store *st, const char *id, const char *project_id)
@@ -954,12 +935,24 @@ int cl_store_service_set_forced_down(cl_store *st, const char *host, bool down)
 
 /* ---- instance actions ---- */
 
+/* A cl_db_row_fn for instance_actions rows (elem is a cl_instance_action). */
+static int action_read(sqlite3_stmt *s, void *elem, void *ctx)
+{
+    cl_instance_action *a = elem;
+
+    (void)ctx;
+    cl_db_column_text(s, 0, a->action, sizeof(a->action));
+    cl_db_column_text(s, 1, a->request_id, sizeof(a->request_id));
+    a->start_ms = sqlite3_column_int64(s, 2);
+    a->finish_ms = sqlite3_column_int64(s, 3);
+    cl_db_column_text(s, 4, a->result, sizeof(a->result));
+    return 0;
+}
+
 int cl_store_instance_actions(cl_store *st, const char *uuid, cl_instance_action **out,
                               size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    _cleanup_free_ cl_instance_action *arr = NULL;
-    size_t n = 0, cap = 0;
     int r = cl_db_prepare(cl_store_db(st),
                           "SELECT action, request_id, start_ms, finish_ms, result"
                           " FROM instance_actions WHERE instance_uuid = ?"
@@ -970,33 +963,36 @@ int cl_store_instance_actions(cl_store *st, const char *uuid, cl_instance_action
     if (r < 0)
         return r;
     cl_db_bind_text(s, 1, uuid);
-    while ((r = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        cl_db_column_text(s, 0, arr[n].action, sizeof(arr[n].action));
-        cl_db_column_text(s, 1, arr[n].request_id, sizeof(arr[n].request_id));
-        arr[n].start_ms = sqlite3_column_int64(s, 2);
-        arr[n].finish_ms = sqlite3_column_int64(s, 3);
-        cl_db_column_text(s, 4, arr[n].result, sizeof(arr[n].result));
-        n++;
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), action_read, NULL, NULL, (void **)out, out_n);
 }
 
 /* ---- migrations ---- */
+
+/* A cl_db_row_fn for the migrations list query (elem is a cl_migration_row). */
+static int migration_read(sqlite3_stmt *s, void *elem, void *ctx)
+{
+    cl_migration_row *m = elem;
+
+    (void)ctx;
+    m->id = sqlite3_column_int64(s, 0);
+    cl_db_column_text(s, 1, m->uuid, sizeof(m->uuid));
+    cl_db_column_text(s, 2, m->instance_uuid, sizeof(m->instance_uuid));
+    cl_db_column_text(s, 3, m->source_host, sizeof(m->source_host));
+    cl_db_column_text(s, 4, m->dest_host, sizeof(m->dest_host));
+    cl_db_column_text(s, 5, m->type, sizeof(m->type));
+    cl_db_column_text(s, 6, m->status, sizeof(m->status));
+    cl_db_column_text(s, 7, m->project_id, sizeof(m->project_id));
+    cl_db_column_text(s, 8, m->user_id, sizeof(m->user_id));
+    m->created_ms = sqlite3_column_int64(s, 9);
+    m->updated_ms = sqlite3_column_int64(s, 10);
+    return 0;
+}
 
 int cl_store_migrations_list(cl_store *st, const char *host, const char *status,
                              const char *instance_uuid, const char *type,
                              cl_migration_row **out, size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    _cleanup_free_ cl_migration_row *arr = NULL;
-    size_t n = 0, cap = 0;
-    int r;
 
     *out = NULL;
     *out_n = 0;
@@ -1017,27 +1013,5 @@ int cl_store_migrations_list(cl_store *st, const char *host, const char *status,
     cl_db_bind_text(s, 2, status);
     cl_db_bind_text(s, 3, instance_uuid);
     cl_db_bind_text(s, 4, type);
-    while ((r = cl_db_step_row(s)) == 1) {
-        cl_migration_row *m;
-
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0)
-            return -ENOMEM;
-        m = &arr[n++];
-        m->id = sqlite3_column_int64(s, 0);
-        cl_db_column_text(s, 1, m->uuid, sizeof(m->uuid));
-        cl_db_column_text(s, 2, m->instance_uuid, sizeof(m->instance_uuid));
-        cl_db_column_text(s, 3, m->source_host, sizeof(m->source_host));
-        cl_db_column_text(s, 4, m->dest_host, sizeof(m->dest_host));
-        cl_db_column_text(s, 5, m->type, sizeof(m->type));
-        cl_db_column_text(s, 6, m->status, sizeof(m->status));
-        cl_db_column_text(s, 7, m->project_id, sizeof(m->project_id));
-        cl_db_column_text(s, 8, m->user_id, sizeof(m->user_id));
-        m->created_ms = sqlite3_column_int64(s, 9);
-        m->updated_ms = sqlite3_column_int64(s, 10);
-    }
-    if (r < 0)
-        return r;
-    *out = TAKE_PTR(arr);
-    *out_n = n;
-    return 0;
+    return cl_db_collect(s, sizeof(**out), migration_read, NULL, NULL, (void **)out, out_n);
 }

@@ -84,21 +84,59 @@ const char cl_store_schema_identity[] =
 
 /* ---- helpers ---- */
 
-/* Run a statement with text binds (NULL binds SQL NULL) and no rows. */
-static int exec_binds(cl_store *st, const char *sql, int n, const char *const *binds)
+/* One bound value: text (NULL binds SQL NULL), or an integer when is_int. */
+typedef struct bind_val {
+    const char *text;
+    int64_t num;
+    bool is_int;
+} bind_val;
+#define TXT(s) {.text = (s)}
+#define INT(v) {.num = (v), .is_int = true}
+
+/* Run a statement with these binds and no rows. With must_change, -ENOENT when it changed
+ * no row (an UPDATE or DELETE of an unknown id). */
+static int exec_vals(cl_store *st, const char *sql, int n, const bind_val *v, bool must_change)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
     int rc = cl_db_prepare(cl_store_db(st), sql, &s);
 
     if (rc < 0)
         return rc;
-    for (int i = 0; i < n; i++)
-        cl_db_bind_text(s, i + 1, binds[i]);
-    return cl_db_step_done(s);
+    for (int i = 0; i < n; i++) {
+        if (v[i].is_int)
+            cl_db_bind_int64(s, i + 1, v[i].num);
+        else
+            cl_db_bind_text(s, i + 1, v[i].text);
+    }
+    rc = cl_db_step_done(s);
+    if (rc < 0 || !must_change)
+        return rc;
+    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
 }
 
-/* Row reader signature: fill one element from the current row. */
-typedef void (*row_fn)(sqlite3_stmt *s, void *out);
+/* The same with text binds only (at most 4). */
+static int exec_binds(cl_store *st, const char *sql, int n, const char *const *binds,
+                      bool must_change)
+{
+    bind_val v[4] = {0};
+
+    for (int i = 0; i < n && i < 4; i++)
+        v[i].text = binds[i];
+    return exec_vals(st, sql, n < 4 ? n : 4, v, must_change);
+}
+
+/* Insert a row that belongs to a domain: -ENOENT when the domain does not exist. */
+static int create_in_domain(cl_store *st, const char *domain_id, const char *sql, int n,
+                            const bind_val *v)
+{
+    cl_domain d;
+    int rc = cl_store_domain_get(st, domain_id, &d);
+
+    return rc < 0 ? rc : exec_vals(st, sql, n, v, false);
+}
+
+/* Row readers are cl_db_row_fn: fill one element from the current row, return 0. */
+typedef cl_db_row_fn row_fn;
 
 /* Prepare sql, bind the texts, read at most one row through fn. -ENOENT when none. */
 static int query_one(cl_store *st, const char *sql, int n, const char *const *binds, row_fn fn,
@@ -116,8 +154,7 @@ static int query_one(cl_store *st, const char *sql, int n, const char *const *bi
         return rc;
     if (rc == 0)
         return -ENOENT;
-    fn(s, out);
-    return 0;
+    return fn(s, out, NULL);
 }
 
 /* Same, reading every row into a malloc'd array of elem-sized items. */
@@ -125,30 +162,13 @@ static int query_all(cl_store *st, const char *sql, int n, const char *const *bi
                      size_t elem, void **out, size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    void *arr = NULL;
-    size_t cnt = 0, cap = 0;
     int rc = cl_db_prepare(cl_store_db(st), sql, &s);
 
     if (rc < 0)
         return rc;
     for (int i = 0; i < n; i++)
         cl_db_bind_text(s, i + 1, binds[i]);
-    while ((rc = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array(&arr, &cap, cnt, elem) < 0) {
-            free(arr);
-            return -ENOMEM;
-        }
-        memset((char *)arr + cnt * elem, 0, elem);
-        fn(s, (char *)arr + cnt * elem);
-        cnt++;
-    }
-    if (rc < 0) {
-        free(arr);
-        return rc;
-    }
-    *out = arr;
-    *out_n = cnt;
-    return 0;
+    return cl_db_collect(s, elem, fn, NULL, NULL, out, out_n);
 }
 
 #define COL(s, i, f) cl_db_column_text(s, i, f, sizeof(f))
@@ -181,14 +201,16 @@ void cl_identity_new_id(char out[33])
 
 /* ---- domains ---- */
 
-static void domain_row(sqlite3_stmt *s, void *o)
+static int domain_row(sqlite3_stmt *s, void *o, void *ctx)
 {
     cl_domain *d = o;
 
+    (void)ctx;
     COL(s, 0, d->id);
     COL(s, 1, d->name);
     COL(s, 2, d->description);
     d->enabled = sqlite3_column_int(s, 3) != 0;
+    return 0;
 }
 
 #define DOMAIN_COLS "SELECT id, name, description, enabled FROM domains "
@@ -213,40 +235,29 @@ int cl_store_domain_list(cl_store *st, const char *name, cl_domain **out, size_t
 
 /* ---- projects ---- */
 
-static void project_row(sqlite3_stmt *s, void *o)
+static int project_row(sqlite3_stmt *s, void *o, void *ctx)
 {
     cl_project *p = o;
 
+    (void)ctx;
     COL(s, 0, p->id);
     COL(s, 1, p->name);
     COL(s, 2, p->domain_id);
     COL(s, 3, p->description);
     p->enabled = sqlite3_column_int(s, 4) != 0;
+    return 0;
 }
 
 #define PROJECT_COLS "SELECT id, name, domain_id, description, enabled FROM projects "
 
 int cl_store_project_create(cl_store *st, const cl_project *p)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    cl_domain d;
-    int rc;
-
-    rc = cl_store_domain_get(st, p->domain_id, &d);
-    if (rc < 0)
-        return rc;
-    rc = cl_db_prepare(cl_store_db(st),
-                       "INSERT INTO projects (id, name, domain_id, description, enabled, "
-                       "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", &s);
-    if (rc < 0)
-        return rc;
-    cl_db_bind_text(s, 1, p->id);
-    cl_db_bind_text(s, 2, p->name);
-    cl_db_bind_text(s, 3, p->domain_id);
-    cl_db_bind_text(s, 4, p->description);
-    cl_db_bind_int64(s, 5, p->enabled);
-    cl_db_bind_int64(s, 6, cl_now_ms());
-    return cl_db_step_done(s);
+    return create_in_domain(st, p->domain_id,
+                            "INSERT INTO projects (id, name, domain_id, description, enabled, "
+                            "created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", 6,
+                            (const bind_val[]){TXT(p->id), TXT(p->name), TXT(p->domain_id),
+                                               TXT(p->description), INT(p->enabled),
+                                               INT(cl_now_ms())});
 }
 
 int cl_store_project_get(cl_store *st, const char *id, cl_project *out)
@@ -274,38 +285,24 @@ int cl_store_project_list(cl_store *st, const char *domain_id, const char *name,
 
 int cl_store_project_update(cl_store *st, const cl_project *p)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    int rc = cl_db_prepare(cl_store_db(st),
-                           "UPDATE projects SET name = ?2, description = ?3, enabled = ?4 "
-                           "WHERE id = ?1", &s);
-
-    if (rc < 0)
-        return rc;
-    cl_db_bind_text(s, 1, p->id);
-    cl_db_bind_text(s, 2, p->name);
-    cl_db_bind_text(s, 3, p->description);
-    cl_db_bind_int64(s, 4, p->enabled);
-    rc = cl_db_step_done(s);
-    if (rc < 0)
-        return rc;
-    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
+    return exec_vals(st, "UPDATE projects SET name = ?2, description = ?3, enabled = ?4 "
+                         "WHERE id = ?1", 4,
+                     (const bind_val[]){TXT(p->id), TXT(p->name), TXT(p->description),
+                                        INT(p->enabled)}, true);
 }
 
 int cl_store_project_delete(cl_store *st, const char *id)
 {
-    int rc = exec_binds(st, "DELETE FROM projects WHERE id = ?1", 1, (const char *[]){id});
-
-    if (rc < 0)
-        return rc;
-    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
+    return exec_binds(st, "DELETE FROM projects WHERE id = ?1", 1, (const char *[]){id}, true);
 }
 
 /* ---- users ---- */
 
-static void user_row(sqlite3_stmt *s, void *o)
+static int user_row(sqlite3_stmt *s, void *o, void *ctx)
 {
     cl_user *u = o;
 
+    (void)ctx;
     COL(s, 0, u->id);
     COL(s, 1, u->name);
     COL(s, 2, u->domain_id);
@@ -314,6 +311,7 @@ static void user_row(sqlite3_stmt *s, void *o)
     COL(s, 5, u->default_project_id);
     COL(s, 6, u->email);
     COL(s, 7, u->description);
+    return 0;
 }
 
 #define USER_COLS                                                                          \
@@ -322,29 +320,14 @@ static void user_row(sqlite3_stmt *s, void *o)
 
 int cl_store_user_create(cl_store *st, const cl_user *u)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    cl_domain d;
-    int rc;
-
-    rc = cl_store_domain_get(st, u->domain_id, &d);
-    if (rc < 0)
-        return rc;
-    rc = cl_db_prepare(cl_store_db(st),
-                       "INSERT INTO users (id, name, domain_id, password_hash, enabled, "
-                       "default_project_id, email, description, created_ms) "
-                       "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &s);
-    if (rc < 0)
-        return rc;
-    cl_db_bind_text(s, 1, u->id);
-    cl_db_bind_text(s, 2, u->name);
-    cl_db_bind_text(s, 3, u->domain_id);
-    cl_db_bind_text(s, 4, u->password_hash);
-    cl_db_bind_int64(s, 5, u->enabled);
-    cl_db_bind_text(s, 6, u->default_project_id);
-    cl_db_bind_text(s, 7, u->email);
-    cl_db_bind_text(s, 8, u->description);
-    cl_db_bind_int64(s, 9, cl_now_ms());
-    return cl_db_step_done(s);
+    return create_in_domain(st, u->domain_id,
+                            "INSERT INTO users (id, name, domain_id, password_hash, enabled, "
+                            "default_project_id, email, description, created_ms) "
+                            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", 9,
+                            (const bind_val[]){TXT(u->id), TXT(u->name), TXT(u->domain_id),
+                                               TXT(u->password_hash), INT(u->enabled),
+                                               TXT(u->default_project_id), TXT(u->email),
+                                               TXT(u->description), INT(cl_now_ms())});
 }
 
 int cl_store_user_get(cl_store *st, const char *id, cl_user *out)
@@ -371,50 +354,34 @@ int cl_store_user_list(cl_store *st, const char *domain_id, const char *name, cl
 
 int cl_store_user_update(cl_store *st, const cl_user *u)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    int rc = cl_db_prepare(cl_store_db(st),
-                           "UPDATE users SET name = ?2, password_hash = ?3, enabled = ?4, "
-                           "default_project_id = ?5, email = ?6, description = ?7 "
-                           "WHERE id = ?1", &s);
-
-    if (rc < 0)
-        return rc;
-    cl_db_bind_text(s, 1, u->id);
-    cl_db_bind_text(s, 2, u->name);
-    cl_db_bind_text(s, 3, u->password_hash);
-    cl_db_bind_int64(s, 4, u->enabled);
-    cl_db_bind_text(s, 5, u->default_project_id);
-    cl_db_bind_text(s, 6, u->email);
-    cl_db_bind_text(s, 7, u->description);
-    rc = cl_db_step_done(s);
-    if (rc < 0)
-        return rc;
-    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
+    return exec_vals(st, "UPDATE users SET name = ?2, password_hash = ?3, enabled = ?4, "
+                         "default_project_id = ?5, email = ?6, description = ?7 WHERE id = ?1",
+                     7, (const bind_val[]){TXT(u->id), TXT(u->name), TXT(u->password_hash),
+                                           INT(u->enabled), TXT(u->default_project_id),
+                                           TXT(u->email), TXT(u->description)}, true);
 }
 
 int cl_store_user_delete(cl_store *st, const char *id)
 {
-    int rc = exec_binds(st, "DELETE FROM users WHERE id = ?1", 1, (const char *[]){id});
-
-    if (rc < 0)
-        return rc;
-    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
+    return exec_binds(st, "DELETE FROM users WHERE id = ?1", 1, (const char *[]){id}, true);
 }
 
 /* ---- roles ---- */
 
-static void role_row(sqlite3_stmt *s, void *o)
+static int role_row(sqlite3_stmt *s, void *o, void *ctx)
 {
     cl_role_rec *r = o;
 
+    (void)ctx;
     COL(s, 0, r->id);
     COL(s, 1, r->name);
+    return 0;
 }
 
 int cl_store_role_create(cl_store *st, const cl_role_rec *r)
 {
     return exec_binds(st, "INSERT INTO roles (id, name) VALUES (?1, ?2)", 2,
-                      (const char *[]){r->id, r->name});
+                      (const char *[]){r->id, r->name}, false);
 }
 
 int cl_store_role_get(cl_store *st, const char *id, cl_role_rec *out)
@@ -445,10 +412,7 @@ int cl_store_role_delete(cl_store *st, const char *id)
         return rc;
     if (cl_identity_role_bits(r.name))
         return -EBUSY;
-    rc = exec_binds(st, "DELETE FROM roles WHERE id = ?1", 1, (const char *[]){id});
-    if (rc < 0)
-        return rc;
-    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
+    return exec_binds(st, "DELETE FROM roles WHERE id = ?1", 1, (const char *[]){id}, true);
 }
 
 /* ---- role assignments ---- */
@@ -467,25 +431,25 @@ int cl_store_assignment_add(cl_store *st, const char *user_id, const char *proje
         return rc;
     return exec_binds(st,
                       "INSERT OR IGNORE INTO role_assignments (user_id, project_id, role_id) "
-                      "VALUES (?1, ?2, ?3)", 3, (const char *[]){user_id, project_id, role_id});
+                      "VALUES (?1, ?2, ?3)", 3, (const char *[]){user_id, project_id, role_id},
+                      false);
 }
 
 int cl_store_assignment_remove(cl_store *st, const char *user_id, const char *project_id,
                                const char *role_id)
 {
-    int rc = exec_binds(st,
-                        "DELETE FROM role_assignments WHERE user_id = ?1 AND project_id = ?2 "
-                        "AND role_id = ?3", 3, (const char *[]){user_id, project_id, role_id});
-
-    if (rc < 0)
-        return rc;
-    return cl_db_changes(cl_store_db(st)) > 0 ? 0 : -ENOENT;
+    return exec_binds(st,
+                      "DELETE FROM role_assignments WHERE user_id = ?1 AND project_id = ?2 "
+                      "AND role_id = ?3", 3, (const char *[]){user_id, project_id, role_id},
+                      true);
 }
 
-static void one_row(sqlite3_stmt *s, void *o)
+static int one_row(sqlite3_stmt *s, void *o, void *ctx)
 {
     (void)s;
+    (void)ctx;
     *(int *)o = 1;
+    return 0;
 }
 
 int cl_store_assignment_check(cl_store *st, const char *user_id, const char *project_id,
@@ -498,10 +462,11 @@ int cl_store_assignment_check(cl_store *st, const char *user_id, const char *pro
                      (const char *[]){user_id, project_id, role_id}, one_row, &found);
 }
 
-static void assignment_row(sqlite3_stmt *s, void *o)
+static int assignment_row(sqlite3_stmt *s, void *o, void *ctx)
 {
     cl_role_assignment *a = o;
 
+    (void)ctx;
     COL(s, 0, a->user_id);
     COL(s, 1, a->user_name);
     COL(s, 2, a->user_domain_id);
@@ -510,6 +475,7 @@ static void assignment_row(sqlite3_stmt *s, void *o)
     COL(s, 5, a->project_domain_id);
     COL(s, 6, a->role_id);
     COL(s, 7, a->role_name);
+    return 0;
 }
 
 int cl_store_assignment_list(cl_store *st, const char *user_id, const char *project_id,
@@ -618,12 +584,20 @@ int cl_store_token_revoke(cl_store *st, const char *audit_id, int64_t expires_ms
 
 static int cmp_audit(const void *a, const void *b) { return strcmp(a, b); }
 
+/* A row_fn for one 23-byte audit id. */
+static int audit_id_row(sqlite3_stmt *s, void *o, void *ctx)
+{
+    (void)ctx;
+    cl_db_column_text(s, 0, o, 23);
+    return 0;
+}
+
 int cl_store_revoked_list(cl_store *st, int64_t now_ms, size_t max, char (**out)[23],
                           size_t *out_n)
 {
     _cleanup_stmt_ sqlite3_stmt *s = NULL;
     char (*arr)[23] = NULL;
-    size_t n = 0, cap = 0;
+    size_t n = 0;
     int rc;
 
     rc = cl_db_prepare(cl_store_db(st),
@@ -633,18 +607,9 @@ int cl_store_revoked_list(cl_store *st, int64_t now_ms, size_t max, char (**out)
         return rc;
     cl_db_bind_int64(s, 1, now_ms);
     cl_db_bind_int64(s, 2, (int64_t)max);
-    while ((rc = cl_db_step_row(s)) == 1) {
-        if (cl_grow_array((void **)&arr, &cap, n, sizeof(*arr)) < 0) {
-            free(arr);
-            return -ENOMEM;
-        }
-        cl_db_column_text(s, 0, arr[n], sizeof(arr[n]));
-        n++;
-    }
-    if (rc < 0) {
-        free(arr);
+    rc = cl_db_collect(s, sizeof(*arr), audit_id_row, NULL, NULL, (void **)&arr, &n);
+    if (rc < 0)
         return rc;
-    }
     if (n > 1)
         qsort(arr, n, sizeof(*arr), cmp_audit);
     *out = arr;
@@ -667,7 +632,7 @@ static int bootstrap_body(cl_store *st, const cl_identity_bootstrap *b, bool *ch
     rc = cl_store_domain_get(st, CL_DEFAULT_DOMAIN_ID, &d);
     if (rc == -ENOENT) {
         rc = exec_binds(st, "INSERT INTO domains (id, name) VALUES (?1, ?2)", 2,
-                        (const char *[]){CL_DEFAULT_DOMAIN_ID, CL_DEFAULT_DOMAIN_NAME});
+                        (const char *[]){CL_DEFAULT_DOMAIN_ID, CL_DEFAULT_DOMAIN_NAME}, false);
         *changed = true;
     }
     if (rc < 0)

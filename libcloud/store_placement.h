@@ -221,4 +221,36 @@ typedef struct cl_audit_item {
  * deleted, missing/wrong allocations rewritten from the instance row). Caller frees. */
 int cl_store_placement_audit(cl_store *st, bool repair, cl_audit_item **out, size_t *n);
 
+/* ---- appended by issue 8: cold migration and resize to another host ----
+ * The scheduler's record of one cold move (scheduler/migrations.c), kept until confirm
+ * or revert. */
+typedef struct cl_cold_move {
+    char migration_uuid[CL_UUID_LEN];
+    char old_flavor_id[CL_ID_MAX]; /* "" = a migration (the flavor stays) */
+    bool power_on;                 /* the guest ran before: start it where it lands */
+    char phase[16];                /* the step reached: "exporting", "importing", ... */
+    char token[72];                /* the disk transfer's secret (hex) */
+} cl_cold_move;
+
+/* Insert or replace the record (creating its table on first use). */
+int cl_store_cold_move_put(cl_store *st, const cl_cold_move *c);
+/* -ENOENT when there is none. */
+int cl_store_cold_move_get(cl_store *st, const char *migration_uuid, cl_cold_move *out);
+/* phase from -> to in one statement: -ESTALE when the record is not at from (a resent
+ * message that was handled already). */
+int cl_store_cold_move_advance(cl_store *st, const char *migration_uuid, const char *from,
+                               const char *to);
+/* Every record (the moves in flight: a handful), oldest first; *out malloc'd (NULL when
+ * none), caller frees. */
+int cl_store_cold_moves_list(cl_store *st, cl_cold_move **out, size_t *n);
+/* Drop the record (and the legacy cold_resize row of the same migration). */
+int cl_store_cold_move_delete(cl_store *st, const char *migration_uuid);
+
+/* The instance's host := host. -ENOENT when there is no such instance. */
+int cl_store_instance_set_host(cl_store *st, const char *uuid, const char *host);
+/* The instance's flavor columns := f, and with allocation its own allocation's amounts
+ * too, in one transaction (the migration's source half keeps the old amounts). */
+int cl_store_instance_set_flavor(cl_store *st, const char *uuid, const cl_flavor *f,
+                                 bool allocation);
+
 #endif

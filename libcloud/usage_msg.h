@@ -4,9 +4,22 @@
  *
  *  type           direction          body
  *  -------------  -----------------  ---------------------------------------------------
- *  usage.samples  agent -> billing   {"samples": [<sample>, ...]}  (1..CL_USAGE_BATCH_MAX)
+ *  usage.samples  agent -> billing   {"rows": [<row>, ...]}        (1..CL_USAGE_BATCH_MAX)
+ *                                    or {"samples": [<sample>, ...]}  (the older layout)
  *
- * A sample:
+ * A row is one sample as an array, its fields at fixed positions (null when absent):
+ *   [id, instance_uuid, project_id, host, ts, kind, event, flavor_id, boot_id,
+ *    cpu_ns, net_rx_bytes, net_tx_bytes, disk_rd_bytes, disk_wr_bytes,
+ *    vcpus, ram_mb, disk_gb, mem_used_mb]
+ * with the meanings, types and requirements of the object layout below (counters are
+ * present when cpu_ns is not null, gauges when vcpus is not null). Fields after the
+ * 18th are ignored, so an agent may append new ones. The encoder writes rows: json-c
+ * parses and builds an array at a fraction of the cost of an object, and billing's bus
+ * thread does it 100 000+ times a second. The decoder still reads the object layout,
+ * which agents of an earlier release may hold in their outboxes; a billing of an earlier
+ * release does not read rows, so upgrade nube-billing before the agents.
+ *
+ * A sample in the object layout:
  *   {"id": "<uuid, unique per sample: the de-duplication key>",
  *    "instance_uuid": "<uuid>", "project_id": "<id>", "host": "<agent host name>",
  *    "ts": <unix ms when measured>,
@@ -121,7 +134,7 @@ int cl_usage_event_parse(const char *s, cl_usage_event *out);
 /* Build the JSON object of one sample (new reference, caller owns) or NULL (no memory). */
 json_object *cl_usage_sample_encode(const cl_usage_sample *s);
 
-/* Build a usage.samples body {"samples": [...]} from n samples (1..CL_USAGE_BATCH_MAX).
+/* Build a usage.samples body {"rows": [...]} from n samples (1..CL_USAGE_BATCH_MAX).
  * Returns a new object (cl_bus_send takes it over) or NULL (bad n, no memory). */
 json_object *cl_usage_batch_encode(const cl_usage_sample *samples, size_t n);
 
@@ -130,10 +143,11 @@ json_object *cl_usage_batch_encode(const cl_usage_sample *samples, size_t n);
  * style paths are the batch decoder's; here the path is relative to the sample). */
 int cl_usage_sample_decode(json_object *obj, cl_usage_sample *out, cl_error *err);
 
-/* Decode a usage.samples body. The envelope must be sound ({"samples": array of 1 to
- * CL_USAGE_BATCH_MAX entries}) or the call fails with -EINVAL / -E2BIG and err. Inside a
- * sound batch, a sample that fails validation is skipped and counted in *out_rejected
- * (err then describes the first one, prefixed "samples[i]: ", while the call returns 0):
+/* Decode a usage.samples body, in either layout. The envelope must be sound ({"rows"} or
+ * {"samples"}, not both: an array of 1 to CL_USAGE_BATCH_MAX entries) or the call fails
+ * with -EINVAL / -E2BIG and err. Inside a sound batch, a sample that fails validation is
+ * skipped and counted in *out_rejected (err then describes the first one, prefixed
+ * "rows[i]: " or "samples[i]: ", while the call returns 0):
  * one malformed sample must not cost its neighbours, because the bus acknowledges the
  * whole message. On success *out is a malloc'd array of *out_n samples (caller frees;
  * NULL when every sample was rejected). */

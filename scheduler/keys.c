@@ -36,7 +36,8 @@ static void usage(FILE *f)
             "       nube-keys revoke --dir ALLOWED NAME|KEY\n"
             "       nube-keys rotate --name NAME --out DIR --dir ALLOWED\n"
             "CURVE keys of the nube bus: NAME is a host name (agents) or nube-api,\n"
-            "nube-scheduler, nube-billing. ALLOWED is [bus] allowed_keys_dir.\n");
+            "nube-scheduler, nube-billing (no blanks, '/' or '#'). ALLOWED is [bus]\n"
+            "allowed_keys_dir (billing: [billing] allowed_keys_dir).\n");
 }
 
 /* The file name a key gets in ALLOWED: NAME-xxxxxxxx.pub, key characters that are not

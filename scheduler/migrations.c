@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "cleanup.h"
 #include "db.h"
@@ -39,6 +40,7 @@
 #include "messages.h"
 #include "migration_msg.h"
 #include "model.h"
+#include "store_actions.h"
 #include "store_compute.h"
 #include "store_placement.h"
 #include "util.h"
@@ -514,34 +516,53 @@ static void on_abort(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     (void)send(bus, m.source_host, CL_MSG_MIGRATION_ABORT, msg, b);
 }
 
-/* ---- cold migration (issue 8): migration.cold / .confirm / .revert ----
+/* ---- cold migration and resize to another host (issue 8) ----
  *
- * The libvirt test driver cannot migrate, so the move is done through the agents: the
- * instance's host becomes the destination (its state reports count from then on), the
- * source stops the guest and keeps its definition and disk until confirm (so revert is a
- * restart there), and the destination spawns it. The destination's ACTIVE report turns
- * into RESIZED (VERIFY_RESIZE) while the migration is "finished". Confirm drops the
- * source half and destroys the source domain; revert gives the allocation back, destroys
- * the destination's copy and starts the source again. nube-api only sends this for hosts
- * whose hypervisor is "test" (the real-QEMU disk copy is not written yet). */
+ *   api   --migration.cold-->           sched  claim on the destination (the migration
+ *                                              holds the source half), record the move
+ *                                              (cold_moves: old flavor, power state, a
+ *                                              random transfer token), host := dest
+ *   sched --migration.cold_export-->    src    stop the guest (ACPI, then destroy), offer
+ *                                              its overlay on the agent's HTTP port to the
+ *                                              holder of the token; size and sha256
+ *   src   --migration.cold_exported-->  sched
+ *   sched --migration.cold_import-->    dest   base image through its image cache, pull
+ *                                              the overlay from the source (token), check
+ *                                              size, sha256 and format, rebase it on the
+ *                                              local base
+ *   dest  --migration.cold_imported-->  sched
+ *   sched --instance.spawn-->           dest   power_on false: define only (a stopped
+ *                                              server stays stopped, as in Nova); the
+ *                                              disk is kept and grown to the new flavor
+ *   dest  --instance.state-->           sched  ACTIVE (or SHUTOFF) becomes RESIZED
+ *                                              (VERIFY_RESIZE), migration "finished"
+ *
+ * Once the destination has the disk the source stops offering it (cold_release).
+ * confirmResize (or the window [scheduler] resize_confirm_window_s passing) drops the
+ * source half and destroys the source's domain and files;
+ * revertResize (and every failure on the way) gives the allocation back, restores the
+ * old flavor, destroys what reached the destination and starts the untouched source
+ * copy again when it ran before. The instance's host is the destination from the claim
+ * on, so the source's reports while it stops are ignored (sched.c).
+ *
+ * Crashes: every message is resent until its handler returned, so each handler can run
+ * twice. The record's phase says which step was reached: a resend of the step just
+ * done repeats its (idempotent) request instead of the state change; confirm and revert
+ * mark the record first and send before they write, and the tick finishes a marked one
+ * (cold_sweep); an agent that registers again gets its lost export asked again, and a
+ * lost import sends the guest back to the source (cold_on_register).
+ *
+ * Test-driver hosts hold no disk file: the source says so (nodisk) and the destination
+ * imports nothing; the same messages run, which is what test_migrate_api.py checks. */
 
 #define MSG_COLD "migration.cold"
 #define MSG_COLD_CONFIRM "migration.confirm"
 #define MSG_COLD_REVERT "migration.revert"
-
-static int set_instance_host(cl_store *st, const char *uuid, const char *host)
-{
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    int r = cl_db_prepare(cl_store_db(st),
-                          "UPDATE instances SET host = ?2, updated_ms = ?3 WHERE uuid = ?1",
-                          &s);
-    if (r < 0)
-        return r;
-    cl_db_bind_text(s, 1, uuid);
-    cl_db_bind_text(s, 2, host);
-    cl_db_bind_int64(s, 3, cl_now_ms());
-    return cl_db_step_done(s);
-}
+#define MSG_COLD_EXPORT "migration.cold_export"
+#define MSG_COLD_EXPORTED "migration.cold_exported"
+#define MSG_COLD_IMPORT "migration.cold_import"
+#define MSG_COLD_IMPORTED "migration.cold_imported"
+#define MSG_COLD_RELEASE "migration.cold_release"
 
 /* A move of ours: a cold migration, or a resize to another host (a same-host resize
  * keeps its own record in the actions step). */
@@ -576,100 +597,193 @@ static void send_action(cl_bus *bus, const cl_bus_msg *msg, const char *host,
     (void)send(bus, host, CL_MSG_INSTANCE_ACTION, msg, cl_msg_action_encode(uuid, a, NULL));
 }
 
-/* A resize to another host: the instance row carries the new flavor while its
- * destination half is claimed (and until revert), the migration's source half keeps the
- * old amounts; cold_resize remembers the old flavor for the revert. */
-static int set_flavor_columns(cl_store *st, const char *uuid, const cl_flavor *f)
+static json_object *mig_body(const cl_migration *m)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    int r = cl_db_prepare(cl_store_db(st),
-                          "UPDATE instances SET flavor_id = ?, flavor_name = ?, vcpus = ?,"
-                          " ram_mb = ?, disk_gb = ?, ephemeral_gb = ?, swap_mb = ?,"
-                          " updated_ms = ? WHERE uuid = ?", &s);
-    if (r < 0)
-        return r;
-    cl_db_bind_text(s, 1, f->id);
-    cl_db_bind_text(s, 2, f->name);
-    cl_db_bind_int64(s, 3, f->vcpus);
-    cl_db_bind_int64(s, 4, f->ram_mb);
-    cl_db_bind_int64(s, 5, f->disk_gb);
-    cl_db_bind_int64(s, 6, f->ephemeral_gb);
-    cl_db_bind_int64(s, 7, f->swap_mb);
-    cl_db_bind_int64(s, 8, cl_now_ms());
-    cl_db_bind_text(s, 9, uuid);
-    return cl_db_step_done(s);
+    json_object *b = json_object_new_object();
+    if (b) {
+        json_object_object_add(b, "migration_uuid", json_object_new_string(m->uuid));
+        json_object_object_add(b, "instance_uuid", json_object_new_string(m->instance_uuid));
+    }
+    return b;
 }
 
-/* The instance's own allocation amounts := f (cl_store_migration_begin copies the
- * source amounts to the destination half, and finish(false) keeps them). */
-static int set_alloc_amounts(cl_store *st, const char *uuid, const cl_flavor *f)
+/* instance.destroy of the copy a move leaves behind ("moved": the agent sends no
+ * "deleted" usage event, the instance lives on elsewhere). */
+static json_object *moved_body(const cl_migration *m)
 {
-    _cleanup_stmt_ sqlite3_stmt *a = NULL;
-    int r = cl_db_prepare(cl_store_db(st), "UPDATE allocations SET vcpus = ?, ram_mb = ?, "
-                                           "disk_gb = ? WHERE instance_uuid = ?", &a);
-    if (r < 0)
-        return r;
-    cl_db_bind_int64(a, 1, f->vcpus);
-    cl_db_bind_int64(a, 2, f->ram_mb);
-    cl_db_bind_int64(a, 3, f->disk_gb);
-    cl_db_bind_text(a, 4, uuid);
-    return cl_db_step_done(a);
+    json_object *b = cl_msg_uuid_encode(m->instance_uuid);
+    if (b)
+        json_object_object_add(b, "moved", json_object_new_boolean(true));
+    return b;
 }
 
-static int old_flavor_put(cl_store *st, const char *mig, const char *flavor_id)
+/* 32 random bytes in hex: only the two agents of this move learn it (bus messages). */
+static int new_token(char *out, size_t len)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    int r = cl_db_exec(cl_store_db(st), "CREATE TABLE IF NOT EXISTS cold_resize ("
-                                        "  migration_uuid TEXT PRIMARY KEY,"
-                                        "  old_flavor_id TEXT NOT NULL)");
-    if (r == 0)
-        r = cl_db_prepare(cl_store_db(st), "INSERT OR REPLACE INTO cold_resize "
-                                           "(migration_uuid, old_flavor_id) VALUES (?, ?)", &s);
-    if (r < 0)
-        return r;
-    cl_db_bind_text(s, 1, mig);
-    cl_db_bind_text(s, 2, flavor_id);
-    return cl_db_step_done(s);
+    unsigned char b[32];
+    if (len < 2 * sizeof(b) + 1 || getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b))
+        return -EIO;
+    for (size_t i = 0; i < sizeof(b); i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+    explicit_bzero(b, sizeof(b));
+    return 0;
 }
 
-/* Put the old flavor back on the instance of a reverted/failed resize (none: 0). */
-static void old_flavor_restore(cl_store *st, const cl_migration *m)
+/* Mark the record with the end being carried out ("back:<status>" or "confirm") before
+ * any of its effects: a scheduler killed half-way finishes it from the record at its
+ * next tick (cold_sweep). Messages go out before the database changes; every step is
+ * idempotent, so doing it all again is the recovery. */
+static void cold_mark(cl_store *st, const char *mig, const char *phase, cl_cold_move *c,
+                      bool *have)
 {
-    _cleanup_stmt_ sqlite3_stmt *s = NULL;
-    char id[CL_ID_MAX] = "";
-    cl_flavor f;
-    if (strcmp(m->type, "resize") != 0 ||
-        cl_db_prepare(cl_store_db(st), "SELECT old_flavor_id FROM cold_resize WHERE "
-                                       "migration_uuid = ?", &s) < 0)
-        return;
-    cl_db_bind_text(s, 1, m->uuid);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        cl_db_column_text(s, 0, id, sizeof(id));
-    if (!id[0] || cl_store_flavor_get(st, id, &f) < 0 ||
-        set_flavor_columns(st, m->instance_uuid, &f) < 0 ||
-        set_alloc_amounts(st, m->instance_uuid, &f) < 0)
-        cl_err(LOG_MOD, "migration %s: cannot restore flavor '%s' of %s", m->uuid, id,
-               m->instance_uuid);
+    *have = cl_store_cold_move_get(st, mig, c) == 0;
+    if (*have && strcmp(c->phase, phase) != 0) {
+        cl_strlcpy(c->phase, phase, sizeof(c->phase));
+        if (cl_store_cold_move_put(st, c) < 0)
+            cl_err(LOG_MOD, "migration %s: cannot record the step %s", mig, phase);
+    }
 }
 
-/* Undo a cold migration whose source still holds the stopped guest. */
+/* Undo a cold move whose source still holds the stopped guest (revert or failure). */
 static void cold_back(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m,
                       const char *status, const char *fault)
 {
+    cl_cold_move c;
+    bool have;
+    char phase[16];
+    snprintf(phase, sizeof(phase), "back:%s", status);
+    cold_mark(st, m->uuid, phase, &c, &have);
+    bool power_on = !have || c.power_on;
+    /* The destination: its domain and disk (destroy), and an imported disk that no
+     * domain uses yet (release). The source: the export ends, the guest runs again. */
+    (void)send(bus, m->dest_host, CL_MSG_INSTANCE_DESTROY, msg, moved_body(m));
+    json_object *drop = mig_body(m);
+    if (drop)
+        json_object_object_add(drop, "drop_disk", json_object_new_boolean(true));
+    (void)send(bus, m->dest_host, MSG_COLD_RELEASE, msg, drop);
+    (void)send(bus, m->source_host, MSG_COLD_RELEASE, msg, mig_body(m));
+    if (power_on)
+        send_action(bus, msg, m->source_host, m->instance_uuid, CL_ACTION_START);
+    cl_flavor f;
+    if (have && c.old_flavor_id[0] &&
+        (cl_store_flavor_get(st, c.old_flavor_id, &f) < 0 ||
+         cl_store_instance_set_flavor(st, m->instance_uuid, &f, true) < 0))
+        cl_err(LOG_MOD, "migration %s: cannot restore flavor '%s' of %s", m->uuid,
+               c.old_flavor_id, m->instance_uuid);
+    if (cl_store_instance_set_host(st, m->instance_uuid, m->source_host) < 0)
+        cl_err(LOG_MOD, "migration %s: cannot put %s back on %s", m->uuid, m->instance_uuid,
+               m->source_host);
+    /* A stopped guest stays stopped: done. One that ran: the source's report after the
+     * start ends a revert (task resize_reverting, VERIFY_RESIZE -> ACTIVE); a failed
+     * move's task ends here (sched.c keeps a move's task against host reports), its
+     * vm_state never left ACTIVE. */
+    cl_instance inst;
+    bool reverting = cl_store_instance_get(st, m->instance_uuid, &inst) == 0 &&
+                     inst.task_state == CL_TASK_RESIZE_REVERTING;
+    if (!power_on)
+        cl_store_instance_set_state(st, m->instance_uuid, CL_VM_STOPPED, CL_TASK_NONE,
+                                    CL_POWER_SHUTDOWN, NULL, 0);
+    else if (!reverting)
+        cl_store_instance_set_state(st, m->instance_uuid, -1, CL_TASK_NONE, -1, NULL, 0);
     int r = cl_store_migration_finish(st, m->uuid, false);
     if (r < 0)
         cl_err(LOG_MOD, "migration %s: cannot give the allocation back: %s", m->uuid,
                strerror(-r));
-    old_flavor_restore(st, m);
-    set_instance_host(st, m->instance_uuid, m->source_host);
     set_status(st, m->uuid, status);
     if (fault)
         progress_put(st, m->uuid, NULL, NULL, 0, NULL, fault);
-    (void)send(bus, m->dest_host, CL_MSG_INSTANCE_DESTROY, msg,
-               cl_msg_uuid_encode(m->instance_uuid));
-    send_action(bus, msg, m->source_host, m->instance_uuid, CL_ACTION_START);
-    cl_info(LOG_MOD, "cold migration %s: %s back on %s (%s)", m->uuid, m->instance_uuid,
-            m->source_host, status);
+    (void)cl_store_cold_move_delete(st, m->uuid);
+    cl_info(LOG_MOD, "cold migration %s: %s back on %s (%s%s%s)", m->uuid, m->instance_uuid,
+            m->source_host, status, fault ? ": " : "", fault ? fault : "");
+}
+
+/* Confirm: the source's copy goes, the destination's half becomes the instance's. */
+static void cold_confirm(cl_store *st, cl_bus *bus, const cl_bus_msg *msg,
+                         const cl_migration *m)
+{
+    cl_cold_move c;
+    bool have;
+    cold_mark(st, m->uuid, "confirm", &c, &have);
+    bool power_on = !have || c.power_on;
+    (void)send(bus, m->source_host, MSG_COLD_RELEASE, msg, mig_body(m));
+    (void)send(bus, m->source_host, CL_MSG_INSTANCE_DESTROY, msg, moved_body(m));
+    (void)send(bus, m->dest_host, MSG_COLD_RELEASE, msg, mig_body(m)); /* keeps its disk */
+    int r = cl_store_migration_finish(st, m->uuid, true);
+    if (r < 0) {
+        cl_err(LOG_MOD, "migration %s: cannot confirm: %s", m->uuid, strerror(-r));
+        cl_store_instance_set_state(st, m->instance_uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+        return; /* the record stays: the sweep tries again */
+    }
+    set_status(st, m->uuid, "confirmed");
+    cl_store_instance_set_state(st, m->instance_uuid, power_on ? CL_VM_ACTIVE : CL_VM_STOPPED,
+                                CL_TASK_NONE, -1, NULL, 0);
+    (void)cl_store_cold_move_delete(st, m->uuid);
+    cl_info(LOG_MOD, "cold migration %s of %s confirmed; source %s cleaned", m->uuid,
+            m->instance_uuid, m->source_host);
+}
+
+/* Finish the ends a killed scheduler left half-done (their record says which), and give
+ * up the moves whose next step waits for a host that is down. */
+static void cold_sweep(cl_store *st, cl_bus *bus)
+{
+    _cleanup_free_ cl_cold_move *moves = NULL;
+    size_t n = 0;
+    if (cl_store_cold_moves_list(st, &moves, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        cl_migration m;
+        cl_host h;
+        bool back = strncmp(moves[i].phase, "back:", 5) == 0;
+        explicit_bzero(moves[i].token, sizeof(moves[i].token));
+        if (cl_store_migration_get(st, moves[i].migration_uuid, &m) < 0)
+            continue;
+        cl_bus_msg why;
+        memset(&why, 0, sizeof(why));
+        /* A step waits for a host that went down: the move cannot finish; the guest
+         * goes back to (or stays on) the source, which starts it when it can. */
+        const char *waits = strcmp(moves[i].phase, "exporting") == 0 ? m.source_host
+                            : strcmp(moves[i].phase, "importing") == 0 ||
+                                      strcmp(moves[i].phase, "spawning") == 0
+                                  ? m.dest_host : NULL;
+        if (waits && strcmp(m.status, "migrating") == 0 &&
+            cl_store_host_get(st, waits, &h) == 0 && !h.up) {
+            char fault[160];
+            snprintf(fault, sizeof(fault), "host %.64s went down during the move", waits);
+            cold_back(st, bus, &why, &m, "error", fault);
+            continue;
+        }
+        if (!back && strcmp(moves[i].phase, "confirm") != 0)
+            continue;
+        cl_warn(LOG_MOD, "cold migration %s: finishing its %s after a restart", m.uuid,
+                moves[i].phase);
+        if (back)
+            cold_back(st, bus, &why, &m, moves[i].phase + 5, NULL);
+        else
+            cold_confirm(st, bus, &why, &m);
+    }
+}
+
+/* migration.cold again while its move is claimed: the scheduler restarted before this
+ * handler sent the export (the API's message was not acknowledged). Finish it; a claim
+ * without its record (killed between the two writes) is undone. */
+static void cold_resume(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m)
+{
+    cl_cold_move c;
+    if (cl_store_cold_move_get(st, m->uuid, &c) < 0) {
+        (void)cl_store_instance_set_host(st, m->instance_uuid, m->source_host);
+        fail_early(st, m->uuid, m->instance_uuid, "error", "the scheduler restarted while "
+                   "claiming the destination");
+        return;
+    }
+    if (strcmp(c.phase, "exporting") == 0) {
+        (void)cl_store_instance_set_host(st, m->instance_uuid, m->dest_host);
+        json_object *b = mig_body(m);
+        if (b)
+            json_object_object_add(b, "token", json_object_new_string(c.token));
+        (void)send(bus, m->source_host, MSG_COLD_EXPORT, msg, b);
+        cl_info(LOG_MOD, "cold migration %s: export asked again", m->uuid);
+    }
+    explicit_bzero(c.token, sizeof(c.token));
 }
 
 static void on_cold(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
@@ -683,6 +797,10 @@ static void on_cold(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0 ||
         inst.task_state != CL_TASK_RESIZE_MIGRATING || !inst.host[0])
         return;
+    if (cold_pending(st, uuid, "migrating", &m) == 0) {
+        cold_resume(st, bus, msg, &m);
+        return;
+    }
     if (cl_store_host_get(st, inst.host, &src) < 0) {
         fail_early(st, NULL, uuid, "error", "the source host is unknown");
         return;
@@ -691,7 +809,7 @@ static void on_cold(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     cl_flavor old = inst.flavor, fl;
     if (flavor_id[0]) {
         if (cl_store_flavor_get(st, flavor_id, &fl) < 0 ||
-            set_flavor_columns(st, uuid, &fl) < 0) {
+            cl_store_instance_set_flavor(st, uuid, &fl, false) < 0) {
             fail_early(st, NULL, uuid, "error", "cannot apply the new flavor");
             return;
         }
@@ -700,34 +818,152 @@ static void on_cold(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
     if (pick_and_claim(st, &inst, &src, jstr(msg->body, "host"),
                        flavor_id[0] ? "resize" : "migration", &m, fault, sizeof(fault)) < 0) {
         if (flavor_id[0])
-            set_flavor_columns(st, uuid, &old);
+            (void)cl_store_instance_set_flavor(st, uuid, &old, false);
         fail_early(st, NULL, uuid, "error", fault);
         return;
     }
-    if (flavor_id[0] && (old_flavor_put(st, m.uuid, old.id) < 0 ||
-                         set_alloc_amounts(st, uuid, &fl) < 0)) {
-        fail_early(st, m.uuid, uuid, "error", "cannot record the old flavor");
-        set_flavor_columns(st, uuid, &old);
-        set_alloc_amounts(st, uuid, &old);
-        return;
-    }
-    progress_put(st, m.uuid, NULL, NULL, 0, "shutoff", NULL);
-    if (set_instance_host(st, uuid, m.dest_host) < 0 || set_status(st, m.uuid, "migrating") < 0) {
+    cl_cold_move c;
+    memset(&c, 0, sizeof(c));
+    cl_strlcpy(c.migration_uuid, m.uuid, sizeof(c.migration_uuid));
+    if (flavor_id[0])
+        cl_strlcpy(c.old_flavor_id, old.id, sizeof(c.old_flavor_id));
+    c.power_on = inst.vm_state != CL_VM_STOPPED;
+    cl_strlcpy(c.phase, "exporting", sizeof(c.phase));
+    if (new_token(c.token, sizeof(c.token)) < 0 || cl_store_cold_move_put(st, &c) < 0 ||
+        (flavor_id[0] && cl_store_instance_set_flavor(st, uuid, &fl, true) < 0)) {
         fail_early(st, m.uuid, uuid, "error", "cannot record the move");
-        set_instance_host(st, uuid, m.source_host);
+        if (flavor_id[0])
+            (void)cl_store_instance_set_flavor(st, uuid, &old, true);
+        (void)cl_store_cold_move_delete(st, m.uuid);
         return;
     }
-    /* From here the source's reports are ignored (the instance is on dest): stop it
-     * there and keep it for a revert; spawn it on the destination. */
-    send_action(bus, msg, m.source_host, uuid, CL_ACTION_STOP);
+    explicit_bzero(c.token, sizeof(c.token));
+    progress_put(st, m.uuid, NULL, NULL, 0, "shutoff", NULL);
+    if (cl_store_instance_set_host(st, uuid, m.dest_host) < 0 ||
+        set_status(st, m.uuid, "migrating") < 0) {
+        fail_early(st, m.uuid, uuid, "error", "cannot record the move");
+        (void)cl_store_instance_set_host(st, uuid, m.source_host);
+        (void)cl_store_cold_move_delete(st, m.uuid);
+        return;
+    }
+    /* The token goes to the source now and to the destination once the disk is ready. */
+    cl_cold_move again;
+    json_object *b = mig_body(&m);
+    if (b && cl_store_cold_move_get(st, m.uuid, &again) == 0)
+        json_object_object_add(b, "token", json_object_new_string(again.token));
+    explicit_bzero(again.token, sizeof(again.token));
+    if (send(bus, m.source_host, MSG_COLD_EXPORT, msg, b) < 0) {
+        cold_back(st, bus, msg, &m, "error", "cannot reach the source");
+        return;
+    }
+    cl_info(LOG_MOD, "cold migration %s: %s %s -> %s (%s), source stops and exports", m.uuid,
+            uuid, m.source_host, m.dest_host, c.power_on ? "running" : "stopped");
+}
+
+/* The migration a message from its source (or destination) is about, in status
+ * "migrating"; false when unknown, from another host, or settled (a resend). */
+static bool cold_step(cl_store *st, const cl_bus_msg *msg, bool from_source, cl_migration *m)
+{
+    const char *mig = jstr(msg->body, "migration_uuid");
+    if (!cl_uuid_valid(mig) || cl_store_migration_get(st, mig, m) < 0)
+        return false;
+    if (strcmp(msg->peer, from_source ? m->source_host : m->dest_host) != 0) {
+        cl_warn(LOG_MOD, "%s for %s from %s, not its %s", msg->type, mig, msg->peer,
+                from_source ? "source" : "destination");
+        return false;
+    }
+    return strcmp(m->status, "migrating") == 0;
+}
+
+static void on_cold_exported(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    cl_migration m;
+    cl_cold_move c;
+    cl_instance inst;
+    char url[512] = "", disk_url[700];
+    bool nodisk = jbool(msg->body, "nodisk");
+
+    /* Phase "importing" already: a resend after a restart cut this handler short (the
+     * import request is idempotent on the destination). */
+    if (!cold_step(st, msg, true, &m) || cl_store_cold_move_get(st, m.uuid, &c) < 0 ||
+        (strcmp(c.phase, "importing") != 0 &&
+         cl_store_cold_move_advance(st, m.uuid, "exporting", "importing") < 0))
+        return;
+    if (!jbool(msg->body, "ok")) {
+        cold_back(st, bus, msg, &m, "error", jstr(msg->body, "fault")[0]
+                  ? jstr(msg->body, "fault") : "the source could not export the disk");
+        return;
+    }
+    if (cl_store_instance_get(st, m.instance_uuid, &inst) < 0)
+        return;
+    if (!nodisk && (cl_store_host_agent_url_get(st, m.source_host, url, sizeof(url)) < 0 ||
+                    !url[0])) {
+        cold_back(st, bus, msg, &m, "error", "the source agent announced no HTTP endpoint "
+                  "to fetch the disk from ([http] port)");
+        return;
+    }
+    snprintf(disk_url, sizeof(disk_url), "%s/v1/migrations/%s/disk", url, m.uuid);
+    /* The destination refuses an overlay larger than the largest of both flavors. */
+    int64_t max_gb = inst.flavor.disk_gb;
+    cl_flavor old;
+    if (c.old_flavor_id[0] && cl_store_flavor_get(st, c.old_flavor_id, &old) == 0 &&
+        old.disk_gb > max_gb)
+        max_gb = old.disk_gb;
     cl_msg_instance spec;
     spec_of(&inst, &spec);
-    if (send(bus, m.dest_host, CL_MSG_INSTANCE_SPAWN, msg, cl_msg_spawn_encode(&spec)) < 0) {
+    json_object *b = cl_msg_spawn_encode(&spec);
+    if (b) {
+        json_object_object_add(b, "migration_uuid", json_object_new_string(m.uuid));
+        json_object_object_add(b, "url", json_object_new_string(nodisk ? "" : disk_url));
+        json_object_object_add(b, "token", json_object_new_string(c.token));
+        json_object_object_add(b, "nodisk", json_object_new_boolean(nodisk));
+        json_object_object_add(b, "size", json_object_new_int64(jint(msg->body, "size")));
+        json_object_object_add(b, "sha256", json_object_new_string(jstr(msg->body, "sha256")));
+        json_object_object_add(b, "max_disk_gb", json_object_new_int64(max_gb));
+    }
+    explicit_bzero(c.token, sizeof(c.token));
+    if (send(bus, m.dest_host, MSG_COLD_IMPORT, msg, b) < 0) {
         cold_back(st, bus, msg, &m, "error", "cannot reach the destination");
         return;
     }
-    cl_info(LOG_MOD, "cold migration %s: %s %s -> %s", m.uuid, uuid, m.source_host,
-            m.dest_host);
+    cl_info(LOG_MOD, "cold migration %s: source exported %" PRId64 " bytes%s; %s imports",
+            m.uuid, jint(msg->body, "size"), nodisk ? " (no disk file)" : "", m.dest_host);
+}
+
+static void on_cold_imported(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
+{
+    cl_migration m;
+    cl_cold_move c;
+    cl_instance inst;
+
+    /* Phase "spawning" already: a resend after a restart (spawning is idempotent). */
+    if (!cold_step(st, msg, false, &m) || cl_store_cold_move_get(st, m.uuid, &c) < 0 ||
+        (strcmp(c.phase, "spawning") != 0 &&
+         cl_store_cold_move_advance(st, m.uuid, "importing", "spawning") < 0))
+        return;
+    if (!jbool(msg->body, "ok")) {
+        cold_back(st, bus, msg, &m, "error", jstr(msg->body, "fault")[0]
+                  ? jstr(msg->body, "fault") : "the destination could not import the disk");
+        return;
+    }
+    if (cl_store_instance_get(st, m.instance_uuid, &inst) < 0)
+        return;
+    /* The destination holds its copy: the source stops offering the disk now (its own
+     * copy stays, stopped, for a revert). */
+    (void)send(bus, m.source_host, MSG_COLD_RELEASE, msg, mig_body(&m));
+    cl_msg_instance spec;
+    spec_of(&inst, &spec);
+    json_object *b = cl_msg_spawn_encode(&spec);
+    if (b) { /* migration_uuid: an arrival ("migrated" for billing, not "created") */
+        json_object_object_add(b, "power_on", json_object_new_boolean(c.power_on));
+        json_object_object_add(b, "migration_uuid", json_object_new_string(m.uuid));
+    }
+    if (send(bus, m.dest_host, CL_MSG_INSTANCE_SPAWN, msg, b) < 0) {
+        cold_back(st, bus, msg, &m, "error", "cannot reach the destination");
+        return;
+    }
+    cl_info(LOG_MOD, "cold migration %s: disk of %s on %s, %s it there", m.uuid,
+            m.instance_uuid, m.dest_host, c.power_on ? "starting" : "defining");
 }
 
 static void on_cold_end(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, bool confirm)
@@ -739,29 +975,27 @@ static void on_cold_end(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, bool c
     if (!cl_uuid_valid(uuid) || cl_store_instance_get(st, uuid, &inst) < 0 ||
         cold_pending(st, uuid, "finished", &m) < 0)
         return;
-    if (!confirm) {
+    if (confirm)
+        cold_confirm(st, bus, msg, &m);
+    else
         cold_back(st, bus, msg, &m, "reverted", NULL);
-        return;
-    }
-    int r = cl_store_migration_finish(st, m.uuid, true);
-    if (r < 0) {
-        cl_err(LOG_MOD, "migration %s: cannot confirm: %s", m.uuid, strerror(-r));
-        cl_store_instance_set_state(st, uuid, -1, CL_TASK_NONE, -1, NULL, 0);
-        return;
-    }
-    set_status(st, m.uuid, "confirmed");
-    cl_store_instance_set_state(st, uuid, CL_VM_ACTIVE, CL_TASK_NONE, -1, NULL, 0);
-    (void)send(bus, m.source_host, CL_MSG_INSTANCE_DESTROY, msg, cl_msg_uuid_encode(uuid));
-    cl_info(LOG_MOD, "cold migration %s of %s confirmed; source %s cleaned", m.uuid, uuid,
-            m.source_host);
 }
 
 bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *inst,
                                   const char *host, int *vm_state, const char *fault)
 {
     cl_migration m;
+    cl_cold_move c;
     if (cold_pending(st, inst->uuid, NULL, &m) < 0 || strcmp(host, m.dest_host) != 0)
         return false;
+    bool have = cl_store_cold_move_get(st, m.uuid, &c) == 0;
+    bool power_on = !have || c.power_on;
+    /* Before the spawn went out, what the destination says about the instance is a late
+     * report of an earlier stay there (a copy a revert destroyed, say), not this move's
+     * arrival (tests/crash/test_migrate_crash.py: taken as arrived, the guest was lost
+     * at confirm). */
+    if (have && strcmp(m.status, "migrating") == 0 && strcmp(c.phase, "spawning") != 0)
+        return true;
     if (*vm_state == CL_VM_ERROR && strcmp(m.status, "migrating") == 0) {
         cl_bus_msg why;
         memset(&why, 0, sizeof(why));
@@ -769,28 +1003,66 @@ bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *
                                                  : "the destination failed to start it");
         return true;
     }
-    if (*vm_state == CL_VM_ACTIVE) {
+    /* Arrived as it left: running, or defined and shut off for a stopped server. */
+    bool arrived = *vm_state == (power_on ? CL_VM_ACTIVE : CL_VM_STOPPED);
+    if (arrived || (strcmp(m.status, "finished") == 0 &&
+                    (*vm_state == CL_VM_ACTIVE || *vm_state == CL_VM_STOPPED))) {
         if (strcmp(m.status, "migrating") == 0) {
             set_status(st, m.uuid, "finished");
-            cl_info(LOG_MOD, "cold migration %s: %s runs on %s, waiting for confirm", m.uuid,
-                    inst->uuid, m.dest_host);
+            /* The move's task ends here, whatever sched.c decides for the report's. */
+            cl_store_instance_set_state(st, inst->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+            cl_info(LOG_MOD, "cold migration %s: %s %s on %s, waiting for confirm", m.uuid,
+                    inst->uuid, power_on ? "runs" : "is defined (stopped)", m.dest_host);
         }
         *vm_state = CL_VM_RESIZED;
     }
     return false;
 }
 
+/* host (re)registered: a cold move's step it was running died with its agent. The
+ * export is redone (stopping a stopped guest and measuring its disk again are harmless);
+ * an import is abandoned (the source still holds the guest: back there). */
+static void cold_on_register(cl_store *st, cl_bus *bus, const char *host)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    if (cl_store_migrations_list(st, host, "migrating", NULL, NULL, &rows, &n) < 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        cl_migration m;
+        cl_cold_move c;
+        if (!is_cold(&rows[i]) || cl_store_migration_get(st, rows[i].uuid, &m) < 0 ||
+            cl_store_cold_move_get(st, m.uuid, &c) < 0)
+            continue;
+        cl_bus_msg why;
+        memset(&why, 0, sizeof(why));
+        if (strcmp(m.source_host, host) == 0 && strcmp(c.phase, "exporting") == 0) {
+            cl_warn(LOG_MOD, "cold migration %s: source %s restarted while exporting; asking "
+                    "again", m.uuid, host);
+            json_object *b = mig_body(&m);
+            if (b)
+                json_object_object_add(b, "token", json_object_new_string(c.token));
+            (void)send(bus, host, MSG_COLD_EXPORT, &why, b);
+        } else if (strcmp(m.dest_host, host) == 0 && strcmp(c.phase, "importing") == 0) {
+            cold_back(st, bus, &why, &m, "error", "the destination agent restarted during "
+                      "the disk import");
+        }
+        explicit_bzero(c.token, sizeof(c.token));
+    }
+}
+
 void sched_migrations_auto_confirm(cl_store *st, cl_bus *bus, int64_t window_s)
 {
     _cleanup_free_ cl_migration_row *rows = NULL;
     size_t n = 0;
+    cold_sweep(st, bus);
     if (window_s <= 0 ||
         cl_store_migrations_list(st, NULL, "finished", NULL, NULL, &rows, &n) < 0)
         return;
     for (size_t i = 0; i < n; i++) {
         cl_migration m;
         cl_instance inst;
-        if (!is_cold(&rows[i]) ||cl_store_migration_get(st, rows[i].uuid, &m) < 0 ||
+        if (!is_cold(&rows[i]) || cl_store_migration_get(st, rows[i].uuid, &m) < 0 ||
             cl_now_ms() - m.updated_ms < window_s * 1000 ||
             cl_store_instance_get(st, m.instance_uuid, &inst) < 0 ||
             inst.vm_state != CL_VM_RESIZED || inst.task_state != CL_TASK_NONE)
@@ -839,6 +1111,10 @@ bool sched_migrations_on_msg(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
         on_evacuate(st, bus, msg);
     else if (strcmp(msg->type, MSG_COLD) == 0)
         on_cold(st, bus, msg);
+    else if (strcmp(msg->type, MSG_COLD_EXPORTED) == 0)
+        on_cold_exported(st, bus, msg);
+    else if (strcmp(msg->type, MSG_COLD_IMPORTED) == 0)
+        on_cold_imported(st, bus, msg);
     else if (strcmp(msg->type, MSG_COLD_CONFIRM) == 0)
         on_cold_end(st, bus, msg, true);
     else if (strcmp(msg->type, MSG_COLD_REVERT) == 0)
@@ -895,4 +1171,5 @@ void sched_migrations_on_register(cl_store *st, cl_bus *bus, const char *host,
                 "asking %s", m.uuid, host, source_has ? "still" : "no longer", m.dest_host);
         send_check(st, bus, &why, &m, source_has);
     }
+    cold_on_register(st, bus, host);
 }

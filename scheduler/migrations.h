@@ -36,7 +36,8 @@ bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *
                                   const char *host, int *vm_state, const char *fault);
 
 /* Confirm the cold migrations that waited in VERIFY_RESIZE for window_s seconds
- * (0 = never). Called from the scheduler's periodic tick. */
+ * (0 = never), and finish the confirms and reverts a killed scheduler left half-done.
+ * Called from the scheduler's periodic tick. */
 void sched_migrations_auto_confirm(cl_store *st, cl_bus *bus, int64_t window_s);
 
 #endif

@@ -162,6 +162,8 @@ struct sched {
     bool snap_dirty;
     bool resumed;   /* in-flight commands re-sent after a (re)start (resume_in_flight) */
     int64_t next_sweep_ms; /* next look for orphaned scheduling requests (sweep_orphans) */
+    int64_t moves_sweep_ms; /* sweep_lost_moves from then on (requests resent to a restarted
+                             * scheduler arrive first) */
     unsigned rng;
 
     _Atomic int64_t hosts_up;
@@ -291,6 +293,32 @@ static int keep_resized(const cl_instance *inst, int vm)
     return vm;
 }
 
+/* Migrations under way: a move's task belongs to migrations.c from its claim on. */
+#define MOVES_UNDER_WAY "'preparing', 'running', 'cancelling', 'done', 'migrating', 'finished'"
+
+/* nube-api set a move's task (live or cold migration, evacuate, resize to another host)
+ * and its request has not reached us yet: no migration of the instance is under way, and
+ * none changed since the instance row did (a move that failed or was reverted changes its
+ * migration last, and the source's report then clears the task). A host's report must not
+ * clear such a task: the request arriving after it would be dropped as stale (found by
+ * tests/crash/test_migrate_crash.py: a restarted agent's registration and state sync
+ * raced the API's write, and a migrate answered 202 never happened). sweep_lost_moves
+ * clears a task whose request was lost. */
+static bool move_requested(sched *s, const cl_instance *inst)
+{
+    _cleanup_stmt_ sqlite3_stmt *q = NULL;
+
+    if (inst->task_state != CL_TASK_MIGRATING && inst->task_state != CL_TASK_RESIZE_MIGRATING)
+        return false;
+    if (cl_db_prepare(cl_store_db(s->store), "SELECT 1 FROM migrations WHERE instance_uuid"
+                      " = ?1 AND (status IN (" MOVES_UNDER_WAY ") OR updated_ms >= ?2)",
+                      &q) < 0)
+        return false;
+    cl_db_bind_text(q, 1, inst->uuid);
+    cl_db_bind_int64(q, 2, inst->updated_ms);
+    return sqlite3_step(q) != SQLITE_ROW;
+}
+
 /* Record one instance the agent reported running (or existing) on host. */
 static void adopt_reported(sched *s, const char *host, const cl_msg_host_instance *ri)
 {
@@ -341,6 +369,8 @@ static void adopt_reported(sched *s, const char *host, const cl_msg_host_instanc
         vm = -1;
         task = -1;
     }
+    if (move_requested(s, &inst))
+        task = -1;
     r = store_result(s, cl_store_instance_set_state(s->store, ri->uuid, vm, task,
                                                      (int)ri->power_state, NULL, 0));
     if (r < 0 && r != -ENOENT)
@@ -933,10 +963,11 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
                 st.fault[0] ? st.fault : "(no fault given)");
         break;
     case CL_VM_DELETED:
-        if (inst.vm_state == CL_VM_ERROR && !inst.host[0] &&
-            inst.task_state != CL_TASK_DELETING) {
-            /* The clean-up destroy after a failed build (retry_or_fail), not a user's
-             * delete: the ERROR server stays for the user to see. */
+        if (inst.task_state != CL_TASK_DELETING) {
+            /* A destroy that was not a delete: the clean-up after a failed build
+             * (retry_or_fail; the ERROR server stays for the user to see), or a move's
+             * clean-up of this host reported late, after the instance came back here
+             * (found by tests/crash/test_migrate_crash.py: the record was deleted). */
             cl_debug(LOG_MOD, "instance %s: clean-up on %s done", inst.uuid, st.host);
             return;
         }
@@ -948,8 +979,9 @@ static void on_instance_state(sched *s, const cl_bus_msg *msg)
         if (st.vm_state == CL_VM_ACTIVE && inst.task_state == CL_TASK_SPAWNING &&
             inst.host[0])
             cl_store_host_record_build(s->store, inst.host, true);
-        /* A periodic report must not clear a delete request that is in flight. */
-        task = inst.task_state == CL_TASK_DELETING ? -1 : (int)st.task_state;
+        /* A periodic report must not clear a delete or a move request in flight. */
+        task = inst.task_state == CL_TASK_DELETING || move_requested(s, &inst)
+                   ? -1 : (int)st.task_state;
         st.vm_state = (cl_vm_state)keep_resized(&inst, (int)st.vm_state);
         r = cl_store_instance_set_state(s->store, inst.uuid, (int)st.vm_state, task,
                                         (int)st.power_state, NULL, 0);
@@ -1183,16 +1215,50 @@ static void sweep_orphans(sched *s)
     }
 }
 
+/* A move's task with no migration under way SWEEP_STALE_MS after it was set: nube-api
+ * died before its request reached the bus (it keeps no outbox). Nothing will start the
+ * move; the task goes, so that the server takes actions again. */
+static void sweep_lost_moves(sched *s)
+{
+    _cleanup_stmt_ sqlite3_stmt *q = NULL;
+    char uuids[SWEEP_MAX][CL_UUID_LEN];
+    size_t n = 0;
+
+    if (cl_db_prepare(cl_store_db(s->store),
+                      "SELECT uuid FROM instances i WHERE task_state IN ('migrating', "
+                      "'resize_migrating') AND updated_ms < ?1 AND NOT EXISTS (SELECT 1 FROM "
+                      "migrations m WHERE m.instance_uuid = i.uuid AND m.status IN ("
+                      MOVES_UNDER_WAY ")) LIMIT ?2", &q) < 0)
+        return;
+    sqlite3_bind_int64(q, 1, cl_now_ms() - SWEEP_STALE_MS);
+    sqlite3_bind_int(q, 2, SWEEP_MAX);
+    while (n < SWEEP_MAX && sqlite3_step(q) == SQLITE_ROW)
+        cl_db_column_text(q, 0, uuids[n++], CL_UUID_LEN);
+    sqlite3_reset(q);
+    for (size_t i = 0; i < n; i++) {
+        cl_warn(LOG_MOD, "instance %s has waited %d s for its move to start: the request "
+                "was lost (nube-api restarted?); clearing its task", uuids[i],
+                SWEEP_STALE_MS / 1000);
+        int r = store_result(s, cl_store_instance_set_state(s->store, uuids[i], -1,
+                                                            CL_TASK_NONE, -1, NULL, 0));
+        if (r < 0 && r != -ENOENT)
+            cl_err(LOG_MOD, "cannot clear the task of %s: %s", uuids[i], strerror(-r));
+    }
+}
+
 static void on_tick(cl_bus *bus, void *ud)
 {
     sched *s = ud;
     if (!s->resumed) {
         s->resumed = true;
+        s->moves_sweep_ms = cl_mono_ms() + SWEEP_STALE_MS;
         resume_in_flight(s);
     }
     if (cl_mono_ms() >= s->next_sweep_ms) {
         s->next_sweep_ms = cl_mono_ms() + SWEEP_MS;
         sweep_orphans(s);
+        if (cl_mono_ms() >= s->moves_sweep_ms)
+            sweep_lost_moves(s);
     }
     int64_t cutoff = cl_now_ms() - s->cfg->host_down_after_s * 1000;
     int n = 0, r;

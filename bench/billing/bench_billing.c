@@ -11,9 +11,12 @@
  *   late       the same number of samples arriving newest-first per batch (every one
  *              slots in before a stored sample and fixes its neighbour)
  *   daemon     the whole path: AGENTS DEALER sockets send usage.samples messages of 100
- *              samples to a running nube-billing (bill_start), which decodes, group-
- *              commits and acks; timed from the first send to the last ack
- *   rate       bill_rate() over the whole window (counters + events)
+ *              samples (the row layout cl_usage_batch_encode writes, as agents do) to a
+ *              running nube-billing (bill_start) over real ZeroMQ on loopback, which
+ *              decodes, group-commits to its SQLite file and acks after each commit;
+ *              timed from the first send to the last ack
+ *   rate       bill_rate() over the whole window (counters, from the hourly sums the
+ *              ingest kept, + events); the samples are ingested before the clock starts
  *   export     bill_export() formatting CSV rows into memory, then the same rows
  *              streamed over HTTP (GET /v1/export, chunked) to a client that counts
  *              bytes, with the peak RSS growth while streaming (flat memory)
@@ -21,7 +24,10 @@
  * Usage: bench_billing [samples (default 200000)] [instances (default 500)]
  * Environment: BENCH_EXPORT_ROWS (rows of the HTTP export, default 1000000) and
  * BENCH_RATE_SAMPLES (when set, rating is also timed on that many samples, generated in
- * chunks; bench/billing/run full sets 10000000).
+ * chunks; bench/billing/run full sets 10000000). BENCH_ONLY=daemon|group|rate runs that
+ * one figure alone (for a profiler; rate on BENCH_RATE_SAMPLES, default the sample count).
+ * Before each timed phase the page cache is written out (sync), so a phase's commits do
+ * not wait behind the writeback of what the phase before it wrote.
  * The issue's targets (ingest > 100 000 samples/s, rating 10 M samples < 10 s, export
  * 1 M rows < 5 s) are printed beside the figures, scaled to the sample count.
  */
@@ -50,6 +56,23 @@ static void cleanup_db(const char *path);
 static double now_s(void)
 {
     return (double)cl_mono_ms() / 1000.0;
+}
+
+/* Write out what earlier phases left dirty in the page cache before a timed phase, so
+ * that its own commits (fsync) do not wait behind their writeback: each phase pays for
+ * its own I/O only. */
+static void quiesce_io(void)
+{
+    sync();
+}
+
+/* CPU time of the whole process (every thread), in seconds. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static long maxrss_mb(void)
@@ -271,8 +294,11 @@ static double daemon_ingest(const char *dir, const cl_usage_sample *v, size_t n,
     /* Let the dealers connect (ZMQ_IMMEDIATE would defer the first sends). */
     struct timespec settle = {0, 200 * 1000000};
     nanosleep(&settle, NULL);
+    quiesce_io();
     /* Timed from the first send: the senders' JSON encoding shares the CPU with billing
-     * here (on real agents it does not), so this figure is a floor. */
+     * here (on real agents it does not), so this figure is a floor. The CPU time of all
+     * threads over the same span tells the cost apart from the machine's load. */
+    double c0 = cpu_s();
     double t = now_s();
     for (size_t m = 0; m < nmsg; m++)
         if (cl_bus_send(bus[m % DAEMON_AGENTS], NULL, CL_MSG_USAGE_SAMPLES, NULL, bodies[m],
@@ -287,9 +313,15 @@ static double daemon_ingest(const char *dir, const cl_usage_sample *v, size_t n,
             nanosleep(&ts, NULL);
         }
     t = now_s() - t;
+    double cpu = cpu_s() - c0;
     *out_groups = atomic_load(&b->groups);
-    printf("  (daemon: the senders took %.3f s of it to encode and queue %zu messages)\n",
-           t_sent, nmsg);
+    printf("  (daemon: the senders took %.3f s of it to encode and queue %zu messages;"
+           " CPU of all threads %.3f s = %.1f us/sample, senders included)\n", t_sent, nmsg,
+           cpu, cpu * 1e6 / (double)n);
+    if (atomic_load(&b->deferred) || atomic_load(&b->duplicates))
+        printf("  (daemon: %" PRIu64 " batches deferred for a resend, %" PRIu64
+               " duplicate samples)\n", (uint64_t)atomic_load(&b->deferred),
+               (uint64_t)atomic_load(&b->duplicates));
     if (atomic_load(&b->accepted) != n)
         fprintf(stderr, "daemon: %" PRIu64 " samples stored, %zu sent\n",
                 (uint64_t)atomic_load(&b->accepted), n);
@@ -377,6 +409,7 @@ static void http_export(const char *dir, size_t rows, double *out_s, size_t *out
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, count_bytes);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &bytes);
+    quiesce_io();
     reset_peak();
     long before = peak_rss_mb();
     double t = now_s();
@@ -427,6 +460,7 @@ static double rate_full(const char *dir, size_t n, size_t ninst, char (*ids)[CL_
     free(p);
     int64_t end = t0 + (int64_t)(n / ninst + 1) * 60000 + H_MS;
     bill_rate_opts o = {.now_ms = end, .min_charge_s = 60};
+    quiesce_io();
     double t = now_s();
     if (bill_rate(st, t0, end, &o, out_rows, &err) < 0) {
         fprintf(stderr, "rate: %s\n", err.message);
@@ -519,6 +553,44 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < n; k++)
         make_sample(&v[k], k, ninst, ids, t0);
 
+    /* BENCH_ONLY=daemon|group|rate: one figure alone (to profile it); rate is the full
+     * size one, on BENCH_RATE_SAMPLES (default: samples) samples. */
+    const char *only = getenv("BENCH_ONLY");
+    if (only && strcmp(only, "rate") == 0) {
+        size_t rrows = 0, rn = n;
+        ev = getenv("BENCH_RATE_SAMPLES");
+        if (ev && cl_parse_int64(ev, &v64) == 0 && v64 > 0)
+            rn = (size_t)v64;
+        double trf = rate_full(dir, rn, ninst, ids, t0, &rrows);
+        printf("  rate full size             : %9.0f samples/s (%.3f s for %zu samples, %zu"
+               " rows)\n", rn / trf, trf, rn, rrows);
+        free(v);
+        free(ids);
+        rmdir(dir);
+        return 0;
+    }
+    if (only && (strcmp(only, "daemon") == 0 || strcmp(only, "group") == 0)) {
+        uint64_t g = 0;
+        bill_store *gs = NULL;
+        cl_error gerr = {0};
+        double t, c0 = cpu_s();
+        if (only[0] == 'd') {
+            t = daemon_ingest(dir, v, n, &g);
+        } else {
+            if (bill_store_open(grp, &gs, &gerr) < 0)
+                return 1;
+            t = ingest_group(gs, v, n, GROUP);
+            bill_store_close(gs);
+            cleanup_db(grp);
+        }
+        printf("  %-26s : %9.0f samples/s (%.3f s, %" PRIu64 " group commits, %.1f us CPU"
+               "/sample)\n", only, n / t, t, g, (cpu_s() - c0) * 1e6 / (double)n);
+        free(v);
+        free(ids);
+        rmdir(dir);
+        return 0;
+    }
+    quiesce_io();
     double tb = baseline(base, v, n);
     bill_store *st = NULL, *st2 = NULL;
     cl_error err = {0};
@@ -526,15 +598,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
+    quiesce_io();
     double ti = ingest_all(st, v, n, false);
     bill_store *st3 = NULL;
     if (bill_store_open(grp, &st3, &err) < 0) {
         fprintf(stderr, "%s\n", err.message);
         return 1;
     }
+    quiesce_io();
     double tg = ingest_group(st3, v, n, GROUP);
     bill_store_close(st3);
     cleanup_db(grp);
+    quiesce_io();
     double tl = ingest_all(st2, v, n, true);
     /* The daemon gets fresh ids (the same ids would be duplicates of nothing: its own db). */
     uint64_t groups = 0;
@@ -550,6 +625,7 @@ int main(int argc, char **argv)
     int64_t end = t0 + (int64_t)(n / ninst + 1) * 60000 + H_MS;
     bill_rate_opts o = {.now_ms = end, .min_charge_s = 60};
     size_t rows = 0;
+    quiesce_io();
     double tr = now_s();
     if (bill_rate(st, t0, end, &o, &rows, &err) < 0) {
         fprintf(stderr, "rate: %s\n", err.message);

@@ -6,7 +6,8 @@ Real nube-scheduler, nube-api, nube-billing and one nube-agent sampling every se
 SIGKILLed ROUNDS times at random moments of the sample flow and restarted; the agent keeps
 unacknowledged samples in its outbox meanwhile. Then the servers are deleted, and once the
 flow is over the samples billing stored must be exactly the samples the agent queued
-(its nube_agent_usage_samples_total): same count, no duplicate id.
+(its nube_agent_usage_samples_total): same count, no duplicate id; and the hourly
+rollup rating reads (ctr_hour) must equal the sums of the stored samples' deltas.
 
 Then kill points during rating: the whole window is re-rated (POST /v1/rate) and
 nube-billing is SIGKILLed while that request runs, RATE_KILLS times at random instants
@@ -45,6 +46,20 @@ def stored(lab):
     db = sqlite3.connect(os.path.join(lab.dir, "billing.db"), timeout=10)
     try:
         return db.execute("SELECT count(*), count(DISTINCT id) FROM samples").fetchone()
+    finally:
+        db.close()
+
+
+def rollup_mismatches(lab):
+    """Groups where ctr_hour differs from the samples' deltas (the rollup's invariant)."""
+    db = sqlite3.connect(os.path.join(lab.dir, "billing.db"), timeout=10)
+    try:
+        s = dict(((h, i, p), tuple(v)) for h, i, p, *v in db.execute(
+            "SELECT ts / 3600000, inst, project_id, sum(d_cpu), sum(d_rx), sum(d_tx),"
+            " sum(d_rd), sum(d_wr) FROM samples WHERE kind = 0 GROUP BY 1, 2, 3"))
+        h = dict(((h, i, p), tuple(v)) for h, i, p, *v in db.execute(
+            "SELECT hour, inst, project_id, d_cpu, d_rx, d_tx, d_rd, d_wr FROM ctr_hour"))
+        return [k for k in set(s) | set(h) if s.get(k) != h.get(k)], len(h)
     finally:
         db.close()
 
@@ -132,6 +147,9 @@ def main():
         assert n == sent == distinct, (sent, n, distinct)
         print(f"ok   seed {seed}: billing killed {ROUNDS} times mid-ingest; "
               f"{sent} samples sent, {n} stored, {distinct} distinct")
+        bad, groups = rollup_mismatches(lab)
+        assert groups > 0 and not bad, f"hourly rollup differs from the samples: {bad}"
+        print(f"ok   hourly rollup equals the samples' deltas ({groups} groups)")
         kills_during_rating(lab, rnd)
         ok = True
     except Exception as e:  # noqa: BLE001

@@ -6,9 +6,12 @@ and nube-agents, keys made by nube-keys.
   - an agent with an unknown key (hostC) never registers: the handshake is refused;
   - an agent that presents hostA's key but calls itself hostB never registers: a key
     speaks only for its own host;
-  - hostB's own (allowed) key connecting with routing id "hostA" while hostA is up gets
-    no command (no ROUTER_HANDOVER with CURVE) and hostA keeps working; once the
-    impostor is gone, hostA's agent restarted (SIGKILL) gets its id back;
+  - hostB's own (allowed) key running an agent that calls itself hostA gets no command
+    and not even an ack (its messages are refused), whether hostA is up or away: while
+    hostA is killed, the destroy of hostA's server waits in the scheduler; hostA,
+    restarted beside the impostor, gets it at once (each connection has its own routing
+    id "<host>#<nonce>", the scheduler routes a host only to a connection its key
+    spoke on);
   - hostA's usage samples reach nube-billing over CURVE with hostA's key (billing admits
     only allowed keys and refuses samples about another host: test_billing_api.c);
   - revoking hostA's key (nube-keys revoke) silences it: the scheduler marks it down;
@@ -116,6 +119,17 @@ def main():
 
     imp_port = free_port()
 
+    def metric(port, name):
+        r = http("GET", f"http://127.0.0.1:{port}/metrics", token=None)
+        body = r.raw.decode(errors="replace") if isinstance(r.raw, bytes) else str(r.raw)
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return int(line.split()[1])
+        raise AssertionError(f"no {name} in /metrics of port {port}")
+
+    imp_received = 'nube_agent_bus_messages_total{kind="received"}'
+    imp_sid = {}
+
     def takeover_refused():
         # hostB's allowed key, routing id (host) "hostA", its own state dir and node.
         imp_dir = os.path.join(lab.dir, "impostor")
@@ -138,8 +152,12 @@ port = {imp_port}
 """)
         lab._start("impostor", lab.binary("compute-agent", "nube-agent"), conf,
                    f"http://127.0.0.1:{imp_port}/healthz")
-        time.sleep(2)   # reconnect attempts and heartbeats
+        # It connects beside hostA (its own routing id) and speaks: refused.
+        wait_for(lambda: "its key belongs to 'hostB'" in open(
+            os.path.join(lab.dir, "scheduler.log"), errors="replace").read(), 30,
+            "the impostor's messages refused by the scheduler")
         sid = boot_on_hostA("after-impostor")
+        imp_sid["sid"] = sid
         r = http("GET", f"http://127.0.0.1:{imp_port}/v1/domains")
         body = r.raw.decode(errors="replace") if isinstance(r.raw, bytes) else str(r.raw)
         assert r.status == 200, (r.status, body)
@@ -147,11 +165,32 @@ port = {imp_port}
         hv = lab.hypervisors()
         assert hv["hostA"]["state"] == "up", hv["hostA"]
         assert "hostB" not in hv, hv
-        # Without ROUTER_HANDOVER the impostor never held the id: not one of its
-        # messages reached the scheduler as 'hostA' (with handover they would, and be
-        # refused there, while the id was theirs).
-        log = open(os.path.join(lab.dir, "scheduler.log"), errors="replace").read()
-        assert "its key belongs to 'hostB'" not in log, "the impostor took hostA's id"
+        # Not one message from the scheduler reached it, not even an ack.
+        assert metric(imp_port, imp_received) == 0, "the impostor received something"
+
+    def impostor_while_away():
+        # hostA dies; the impostor stays, heartbeating as hostA with hostB's key.
+        sid = imp_sid["sid"]
+        lab.daemons["agent-hostA"].kill9()
+        wait_for(lambda: lab.hypervisors()["hostA"]["state"] == "down", 30,
+                 "hostA down after SIGKILL")
+        # A local delete: the record goes now, the destroy waits for hostA on the bus.
+        r = http("DELETE", f"{lab.compute}/servers/{sid}")
+        assert r.status == 204, (r.status, r.raw)
+        time.sleep(2)   # several resends (resend_ms = 300) with the impostor connected
+        assert metric(imp_port, imp_received) == 0, "the impostor received the destroy"
+        imp_log = open(os.path.join(lab.dir, "impostor.log"), errors="replace").read()
+        assert sid not in imp_log, "the impostor heard of hostA's server"
+        # hostA restarts and connects beside the impostor: its destroy arrives at once.
+        t0 = time.monotonic()
+        lab.start_agent("hostA")
+        wait_for(lambda: metric(lab.agent_ports["hostA"], "nube_agent_destroys_total") >= 1,
+                 30, "hostA's destroy delivered after its restart")
+        assert sid not in lab.domains("hostA"), "hostA still runs the deleted server"
+        print(f"     the destroy reached hostA {time.monotonic() - t0:.1f}s after its "
+              f"restart, with the impostor still connected")
+        assert metric(imp_port, imp_received) == 0, "the impostor received something"
+        wait_for(lambda: lab.hypervisors()["hostA"]["state"] == "up", 30, "hostA up again")
 
     def restart_gets_id_back():
         lab.daemons["impostor"].stop()
@@ -159,6 +198,7 @@ port = {imp_port}
         lab.daemons["agent-hostA"].proc.wait(10)
         t0 = time.monotonic()
         lab.start_agent("hostA")
+        wait_for(lambda: lab.hypervisors()["hostA"]["state"] == "up", 30, "hostA up again")
         boot_on_hostA("after-restart")
         print(f"     hostA served again {time.monotonic() - t0:.1f}s after its restart")
 
@@ -222,9 +262,11 @@ admin_token = {ADMIN_TOKEN}
         check("secret key files are 0600", keys_0600)
         check("an allowed key registers and runs a server", known_key_works)
         check("unknown key and hostA's key posing as hostB are refused", others_refused)
-        check("hostB's key with routing id hostA gets nothing, hostA keeps working",
+        check("hostB's key posing as hostA gets nothing, hostA keeps working",
               takeover_refused)
-        check("a restarted hostA gets its routing id back", restart_gets_id_back)
+        check("with hostA away the impostor gets no command; hostA back gets it",
+              impostor_while_away)
+        check("a restarted hostA is served at once", restart_gets_id_back)
         check("hostA's usage samples reach billing over CURVE", usage_to_billing)
         check("revoking a key silences its host", revocation)
         check("a secret key readable by others is refused", readable_secret_refused)

@@ -5,7 +5,10 @@ A raw image upload is streamed over a plain socket (Content-Length announced, on
 of the body sent) and nube-image is SIGKILLed mid-body; after the restart the image must
 not be `active`, and a later complete upload of another image must reach `active` with
 the exact bytes. A second round kills right after the whole body was sent: the image is
-then either not active, or active with exactly the bytes uploaded.
+then either not active, or active with exactly the bytes uploaded. A last round checks
+that the byte quota's reservations of uploads in flight do not outlive a crash: an upload
+holding the rest of the quota is killed with the daemon, and after the restart the room
+is free again.
 
 Usage: test_image_crash.py BUILD_DIR
 """
@@ -27,13 +30,15 @@ from nubelab import Daemon, free_port, http, wait_for  # noqa: E402
 
 TOKEN = "crash-image-admin-token-0123456789"
 SIZE = 8 << 20
+QUOTA = 3 * SIZE  # bytes per project: rounds 2 and 3 store at most 2 * SIZE
 
 
 def start(build, work, port):
     conf = os.path.join(work, "image.conf")
     with open(conf, "w") as f:
         f.write(f"[DEFAULT]\nstate_dir = {work}/state\nlog_level = debug\n[image]\n"
-                f"port = {port}\nmax_image_bytes = {SIZE * 4}\n[auth]\n"
+                f"port = {port}\nmax_image_bytes = {SIZE * 4}\n"
+                f"quota_bytes_per_project = {QUOTA}\n[auth]\n"
                 f"admin_token = {TOKEN}\n")
     d = Daemon("image", [os.path.join(build, "image-store", "nube-image"), "-c", conf],
                os.path.join(work, "image.log")).start()
@@ -124,6 +129,31 @@ def main():
         r = http("GET", f"{api}/{iid3}/file", token=TOKEN)
         assert r.raw == data, "downloaded bytes differ"
         print("ok   a complete upload after the crashes is active with the exact bytes")
+        passed += 1
+
+        # Round 4: an upload in flight holds the rest of the quota; a crash frees it.
+        r = http("GET", f"{api}?status=active", token=TOKEN)
+        stored = sum(i["size"] for i in r.json["images"])
+        small = data[:64 << 10]
+        holder = new_image(api, "holder")
+        s = stream_upload(port, holder, data[:1] * (QUOTA - stored), SIZE // 4)
+        wait_for(lambda: status(api, holder)["status"] == "saving", 10,
+                 "holder upload in progress", 0.05)
+        iid4 = new_image(api, "small")
+        s4 = stream_upload(port, iid4, small, len(small))
+        resp = s4.makefile("rb").readline()
+        s4.close()
+        assert b" 413" in resp, f"upload past the reserved quota: {resp!r}"
+        d.kill9()
+        s.close()
+        d = start(build, work, port)
+        assert status(api, holder)["status"] != "active"
+        s4 = stream_upload(port, iid4, small, len(small))
+        resp = s4.makefile("rb").readline()
+        s4.close()
+        assert b" 204" in resp, f"reservation survived the crash: {resp!r}"
+        print(f"ok   quota reservations end with the daemon ({stored} B stored, "
+              f"413 while an upload held the rest, 204 after the restart)")
         passed += 1
     except Exception as e:  # noqa: BLE001
         failed += 1

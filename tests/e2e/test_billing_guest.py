@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """test_billing_guest.py - a real guest's CPU time and network traffic, billed (issue 7).
 
-Reuses test_nube_guest.py's setup: one isolated libvirtd host in its own network
+The shared real-host setup (realhost.py): one isolated libvirtd host in its own network
 namespace (deploy/libvirt-host), the busybox guest of deploy/build-guest-image booted
 under QEMU TCG by a nube-agent whose [billing] endpoint is a real nube-billing (1 s
 sample interval). The guest burns CPU (booting under TCG costs seconds of CPU) and moves
@@ -15,19 +15,13 @@ Usage: test_billing_guest.py BUILD_DIR
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import test_nube_guest as g  # noqa: E402  (its Host, run, check and counters)
-from test_nube_guest import check, ok, run  # noqa: E402
-
-nubelab = g.nubelab
-http, wait_for = g.http, g.wait_for
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import realhost as rh  # noqa: E402
+from realhost import check, http, ok, wait_for  # noqa: E402
 
 PINGS, PING_SIZE = 40, 1200
 
@@ -64,76 +58,26 @@ print(f"{n} transmitted, {len(got)} received")
 """
 
 
-def start_billing(lab):
-    port, bus = nubelab.free_port(), f"tcp://127.0.0.1:{nubelab.free_port()}"
-    conf = lab.write("nube-billing.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[billing]
-listen = 127.0.0.1
-port = {port}
-bus_listen = {bus}
-rate_interval_s = 1
-min_charge_s = 0
-[database]
-connection = {lab.dir}/billing.db
-[auth]
-admin_token = {nubelab.ADMIN_TOKEN}
-[prices]
-cpu_core_hour = 36000
-net_gb_in = 10000
-net_gb_out = 10000
-""")
-    lab._start("billing", lab.binary("billing", "nube-billing"), conf,
-               f"http://127.0.0.1:{port}/healthz")
-    return f"http://127.0.0.1:{port}", bus
-
-
 def scenario(build, base, lab):
-    out = run(os.path.join(g.TOP, "deploy", "build-guest-image"),
-              os.path.join(build, "tests", "e2e", "guest"))
-    img = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    images = os.path.join(lab.dir, "images", "busybox")
-    os.makedirs(images)
-    for name, key in (("kernel", "kernel"), ("ramdisk", "ramdisk"), ("disk.qcow2", "disk")):
-        os.symlink(img[key], os.path.join(images, name))
-    with open(os.path.join(images, "cmdline"), "w") as f:
-        f.write("console=ttyS0 panic=-1\n")
-    ns = f"nube-bill-{os.getpid() % 100000}"
-    host = g.Host(base, "nubeB", ns, "10.78.0.1/24")
+    rh.install_guest(lab, rh.guest_image(build))
+    ns = f"nube-bill-{rh.net_tag()}"
+    host = rh.Host(base, "nubeB", ns, "10.78.0.1")
     ok(f"libvirt host up: {host.uri}")
 
     lab.start_scheduler()
     lab.start_api()
-    billing, bus = start_billing(lab)
-    inst_dir = os.path.join(lab.dir, "instances")
-    os.makedirs(inst_dir)
-    agent_port = nubelab.free_port()
-    lab.agent_ports["nubeB"] = agent_port
-    conf = lab.write("nube-agent-nubeB.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[agent]
-host = nubeB
-libvirt_uri = {host.uri}
-heartbeat_interval_ms = 300
-instances_dir = {inst_dir}
-virt_type = auto
-image_dir = {os.path.join(lab.dir, "images")}
-network = nube
-shutdown_timeout_s = 10
-[billing]
-endpoint = {bus}
-sample_interval_s = 1
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
-resend_ms = 300
-[http]
-listen = 127.0.0.1
-port = {agent_port}
-""")
-    lab._start("agent-nubeB", lab.binary("compute-agent", "nube-agent"), conf,
-               f"http://127.0.0.1:{agent_port}/healthz")
+    b = rh.start_billing(lab, extra="""rate_interval_s = 1
+min_charge_s = 0
+[prices]
+cpu_core_hour = 36000
+net_gb_in = 10000
+net_gb_out = 10000""")
+    billing = b["url"]
+    rh.start_agent(lab, "nubeB", host.uri, os.path.join(lab.dir, "instances"), agent={
+        "virt_type": "auto", "network": "nube", "shutdown_timeout_s": "10"},
+        extra=f"""[billing]
+endpoint = {b["bus"]}
+sample_interval_s = 1""")
     wait_for(lambda: "nubeB" in lab.hypervisors(), 20, "host registered")
 
     t0 = int(time.time() * 1000) - 1000
@@ -194,26 +138,7 @@ port = {agent_port}
 
 
 def main():
-    if os.geteuid() != 0:
-        print("SKIP: needs root (starts libvirtd and namespaces)")
-        return 77
-    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(g.TOP, "build"))
-    base = tempfile.mkdtemp(prefix="nube-e2e-billing.")
-    lab = nubelab.Lab(build)
-    rc = 1
-    try:
-        rc = scenario(build, base, lab)
-    except Exception as e:  # noqa: BLE001 - reported as a failure, cleanup still runs
-        check(f"scenario: {e!r}", False)
-    finally:
-        for name, code in lab.stop_all().items():
-            check(f"{name} exited cleanly ({code})", code in (0, None))
-        run(os.path.join(g.TOP, "deploy", "libvirt-host"), "--base", base, "stop-all",
-            "--purge", check_rc=False)
-        lab.cleanup(keep=g.FAIL > 0 and os.environ.get("NUBE_E2E_KEEP") == "1")
-        shutil.rmtree(base, ignore_errors=True)
-        print(f"{g.PASS} passed, {g.FAIL} failed ({time.monotonic() - g.T0:.1f} s)")
-    return 1 if g.FAIL or rc else 0
+    return rh.main("nube-e2e-billing.", scenario)
 
 
 if __name__ == "__main__":

@@ -24,23 +24,15 @@ Usage: test_lxc.py BUILD_DIR
 import glob
 import io
 import os
-import shutil
 import sqlite3
-import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
-import nubelab  # noqa: E402
-from nubelab import http, wait_for  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import realhost as rh  # noqa: E402
+from realhost import bad, check, http, ok, run, timing, wait_for  # noqa: E402
 
-PASS = 0
-FAIL = 0
-T0 = time.monotonic()
-HOSTCMD = os.path.join(TOP, "deploy", "libvirt-host")
 BB_CACHE = os.environ.get("NUBE_GUEST_CACHE", "/var/cache/nube/guest")
 INIT = """#!/bin/sh
 trap "exit 0" TERM
@@ -48,34 +40,6 @@ echo "NUBE-LXC-MARKER $(hostname) pid=$$" > /marker
 i=0
 while true; do echo "COUNTER $i" > /counter; i=$((i+1)); sleep 1; done
 """
-
-
-def ok(desc):
-    global PASS
-    PASS += 1
-    print(f"ok   {desc}", flush=True)
-
-
-def bad(desc):
-    global FAIL
-    FAIL += 1
-    print(f"FAIL {desc}", flush=True)
-
-
-def check(desc, cond):
-    (ok if cond else bad)(desc)
-    return cond
-
-
-def timing(name, ms):
-    print(f"TIME {name} {ms:.0f} ms", flush=True)
-
-
-def run(*argv, check_rc=True, cwd=None):
-    p = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
-    if check_rc and p.returncode != 0:
-        raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
-    return p.stdout.strip()
 
 
 def busybox(work):
@@ -115,26 +79,7 @@ def build_rootfs_tar(path, bb):
 
 
 def main():
-    if os.geteuid() != 0:
-        print("SKIP: needs root (starts libvirtd and containers)")
-        return 77
-    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(TOP, "build"))
-    base = tempfile.mkdtemp(prefix="nube-e2e-lxc.")
-    lab = nubelab.Lab(build)
-    try:
-        return scenario(build, base, lab)
-    finally:
-        codes = lab.stop_all()
-        for name, code in codes.items():
-            if code not in (0, None):
-                bad(f"{name} exited with {code}")
-        run(HOSTCMD, "--base", base, "stop-all", "--purge", check_rc=False)
-        left = subprocess.run([HOSTCMD, "--base", base, "leftovers"], capture_output=True,
-                              text=True).stdout.strip()
-        check(f"nothing left behind {left!r}", not left)
-        lab.cleanup(keep=FAIL > 0 and os.environ.get("NUBE_E2E_KEEP") == "1")
-        shutil.rmtree(base, ignore_errors=True)
-        print(f"{PASS} passed, {FAIL} failed ({time.monotonic() - T0:.1f} s)")
+    return rh.main("nube-e2e-lxc.", scenario)
 
 
 def scenario(build, base, lab):
@@ -144,53 +89,29 @@ def scenario(build, base, lab):
     build_rootfs_tar(os.path.join(images, "rootfs.tar"), busybox(lab.dir))
     ok("busybox rootfs.tar in the agent's image_dir")
 
-    p = subprocess.run([HOSTCMD, "--base", base, "start", "lxc1", "--lxc"],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        print(p.stderr)
+    try:
+        host = rh.Host(base, "lxc1", lxc=True)
+    except RuntimeError as e:
+        print(e)
         if not os.path.exists("/usr/lib/libvirt/libvirt_lxc"):
             print("SKIP: libvirt's LXC driver (libvirt-daemon-driver-lxc) is not available")
             return 77
         bad("libvirt host with --lxc did not start")
         return 1
-    sock = p.stdout.strip().splitlines()[-1].split("socket=", 1)[1]
-    uri = f"lxc:///system?socket={sock}"
+    uri = host.uri
     timing("host-start", (time.monotonic() - t) * 1000)
     ok(f"libvirt host up: {uri}")
 
-    def virsh(*args):
-        return run("virsh", "-q", "-c", uri, *args, check_rc=False)
+    virsh = host.virsh
 
     lab.start_scheduler()
     lab.start_api()
     inst_dir = os.path.join(lab.dir, "instances")
-    os.makedirs(inst_dir)
-    agent_port = nubelab.free_port()
-    lab.agent_ports["lxc1"] = agent_port
-    conf = lab.write("nube-agent-lxc1.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[agent]
-host = lxc1
-libvirt_uri = {uri}
-heartbeat_interval_ms = 300
-instances_dir = {inst_dir}
-image_dir = {os.path.join(lab.dir, "images")}
-network =
-shutdown_timeout_s = 5
-[resources]
+    rh.start_agent(lab, "lxc1", uri, inst_dir, extra="""[resources]
 vcpus = 4
 ram_mb = 4096
-disk_gb = 20
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
-resend_ms = 300
-[http]
-listen = 127.0.0.1
-port = {agent_port}
-""")
-    lab._start("agent-lxc1", lab.binary("compute-agent", "nube-agent"), conf,
-               f"http://127.0.0.1:{agent_port}/healthz")
+disk_gb = 20""")
+    agent_port = lab.agent_ports["lxc1"]
     hv = wait_for(lambda: lab.hypervisors().get("lxc1"), 20, "host registered")
     check(f"host registers as LXC ({hv.get('hypervisor_type')})",
           hv.get("hypervisor_type") == "LXC")
@@ -312,9 +233,8 @@ port = {agent_port}
     except AssertionError as e:
         bad(str(e))
     check("virsh: no domain left", dom not in virsh("list", "--all", "--name"))
-    return 1 if FAIL else 0
+    return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.exit(code if code == 77 else (1 if FAIL else 0))
+    sys.exit(main())

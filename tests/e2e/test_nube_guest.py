@@ -19,149 +19,42 @@ when not root. Usage: test_nube_guest.py BUILD_DIR
 
 import json
 import os
-import re
-import shutil
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
-import nubelab  # noqa: E402
-from nubelab import http, wait_for  # noqa: E402
-
-PASS = 0
-FAIL = 0
-T0 = time.monotonic()
-
-
-def ok(desc):
-    global PASS
-    PASS += 1
-    print(f"ok   {desc}", flush=True)
-
-
-def bad(desc):
-    global FAIL
-    FAIL += 1
-    print(f"FAIL {desc}", flush=True)
-
-
-def check(desc, cond):
-    (ok if cond else bad)(desc)
-    return cond
-
-
-def timing(name, ms):
-    print(f"TIME {name} {ms:.0f} ms", flush=True)
-
-
-def run(*argv, env=None, check_rc=True):
-    p = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if check_rc and p.returncode != 0:
-        raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
-    return p.stdout.strip()
-
-
-class Host:
-    def __init__(self, base, name, ns, ip):
-        self.base, self.name = base, name
-        self.cmd = [os.path.join(TOP, "deploy", "libvirt-host"), "--base", base]
-        self.uri = run(*self.cmd, "start", name, "--netns", ns, "--ip", ip).splitlines()[-1]
-
-    def virsh(self, *args, check_rc=False):
-        return run("virsh", "-q", "-c", self.uri, *args, check_rc=check_rc)
-
-    def domstate(self, dom):
-        return self.virsh("domstate", dom)
-
-    def stop(self):
-        run(*self.cmd, "stop-all", "--purge", check_rc=False)
-
-    def leftovers(self):
-        p = subprocess.run(self.cmd + ["leftovers"], capture_output=True, text=True)
-        return p.stdout.strip()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import realhost as rh  # noqa: E402
+from realhost import check, http, ok, run, timing, wait_for  # noqa: E402
 
 
 def main():
-    if os.geteuid() != 0:
-        print("SKIP: needs root (starts libvirtd and namespaces)")
-        return 77
-    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(TOP, "build"))
-    base = tempfile.mkdtemp(prefix="nube-e2e-guest.")
-    lab = nubelab.Lab(build)
-    try:
-        return scenario(build, base, lab)
-    finally:
-        codes = lab.stop_all()
-        # Every daemon must exit cleanly (sanitizers report through the exit code).
-        for name, code in codes.items():
-            if code not in (0, None) and name != "agent-killed":
-                bad(f"{name} exited with {code}")
-        run(os.path.join(TOP, "deploy", "libvirt-host"), "--base", base, "stop-all", "--purge",
-            check_rc=False)
-        left = subprocess.run([os.path.join(TOP, "deploy", "libvirt-host"), "--base", base,
-                               "leftovers"], capture_output=True, text=True).stdout.strip()
-        check(f"nothing left behind {left!r}", not left)
-        lab.cleanup(keep=FAIL > 0 and os.environ.get("NUBE_E2E_KEEP") == "1")
-        shutil.rmtree(base, ignore_errors=True)
-        print(f"{PASS} passed, {FAIL} failed ({time.monotonic() - T0:.1f} s)")
+    # "agent-killed": the agent the scenario kills with SIGKILL (its status is -9).
+    return rh.main("nube-e2e-guest.", scenario, killed=("agent-killed",))
 
 
 def scenario(build, base, lab):
     # ---- the guest image and the host ----
     t = time.monotonic()
-    out = run(os.path.join(TOP, "deploy", "build-guest-image"),
-              os.path.join(build, "tests", "e2e", "guest"))
-    img = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    images = os.path.join(lab.dir, "images", "busybox")
-    os.makedirs(images)
-    os.symlink(img["kernel"], os.path.join(images, "kernel"))
-    os.symlink(img["ramdisk"], os.path.join(images, "ramdisk"))
-    os.symlink(img["disk"], os.path.join(images, "disk.qcow2"))
-    with open(os.path.join(images, "cmdline"), "w") as f:
-        f.write("console=ttyS0 panic=-1\n")
+    rh.install_guest(lab, rh.guest_image(build))
     ok("guest image set in the agent's image_dir")
-    tag = f"{os.getpid() % 100000}"
-    host = Host(base, "nubeA", f"nube-act-{tag}", "10.79.0.1/24")
+    host = rh.Host(base, "nubeA", f"nube-act-{rh.net_tag()}", "10.79.0.1")
     timing("image+host-start", (time.monotonic() - t) * 1000)
     ok(f"libvirt host up: {host.uri}")
 
     lab.start_scheduler()
     lab.start_api()
-    billing_db = start_billing(lab)
+    billing = rh.start_billing(lab, optional=True)
     inst_dir = os.path.join(lab.dir, "instances")
     os.makedirs(inst_dir)
-    agent_port = nubelab.free_port()
-    lab.agent_ports["nubeA"] = agent_port
-    conf = lab.write("nube-agent-nubeA.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[agent]
-host = nubeA
-libvirt_uri = {host.uri}
-heartbeat_interval_ms = 300
-instances_dir = {inst_dir}
-virt_type = auto
-image_dir = {os.path.join(lab.dir, "images")}
-network = nube
-shutdown_timeout_s = 10
-[billing]
-endpoint = {billing_db[1] if billing_db else ""}
-sample_interval_s = 2
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
-resend_ms = 300
-[http]
-listen = 127.0.0.1
-port = {agent_port}
-""")
+    rh.agent_conf(lab, "nubeA", host.uri, inst_dir, agent={
+        "virt_type": "auto", "network": "nube", "shutdown_timeout_s": "10"},
+        extra=f"""[billing]
+endpoint = {billing["bus"] if billing else ""}
+sample_interval_s = 2""")
 
     def start_agent(name="agent-nubeA"):
-        return lab._start(name, lab.binary("compute-agent", "nube-agent"), conf,
-                          f"http://127.0.0.1:{agent_port}/healthz")
+        return rh.restart_agent(lab, "nubeA", name)
 
     t = time.monotonic()
     agent = start_agent()
@@ -331,9 +224,9 @@ port = {agent_port}
     check("no disk or console log left", not os.path.exists(os.path.join(inst_dir, sid)))
 
     # ---- usage samples reached nube-billing ----
-    if billing_db:
+    if billing:
         def samples():
-            db = sqlite3.connect(billing_db[0])
+            db = sqlite3.connect(billing["db"])
             try:
                 rows = db.execute(
                     "SELECT s.kind, s.event, s.cpu_ns, s.disk_rd FROM samples s JOIN instances i"
@@ -352,36 +245,8 @@ port = {agent_port}
               any(c and c > 0 and d and d > 0 for c, d in counters))
     else:
         print("note: nube-billing not available; usage samples not checked end to end")
-    return 0 if FAIL == 0 else 1
-
-
-def start_billing(lab):
-    """nube-billing on loopback, if it is built; returns (db path, bus endpoint) or None."""
-    binary = lab.binary("billing", "nube-billing")
-    if not os.path.exists(binary):
-        return None
-    port, bus = nubelab.free_port(), f"tcp://127.0.0.1:{nubelab.free_port()}"
-    db = os.path.join(lab.dir, "billing.db")
-    conf = lab.write("nube-billing.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[billing]
-listen = 127.0.0.1
-port = {port}
-bus_listen = {bus}
-[database]
-connection = {db}
-[auth]
-admin_token = {nubelab.ADMIN_TOKEN}
-""")
-    try:
-        lab._start("billing", binary, conf, f"http://127.0.0.1:{port}/healthz")
-    except AssertionError as e:
-        print(f"note: nube-billing did not start ({e}); usage samples not checked")
-        return None
-    return db, bus
+    return 0
 
 
 if __name__ == "__main__":
-    rc = main()
-    sys.exit(rc if rc == 77 else (1 if FAIL else 0))
+    sys.exit(main())

@@ -19,44 +19,12 @@ root. Budget: < 90 s. Usage: test_nube_image_boot.py BUILD_DIR
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
-import nubelab  # noqa: E402
-from nubelab import http, wait_for  # noqa: E402
-
-PASS = 0
-FAIL = 0
-T0 = time.monotonic()
-
-
-def ok(desc):
-    global PASS
-    PASS += 1
-    print(f"ok   {desc}", flush=True)
-
-
-def bad(desc):
-    global FAIL
-    FAIL += 1
-    print(f"FAIL {desc}", flush=True)
-
-
-def check(desc, cond):
-    (ok if cond else bad)(desc)
-    return cond
-
-
-def run(*argv, check_rc=True):
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if check_rc and p.returncode != 0:
-        raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
-    return p.stdout.strip()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import realhost as rh  # noqa: E402
+from realhost import check, http, nubelab, ok, run, wait_for  # noqa: E402
 
 
 def upload(image_url, name, disk_format, path, **props):
@@ -84,38 +52,12 @@ def metric(text, name):
 
 
 def main():
-    if os.geteuid() != 0:
-        print("SKIP: needs root (starts libvirtd and namespaces)")
-        return 77
-    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(TOP, "build"))
-    base = tempfile.mkdtemp(prefix="nube-e2e-img.")
-    lab = nubelab.Lab(build)
-    try:
-        return scenario(build, base, lab)
-    finally:
-        codes = lab.stop_all()
-        for name, code in codes.items():
-            if code not in (0, None):
-                bad(f"{name} exited with {code}")
-        run(os.path.join(TOP, "deploy", "libvirt-host"), "--base", base, "stop-all", "--purge",
-            check_rc=False)
-        left = subprocess.run([os.path.join(TOP, "deploy", "libvirt-host"), "--base", base,
-                               "leftovers"], capture_output=True, text=True).stdout.strip()
-        check(f"nothing left behind {left!r}", not left)
-        lab.cleanup(keep=FAIL > 0 and os.environ.get("NUBE_E2E_KEEP") == "1")
-        shutil.rmtree(base, ignore_errors=True)
-        print(f"{PASS} passed, {FAIL} failed ({time.monotonic() - T0:.1f} s)")
-        if time.monotonic() - T0 > 90:
-            print("WARN: over the 90 s budget")
+    return rh.main("nube-e2e-img.", scenario, budget_s=90)
 
 
 def scenario(build, base, lab):
-    out = run(os.path.join(TOP, "deploy", "build-guest-image"),
-              os.path.join(build, "tests", "e2e", "guest"))
-    img = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    tag = f"{os.getpid() % 100000}"
-    uri = run(os.path.join(TOP, "deploy", "libvirt-host"), "--base", base, "start", "nubeI",
-              "--netns", f"nube-img-{tag}", "--ip", "10.81.0.1/24").splitlines()[-1]
+    img = rh.guest_image(build)
+    uri = rh.Host(base, "nubeI", f"nube-img-{rh.net_tag()}", "10.81.0.1").uri
     ok(f"libvirt host up: {uri}")
 
     lab.start_scheduler()
@@ -143,7 +85,7 @@ token_key_file = {key}
     t = time.monotonic()
     kid = upload(image_url, "guest-kernel", "aki", img["kernel"])
     rid = upload(image_url, "guest-ramdisk", "ari", img["ramdisk"])
-    cmd = "console=ttyS0 panic=-1"
+    cmd = rh.GUEST_CMDLINE
     did = upload(image_url, "guest", "qcow2", img["disk"], kernel_id=kid, ramdisk_id=rid,
                  os_command_line=cmd)
     r = http("GET", f"{image_url}/v2/images/{did}")
@@ -165,32 +107,11 @@ token_key_file = {key}
 
     # ---- the agent: nube-image only ----
     inst_dir = os.path.join(lab.dir, "instances")
-    os.makedirs(inst_dir)
-    agent_port = nubelab.free_port()
-    lab.agent_ports["nubeI"] = agent_port
-    aconf = lab.write("nube-agent-nubeI.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[agent]
-host = nubeI
-libvirt_uri = {uri}
-heartbeat_interval_ms = 300
-instances_dir = {inst_dir}
-virt_type = qemu
-network = nube
-shutdown_timeout_s = 5
-[image]
+    rh.start_agent(lab, "nubeI", uri, inst_dir, agent={
+        "virt_type": "qemu", "image_dir": None, "network": "nube"}, extra=f"""[image]
 endpoint = {image_url}
-token_key_file = {key}
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
-resend_ms = 300
-[http]
-listen = 127.0.0.1
-port = {agent_port}
-""")
-    lab._start("agent-nubeI", lab.binary("compute-agent", "nube-agent"), aconf,
-               f"http://127.0.0.1:{agent_port}/healthz")
+token_key_file = {key}""")
+    agent_port = lab.agent_ports["nubeI"]
     wait_for(lambda: "nubeI" in lab.hypervisors(), 20, "host registered")
 
     def metrics():
@@ -252,7 +173,7 @@ port = {agent_port}
         wait_for(lambda: lab.server(sid) is None or lab.server(sid)["status"] == "DELETED",
                  30, f"server {sid} deleted")
     check("no domain left", not lab.domains("nubeI"))
-    return 0 if FAIL == 0 else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,168 +32,24 @@ Usage: test_nube_migrate.py BUILD_DIR
 
 import os
 import re
-import shutil
-import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 
-TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
-import nubelab  # noqa: E402
-from nubelab import http, wait_for  # noqa: E402
-
-PASS = 0
-FAIL = 0
-T0 = time.monotonic()
-
-
-def ok(desc):
-    global PASS
-    PASS += 1
-    print(f"ok   {desc}", flush=True)
-
-
-def bad(desc):
-    global FAIL
-    FAIL += 1
-    print(f"FAIL {desc}", flush=True)
-
-
-def check(desc, cond):
-    (ok if cond else bad)(desc)
-    return cond
-
-
-def timing(name, ms):
-    print(f"TIME {name} {ms:.0f} ms", flush=True)
-
-
-def run(*argv, check_rc=True):
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if check_rc and p.returncode != 0:
-        raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
-    return p.stdout.strip()
-
-
-def readf(path):
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def counters(text):
-    return [int(n) for n in re.findall(r"^COUNTER (\d+) ", text, re.M)]
-
-
-class Host:
-    def __init__(self, base, name, ns, ip):
-        self.name, self.ip = name, ip
-        self.cmd = [os.path.join(TOP, "deploy", "libvirt-host"), "--base", base]
-        self.uri = run(*self.cmd, "start", name, "--netns", ns, "--ip",
-                       ip + "/24").splitlines()[-1]
-
-    def virsh(self, *args):
-        return run("virsh", "-q", "-c", self.uri, *args, check_rc=False)
-
-
-def db_rows(lab, sql, args=()):
-    db = sqlite3.connect(lab.db)
-    try:
-        return db.execute(sql, args).fetchall()
-    except sqlite3.Error:
-        return []
-    finally:
-        db.close()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import realhost as rh  # noqa: E402
+from realhost import (bad, check, counters, db_rows, http, nubelab, ok,  # noqa: E402,F401
+                      readf, timing, wait_for)
 
 
 def main():
-    if os.geteuid() != 0:
-        print("SKIP: needs root (starts libvirtd and namespaces)")
-        return 77
-    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(TOP, "build"))
-    base = tempfile.mkdtemp(prefix="nube-e2e-mig.")
-    lab = nubelab.Lab(build)
-    rc = 1
-    try:
-        rc = scenario(build, base, lab)
-    except Exception as e:  # report, then clean up
-        bad(f"scenario raised {e!r}")
-    finally:
-        codes = lab.stop_all()
-        for name, code in codes.items():
-            if code not in (0, None):
-                bad(f"{name} exited with {code}")
-                print(lab.daemons[name].tail(30))
-        run(os.path.join(TOP, "deploy", "libvirt-host"), "--base", base, "stop-all", "--purge",
-            check_rc=False)
-        left = subprocess.run([os.path.join(TOP, "deploy", "libvirt-host"), "--base", base,
-                               "leftovers"], capture_output=True, text=True).stdout.strip()
-        check(f"nothing left behind {left!r}", not left)
-        lab.cleanup(keep=FAIL > 0 and os.environ.get("NUBE_E2E_KEEP") == "1")
-        shutil.rmtree(base, ignore_errors=True)
-        print(f"{PASS} passed, {FAIL} failed ({time.monotonic() - T0:.1f} s)")
-    return 1 if FAIL else rc
+    return rh.main("nube-e2e-mig.", scenario)
 
 
-def setup(build, base, lab, network_tag="10.78.0"):
-    """Guest image, two libvirt hosts, scheduler, API and one agent per host (also used
+def setup(build, base, lab, network_tag="10.78.0", names=("nubeA", "nubeB")):
+    """Guest image, the libvirt hosts, scheduler, API and one agent per host (also used
     by bench/migration). Returns (hosts by name, instances_dir by name)."""
-    t = time.monotonic()
-    out = run(os.path.join(TOP, "deploy", "build-guest-image"),
-              os.path.join(build, "tests", "e2e", "guest"))
-    img = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-    images = os.path.join(lab.dir, "images", "busybox")
-    os.makedirs(images)
-    os.symlink(img["kernel"], os.path.join(images, "kernel"))
-    os.symlink(img["ramdisk"], os.path.join(images, "ramdisk"))
-    os.symlink(img["disk"], os.path.join(images, "disk.qcow2"))
-    with open(os.path.join(images, "cmdline"), "w") as f:
-        f.write("console=ttyS0 panic=-1\n")
-    tag = f"{os.getpid() % 100000}"
-    hosts = {"nubeA": Host(base, "nubeA", f"nube-mga-{tag}", f"{network_tag}.1"),
-             "nubeB": Host(base, "nubeB", f"nube-mgb-{tag}", f"{network_tag}.2")}
-    timing("image+hosts-start", (time.monotonic() - t) * 1000)
-    ok("two libvirt hosts up")
-
-    lab.start_scheduler()
-    lab.start_api()
-    inst_dirs = {}
-    for name, h in hosts.items():
-        port = nubelab.free_port()
-        lab.agent_ports[name] = port
-        inst_dirs[name] = os.path.join(lab.dir, f"instances-{name}")
-        os.makedirs(inst_dirs[name])
-        conf = lab.write(f"nube-agent-{name}.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[agent]
-host = {name}
-libvirt_uri = {h.uri}
-heartbeat_interval_ms = 300
-instances_dir = {inst_dirs[name]}
-virt_type = qemu
-image_dir = {os.path.join(lab.dir, "images")}
-network =
-shutdown_timeout_s = 5
-migration_uri = qemu+tcp://{h.ip}/system
-migration_address = {h.ip}
-migration_max_downtime_ms = 500
-migration_timeout_s = 60
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
-resend_ms = 300
-[http]
-listen = 127.0.0.1
-port = {port}
-""")
-        lab._start(f"agent-{name}", lab.binary("compute-agent", "nube-agent"), conf,
-                   f"http://127.0.0.1:{port}/healthz")
-    wait_for(lambda: {"nubeA", "nubeB"} <= set(lab.hypervisors()), 20, "hosts registered")
-    return hosts, inst_dirs
+    return rh.migration_hosts(build, base, lab, names, network_tag)
 
 
 def scenario(build, base, lab):
@@ -363,9 +219,7 @@ def scenario(build, base, lab):
     try:
         mig = wait_for(running_mig, 30, "third migration running", interval=0.1)
         lab.daemons[f"agent-{dst}"].kill9()
-        lab._start(f"agent-{dst}", lab.binary("compute-agent", "nube-agent"),
-                   os.path.join(lab.dir, f"nube-agent-{dst}.conf"),
-                   f"http://127.0.0.1:{lab.agent_ports[dst]}/healthz")
+        rh.restart_agent(lab, dst)
         wait_for(lambda: db_rows(lab, "SELECT status FROM migrations WHERE uuid=?",
                                  (mig["uuid"],))[0][0] in ("error", "cancelled", "completed"),
                  30, "migration settled after the source agent's restart")
@@ -440,9 +294,7 @@ def scenario(build, base, lab):
     allocs = db_rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,))
     check(f"allocation only on {src} ({allocs})", allocs == [(src,)])
     # The dead host comes back still running the old copy: it must be fenced.
-    lab._start(f"agent-{dst}", lab.binary("compute-agent", "nube-agent"),
-               os.path.join(lab.dir, f"nube-agent-{dst}.conf"),
-               f"http://127.0.0.1:{lab.agent_ports[dst]}/healthz")
+    rh.restart_agent(lab, dst)
     wait_for(lambda: not hosts[dst].virsh("list", "--all", "--name"), 30,
              f"old copy destroyed on {dst}")
     ok(f"{dst} came back: its stale copy was destroyed, the guest runs once")

@@ -22,11 +22,20 @@ automatic confirm after [scheduler] resize_confirm_window_s; a destination whose
 spawn fails sends the guest back to the source (migration error, fault recorded); a
 resize the host has no room for goes to the other host, and revertResize brings it back
 with its old flavor and allocation.
+A stopped server (SHUTOFF) cold-migrates too: VERIFY_RESIZE with its domain defined but
+not running on the destination, nube-placement-audit finds nothing while it waits (the
+source half is held on purpose), confirm -> SHUTOFF there; revert of a second move ->
+SHUTOFF on the original host, the destination's copy gone; no cold_moves record is left
+after confirm or revert; the agents' disk endpoint answers 404 without the move's token.
+A destination whose agent freezes mid-move is given up once it is marked down: the
+server is ACTIVE on its source again, allocations consistent.
 Usage: test_migrate_api.py BUILD_DIR
 """
 
 import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 
@@ -68,6 +77,7 @@ def main():
         wait_for(lambda: {"h1", "h2"} <= set(lab.hypervisors()), 20, "hosts up")
         scenario(lab)
         scenario_cold(lab)
+        scenario_stopped(lab)
     except AssertionError as e:
         check(f"scenario: {e}", False)
     finally:
@@ -267,6 +277,105 @@ def scenario_cold(lab):
           [(src, cur_ram)] and
           rows(lab, "SELECT host, ram_mb FROM allocations WHERE instance_uuid=?", (sid,)) ==
           [(src, cur_ram)] and not rows(lab, "SELECT * FROM migration_allocations"))
+
+
+def audit(lab):
+    conf = os.path.join(lab.dir, "nube-scheduler.conf")
+    return subprocess.run([lab.binary("scheduler", "nube-placement-audit"), "--config", conf],
+                          capture_output=True, text=True, timeout=30)
+
+
+def scenario_stopped(lab):
+    http("PUT", f"{lab.compute}/os-services/enable", {"host": "h1", "binary": "nova-compute"})
+    http("PUT", f"{lab.compute}/os-services/enable", {"host": "h2", "binary": "nova-compute"})
+    r = lab.create_server("s", flavor="1", image="cirros")
+    sid = r.json["server"]["id"]
+    lab.wait_status(sid, {"ACTIVE"}, timeout=30)
+    src = rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
+    dst = "h2" if src == "h1" else "h1"
+    act = f"{lab.compute}/servers/{sid}/action"
+    r = http("POST", act, {"os-stop": None})
+    check(f"os-stop -> 202 ({r.status})", r.status == 202)
+    lab.wait_status(sid, {"SHUTOFF"}, timeout=20)
+
+    r = http("POST", act, {"migrate": {"host": dst}})
+    check(f"migrate a SHUTOFF server -> 202 ({r.status} {r.raw[:120]!r})", r.status == 202)
+    wait_for(lambda: lab.server(sid)["status"] == "VERIFY_RESIZE", 20, "VERIFY_RESIZE")
+    srv = lab.server(sid)
+    check(f"VERIFY_RESIZE on {dst}, powered off ({srv.get('OS-EXT-SRV-ATTR:host')}, "
+          f"power {srv.get('OS-EXT-STS:power_state')})",
+          rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0] == dst and
+          srv.get("OS-EXT-STS:power_state") == 4)
+    doms = lab.domains(dst)
+    check(f"defined on {dst}, not running ({doms.get(sid, {}).get('state')})",
+          sid in doms and doms[sid]["state"] == "shutdown")
+    p = audit(lab)
+    check(f"audit clean while VERIFY_RESIZE (rc {p.returncode}: {p.stdout.strip()[-200:]!r} "
+          f"{p.stderr.strip()[-200:]!r})",
+          p.returncode == 0)
+    mig = rows(lab, "SELECT uuid FROM migrations WHERE instance_uuid=?", (sid,))[0][0]
+    url = rows(lab, "SELECT agent_url FROM host_agents WHERE host=?", (src,))[0][0]
+    r = http("GET", f"{url}/v1/migrations/{mig}/disk", token=None)
+    check(f"disk endpoint without the token -> 404 ({r.status})", r.status == 404)
+    r = http("GET", f"{url}/v1/migrations/{mig}/disk", token=None,
+             headers={"X-Nube-Migration-Token": "0" * 64})
+    check(f"disk endpoint with a wrong token -> 404 ({r.status})", r.status == 404)
+    r = http("POST", act, {"confirmResize": None})
+    check(f"confirmResize -> 204 ({r.status})", r.status == 204)
+    wait_for(lambda: lab.server(sid)["status"] == "SHUTOFF", 20, "SHUTOFF after confirm")
+    check(f"confirmed: SHUTOFF on {dst} with one allocation",
+          rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,)) == [(dst,)] and
+          rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,)) == [(dst,)]
+          and not rows(lab, "SELECT * FROM migration_allocations"))
+    wait_for(lambda: sid not in lab.domains(src), 10, "source domain gone")
+    check("source domain gone after confirm", True)
+    check("no cold_moves record left", not rows(lab, "SELECT * FROM cold_moves"))
+    p = audit(lab)
+    check(f"audit clean after confirm (rc {p.returncode})", p.returncode == 0)
+
+    # A second move back, reverted: SHUTOFF where it was, nothing on the other host.
+    r = http("POST", act, {"migrate": None})
+    check(f"migrate back -> 202 ({r.status})", r.status == 202)
+    wait_for(lambda: lab.server(sid)["status"] == "VERIFY_RESIZE", 20, "VERIFY_RESIZE")
+    r = http("POST", act, {"revertResize": None})
+    check(f"revertResize -> 202 ({r.status})", r.status == 202)
+    wait_for(lambda: lab.server(sid)["status"] == "SHUTOFF" and
+             rows(lab, "SELECT task_state FROM instances WHERE uuid=?", (sid,))[0][0]
+             in (None, "", "none"), 20, "SHUTOFF after revert")
+    check(f"reverted: SHUTOFF on {dst}",
+          rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,)) == [(dst,)] and
+          rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,)) == [(dst,)])
+    wait_for(lambda: sid not in lab.domains(src), 10, "revert destination cleaned")
+    check(f"still defined, stopped, on {dst}",
+          lab.domains(dst).get(sid, {}).get("state") == "shutdown")
+    check("no cold_moves record left", not rows(lab, "SELECT * FROM cold_moves"))
+    r = http("POST", act, {"os-start": None})
+    check(f"os-start after the revert -> 202 ({r.status})", r.status == 202)
+    lab.wait_status(sid, {"ACTIVE"}, timeout=20)
+    check("it starts again", True)
+
+    # The destination freezes mid-move (its agent stopped): once it is marked down the
+    # move is given up and the guest runs on its source again.
+    frozen = lab.start_sim_agents("frozen", 1)
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        r = http("POST", act, {"migrate": {"host": "frozen-0000"}})
+        check(f"migrate to a host that froze -> 202 ({r.status} {r.raw[:100]!r})",
+              r.status == 202)
+        wait_for(lambda: rows(lab, "SELECT status FROM migrations WHERE instance_uuid=? AND "
+                                   "dest_host='frozen-0000'", (sid,)) == [("error",)] and
+                 lab.server(sid)["status"] == "ACTIVE", 20, "move given up")
+        fault = rows(lab, "SELECT p.fault FROM migration_progress p JOIN migrations m ON "
+                          "m.uuid = p.migration_uuid WHERE m.dest_host='frozen-0000'")
+        check(f"given up when the destination went down ({fault})",
+              fault and "went down" in (fault[0][0] or ""))
+        check(f"back on {dst} with one allocation",
+              rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,)) == [(dst,)] and
+              rows(lab, "SELECT host FROM allocations WHERE instance_uuid=?", (sid,)) ==
+              [(dst,)] and not rows(lab, "SELECT * FROM migration_allocations"))
+        check("no cold_moves record left", not rows(lab, "SELECT * FROM cold_moves"))
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
 
 
 if __name__ == "__main__":

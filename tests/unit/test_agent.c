@@ -35,6 +35,7 @@
 #include "http.h"
 #include "json.h"
 #include "messages.h"
+#include "usage_msg.h"
 #include "util.h"
 
 #define UUID1 "6a1e4b0c-2f3d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -239,25 +240,29 @@ static void expect_state(fixture *fx, size_t *from, const char *vm, const char *
     assert_string_equal(p, power);
 }
 
-/* Wait for a usage.samples batch holding a sample with "event" ev (or, ev NULL, a
- * counter sample); returns that sample (owned by the fixture). */
-static json_object *wait_usage(fixture *fx, size_t *from, const char *ev)
+/* Wait for a usage.samples batch holding a sample with event ev (or, ev NONE, a counter
+ * sample) and copy that sample to *out. Decoded with billing's own codec, so the test
+ * does not depend on the wire layout. false when none came in time. */
+static bool wait_usage(fixture *fx, size_t *from, cl_usage_event ev, cl_usage_sample *out)
 {
     for (;;) {
         json_object *b = wait_msg(fx, from, "usage.samples", NULL);
         if (!b)
-            return NULL;
-        json_object *arr = NULL;
-        if (!json_object_object_get_ex(b, "samples", &arr))
-            continue;
-        for (size_t i = 0; i < json_object_array_length(arr); i++) {
-            json_object *smp = json_object_array_get_idx(arr, i);
-            const char *e = NULL, *kind = NULL;
-            cl_json_get_str(smp, "event", false, &e, NULL);
-            cl_json_get_str(smp, "kind", false, &kind, NULL);
-            if ((ev && e && strcmp(e, ev) == 0) || (!ev && kind && strcmp(kind, "counter") == 0))
-                return smp;
+            return false;
+        cl_usage_sample *smp = NULL;
+        size_t n = 0, rejected = 0;
+        assert_int_equal(cl_usage_batch_decode(b, &smp, &n, &rejected, NULL), 0);
+        assert_int_equal(rejected, 0);
+        for (size_t i = 0; i < n; i++) {
+            if ((ev != CL_USAGE_EV_NONE && smp[i].kind == CL_USAGE_EVENT &&
+                 smp[i].event == ev) ||
+                (ev == CL_USAGE_EV_NONE && smp[i].kind == CL_USAGE_COUNTER)) {
+                *out = smp[i];
+                free(smp);
+                return true;
+            }
         }
+        free(smp);
     }
 }
 
@@ -294,17 +299,16 @@ static void test_actions(void **state)
                                  cl_msg_spawn_encode(&s1), true, NULL), 0);
     expect_state(fx, &at, "active", "running");
     size_t uat = 0;
-    assert_non_null(wait_usage(fx, &uat, "created"));
-    assert_non_null(wait_usage(fx, &uat, "started"));
-    json_object *ctr = wait_usage(fx, &uat, NULL); /* within sample_interval_s = 1 */
-    assert_non_null(ctr);
-    const char *boot = NULL;
-    assert_int_equal(cl_json_get_str(ctr, "boot_id", true, &boot, NULL), 0);
-    assert_non_null(strstr(boot, UUID1));
+    cl_usage_sample us;
+    assert_true(wait_usage(fx, &uat, CL_USAGE_EV_CREATED, &us));
+    assert_true(wait_usage(fx, &uat, CL_USAGE_EV_STARTED, &us));
+    /* a counter sample within sample_interval_s = 1 */
+    assert_true(wait_usage(fx, &uat, CL_USAGE_EV_NONE, &us));
+    assert_non_null(strstr(us.boot_id, UUID1));
 
     send_action(fx, CL_ACTION_STOP, NULL);
     expect_state(fx, &at, "stopped", "shutdown");
-    assert_non_null(wait_usage(fx, &uat, "stopped"));
+    assert_true(wait_usage(fx, &uat, CL_USAGE_EV_STOPPED, &us));
     send_action(fx, CL_ACTION_START, NULL);
     expect_state(fx, &at, "active", "running");
     send_action(fx, CL_ACTION_PAUSE, NULL);
@@ -326,11 +330,8 @@ static void test_actions(void **state)
     send_action(fx, CL_ACTION_RESIZE, &s2);
     expect_state(fx, &at, "resized", "running");
     assert_int_equal(dom_mem_kib(), 1024 * 1024);
-    json_object *rs = wait_usage(fx, &uat, "resized");
-    assert_non_null(rs);
-    const char *fid = NULL;
-    assert_int_equal(cl_json_get_str(rs, "flavor_id", true, &fid, NULL), 0);
-    assert_string_equal(fid, "2");
+    assert_true(wait_usage(fx, &uat, CL_USAGE_EV_RESIZED, &us));
+    assert_string_equal(us.flavor_id, "2");
     send_action(fx, CL_ACTION_REVERT_RESIZE, &s1);
     expect_state(fx, &at, "active", "running");
     assert_int_equal(dom_mem_kib(), 512 * 1024);
@@ -345,7 +346,7 @@ static void test_actions(void **state)
     assert_int_equal(cl_bus_send(fx->sched, "h1", CL_MSG_INSTANCE_DESTROY, NULL,
                                  cl_msg_uuid_encode(UUID1), true, NULL), 0);
     expect_state(fx, &at, "deleted", "nostate");
-    assert_non_null(wait_usage(fx, &uat, "deleted"));
+    assert_true(wait_usage(fx, &uat, CL_USAGE_EV_DELETED, &us));
 }
 
 static void get_console(fixture *fx, const char *query, long want_status, const char *want)

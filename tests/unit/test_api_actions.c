@@ -10,9 +10,7 @@
  * claim (allocation moved atomically, refused when the host is full), confirm/revert,
  * and the console read with its length parameter.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,15 +19,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "api.h"
+#include "api_fixture.h"
 #include "bus.h"
-#include "config.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -50,33 +47,13 @@ typedef struct seen_msg {
 } seen_msg;
 
 typedef struct fixture {
-    char dir[256];
-    char db[300];
-    char endpoint[64];
-    api_cfg cfg;
-    api_ctx *api;
-    cl_bus *sched;
-    cl_store *st;
+    api_fx fx;
     cl_http_server *agent_http;
-    char compute[128];
     pthread_mutex_t lock;
     seen_msg seen[MAX_SEEN];
     int nseen;
     char console_query[64];
 } fixture;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    socklen_t len = sizeof(a);
-    assert_true(fd >= 0);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 static void on_sched_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
 {
@@ -135,50 +112,16 @@ static const cl_http_route agent_routes[] = {
     {"GET", "/v1/instances/{uuid}/console", h_console},
 };
 
-static void set(fixture *f, const char *section, const char *name, const char *value)
-{
-    cl_error err = {0};
-    if (cl_config_set(api_cfg_keys, api_cfg_nkeys, &f->cfg, section, name, value, &err) < 0)
-        fail_msg("config %s.%s: %s", section, name, err.message);
-}
-
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
     cl_error err = {0};
-    cl_bus_opts bo = {0};
 
     assert_non_null(f);
-    cl_log_init("test_api_actions", CL_LOG_WARN, false);
-    cl_http_client_global_init();
     pthread_mutex_init(&f->lock, NULL);
-    snprintf(f->dir, sizeof(f->dir), "/tmp/test_api_actions_XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof(f->db), "%s/controller.db", f->dir);
-    snprintf(f->endpoint, sizeof(f->endpoint), "tcp://127.0.0.1:%d", free_port());
-    bo.role = CL_BUS_ROUTER;
-    bo.endpoint = f->endpoint;
-    bo.name = "nube-scheduler";
-    bo.resend_ms = 200;
-    bo.on_msg = on_sched_msg;
-    bo.ud = f;
-    if (cl_bus_new(&bo, &f->sched, &err) < 0)
-        fail_msg("router: %s", err.message);
-    assert_int_equal(cl_config_defaults(api_cfg_keys, api_cfg_nkeys, &f->cfg, &err), 0);
-    set(f, "database", "connection", f->db);
-    set(f, "bus", "scheduler_endpoint", f->endpoint);
-    set(f, "bus", "resend_ms", "200");
-    set(f, "api", "compute_port", "0");
-    set(f, "api", "identity_port", "0");
-    set(f, "api", "workers", "2");
-    set(f, "auth", "admin_token", TOKEN);
-    set(f, "auth", "admin_password", PASSWORD);
-    if (api_start(&f->cfg, &f->api, &err) < 0)
-        fail_msg("api_start: %s", err.message);
-    snprintf(f->compute, sizeof(f->compute), "http://127.0.0.1:%u",
-             (unsigned)api_compute_port(f->api));
-    if (cl_store_open(f->db, &f->st, &err) < 0)
-        fail_msg("store: %s", err.message);
+    api_fx_prepare(&f->fx, "test_api_actions", on_sched_msg, f, TOKEN, PASSWORD);
+    api_fx_set(&f->fx, "api", "workers", "2");
+    api_fx_start(&f->fx);
     cl_http_opts ho = {.service = "fakeagent", .bind_addr = "127.0.0.1", .port = 0,
                        .threads = 1, .routes = agent_routes, .nroutes = 1, .ud = f};
     if (cl_http_server_start(&ho, &f->agent_http, &err) < 0)
@@ -193,7 +136,7 @@ static int group_setup(void **state)
     h.disk_gb = 100;
     h.cpu_ratio = h.ram_ratio = h.disk_ratio = 1.0;
     h.up = h.enabled = true;
-    assert_int_equal(cl_store_host_register(f->st, &h), 0);
+    assert_int_equal(cl_store_host_register(f->fx.st, &h), 0);
     *state = f;
     return 0;
 }
@@ -201,48 +144,23 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     fixture *f = *state;
-    char path[400];
-    api_stop(f->api);
+
     cl_http_server_stop(f->agent_http);
-    cl_bus_free(f->sched);
-    cl_store_free(f->st);
-    cl_config_free(api_cfg_keys, api_cfg_nkeys, &f->cfg);
-    for (const char *const *s = (const char *const[]){"", "-wal", "-shm", NULL}; *s; s++) {
-        snprintf(path, sizeof(path), "%s%s", f->db, *s);
-        unlink(path);
-    }
-    assert_int_equal(rmdir(f->dir), 0);
+    api_fx_stop(&f->fx, NULL);
     pthread_mutex_destroy(&f->lock);
     free(f);
     return 0;
 }
 
-typedef struct reply {
-    long status;
-    json_object *json;
-    cl_http_result raw;
-} reply;
-
-static void reply_free(reply *r)
-{
-    if (r->json)
-        json_object_put(r->json);
-    cl_http_result_free(&r->raw);
-}
+typedef api_reply reply;
 
 static reply action(fixture *f, const char *uuid, const char *body)
 {
     char url[512];
     const char *headers[] = {"X-Auth-Token: " TOKEN, "Content-Type: application/json", NULL};
-    cl_error err = {0};
-    reply r = {0};
-    snprintf(url, sizeof(url), "%s/v2.1/servers/%s/action", f->compute, uuid);
-    if (cl_http_request("POST", url, headers, body, strlen(body), 5000, &r.raw, &err) < 0)
-        fail_msg("POST %s: %s", url, err.message);
-    r.status = r.raw.status;
-    if (r.raw.body && r.raw.body_len)
-        r.json = json_tokener_parse(r.raw.body);
-    return r;
+
+    snprintf(url, sizeof(url), "%s/v2.1/servers/%s/action", f->fx.compute, uuid);
+    return api_fx_request("POST", url, headers, body, 5000);
 }
 
 /* Expect status; for errors also the fault name and a piece of the message. */
@@ -260,7 +178,7 @@ static void expect(fixture *f, const char *uuid, const char *body, long status,
         if (needle && !strstr(json_object_get_string(msg), needle))
             fail_msg("message '%s' lacks '%s'", json_object_get_string(msg), needle);
     }
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* A fresh active instance of flavor m1.tiny on h1. */
@@ -275,26 +193,26 @@ static void make_instance(fixture *f, char out[CL_UUID_LEN])
     cl_strlcpy(in.project_id, "5a0c5e2b9b6f4f3e8d1c2b3a4f5e6d7c", sizeof(in.project_id));
     cl_strlcpy(in.user_id, "u", sizeof(in.user_id));
     cl_strlcpy(in.image_ref, "cirros", sizeof(in.image_ref));
-    assert_int_equal(cl_store_flavor_get(f->st, "1", &in.flavor), 0);
+    assert_int_equal(cl_store_flavor_get(f->fx.st, "1", &in.flavor), 0);
     in.vm_state = CL_VM_BUILDING;
     in.task_state = CL_TASK_SCHEDULING;
     in.power_state = CL_POWER_NOSTATE;
-    assert_int_equal(cl_store_instance_create(f->st, &in), 0);
-    assert_int_equal(cl_store_claim(f->st, out, cands, 1, host), 0);
-    assert_int_equal(cl_store_instance_set_state(f->st, out, CL_VM_ACTIVE, CL_TASK_NONE,
+    assert_int_equal(cl_store_instance_create(f->fx.st, &in), 0);
+    assert_int_equal(cl_store_claim(f->fx.st, out, cands, 1, host), 0);
+    assert_int_equal(cl_store_instance_set_state(f->fx.st, out, CL_VM_ACTIVE, CL_TASK_NONE,
                                                  CL_POWER_RUNNING, NULL, 0), 0);
 }
 
 /* What the agent's instance.state would record. */
 static void agent_reports(fixture *f, const char *uuid, cl_vm_state vm, cl_power_state p)
 {
-    assert_int_equal(cl_store_instance_set_state(f->st, uuid, vm, CL_TASK_NONE, p, NULL, 0), 0);
+    assert_int_equal(cl_store_instance_set_state(f->fx.st, uuid, vm, CL_TASK_NONE, p, NULL, 0), 0);
 }
 
 static cl_instance get(fixture *f, const char *uuid)
 {
     cl_instance in;
-    assert_int_equal(cl_store_instance_get(f->st, uuid, &in), 0);
+    assert_int_equal(cl_store_instance_get(f->fx.st, uuid, &in), 0);
     return in;
 }
 
@@ -388,20 +306,20 @@ static void test_resize(void **state)
            "must change flavor");
     expect(f, id, "{\"resize\": {\"flavorRef\": \"nope\"}}", 400, "badRequest",
            "Unable to locate requested flavor");
-    assert_int_equal(cl_store_host_get(f->st, "h1", &h), 0);
+    assert_int_equal(cl_store_host_get(f->fx.st, "h1", &h), 0);
     int64_t used_before = h.used_ram_mb;
     expect(f, id, "{\"resize\": {\"flavorRef\": \"5\"}}", 400, "badRequest",
            "No valid host");
-    assert_int_equal(cl_store_host_get(f->st, "h1", &h), 0);
+    assert_int_equal(cl_store_host_get(f->fx.st, "h1", &h), 0);
     assert_int_equal(h.used_ram_mb, used_before); /* nothing written */
 
     expect(f, id, "{\"resize\": {\"flavorRef\": \"http://x/flavors/2\"}}", 202, NULL, NULL);
     cl_instance in = get(f, id);
     assert_string_equal(in.flavor.id, "2");
     assert_int_equal(in.task_state, CL_TASK_RESIZE_PREP);
-    assert_int_equal(cl_store_resize_pending(f->st, id, &old), 1);
+    assert_int_equal(cl_store_resize_pending(f->fx.st, id, &old), 1);
     assert_string_equal(old.id, "1");
-    assert_int_equal(cl_store_host_get(f->st, "h1", &h), 0);
+    assert_int_equal(cl_store_host_get(f->fx.st, "h1", &h), 0);
     assert_int_equal(h.used_ram_mb, used_before - 512 + 2048);
     assert_true(got_action(f, id, 0, &m));
     assert_string_equal(m.action, "resize");
@@ -414,19 +332,19 @@ static void test_resize(void **state)
     expect(f, id, "{\"confirmResize\": null}", 204, NULL, NULL);
     in = get(f, id);
     assert_int_equal(in.vm_state, CL_VM_ACTIVE);
-    assert_int_equal(cl_store_resize_pending(f->st, id, NULL), 0);
+    assert_int_equal(cl_store_resize_pending(f->fx.st, id, NULL), 0);
 
     /* Again to m1.medium, then revert to m1.small. */
     expect(f, id, "{\"resize\": {\"flavorRef\": \"3\"}}", 202, NULL, NULL);
     agent_reports(f, id, CL_VM_RESIZED, CL_POWER_RUNNING);
-    assert_int_equal(cl_store_host_get(f->st, "h1", &h), 0);
+    assert_int_equal(cl_store_host_get(f->fx.st, "h1", &h), 0);
     assert_int_equal(h.used_ram_mb, used_before - 512 + 4096);
     expect(f, id, "{\"revertResize\": null}", 202, NULL, NULL);
     in = get(f, id);
     assert_string_equal(in.flavor.id, "2");
     assert_int_equal(in.task_state, CL_TASK_RESIZE_REVERTING);
     assert_string_equal(cl_instance_status(in.vm_state, in.task_state), "REVERT_RESIZE");
-    assert_int_equal(cl_store_host_get(f->st, "h1", &h), 0);
+    assert_int_equal(cl_store_host_get(f->fx.st, "h1", &h), 0);
     assert_int_equal(h.used_ram_mb, used_before - 512 + 2048);
     assert_true(got_action(f, id, 2, &m));
     assert_string_equal(m.action, "revert_resize");
@@ -441,7 +359,7 @@ static void test_console(void **state)
 
     expect(f, id, "{\"os-getConsoleOutput\": {\"length\": 5}}", 501, "notImplemented", NULL);
     snprintf(url, sizeof(url), "http://127.0.0.1:%u", cl_http_server_port(f->agent_http));
-    assert_int_equal(cl_store_host_agent_url_set(f->st, "h1", url), 0);
+    assert_int_equal(cl_store_host_agent_url_set(f->fx.st, "h1", url), 0);
 
     reply r = action(f, id, "{\"os-getConsoleOutput\": {\"length\": 5}}");
     assert_int_equal(r.status, 200);
@@ -449,7 +367,7 @@ static void test_console(void **state)
     assert_non_null(out);
     assert_string_equal(json_object_get_string(out), "NUBE-GUEST-BOOTED\n");
     assert_string_equal(f->console_query, "5");
-    reply_free(&r);
+    api_reply_free(&r);
     expect(f, id, "{\"os-getConsoleOutput\": {\"length\": \"12\"}}", 200, NULL, NULL);
     assert_string_equal(f->console_query, "12");
     expect(f, id, "{\"os-getConsoleOutput\": {}}", 200, NULL, NULL);

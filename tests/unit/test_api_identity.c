@@ -14,9 +14,7 @@
  * role assignments CRUD, and policy: a member of project B gets 403 on identity admin
  * calls, may read itself and its project.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,15 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "api.h"
+#include "api_fixture.h"
 #include "api_int.h"
-#include "config.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -47,13 +44,8 @@
 #define ADMIN_PROJECT "5a0c5e2b9b6f4f3e8d1c2b3a4f5e6d7c"
 
 typedef struct fixture {
-    char dir[256];
-    char db[300];
+    api_fx fx;
     char key[300];
-    api_cfg cfg;
-    api_ctx *api;
-    char compute[128];
-    char identity[128];
 } fixture;
 
 typedef struct reply {
@@ -63,59 +55,19 @@ typedef struct reply {
     char subject[CL_TOKEN_MAX];
 } reply;
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    socklen_t len = sizeof(a);
-
-    assert_true(fd >= 0);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static void set(fixture *f, const char *section, const char *name, const char *value)
-{
-    cl_error err = {0};
-
-    if (cl_config_set(api_cfg_keys, api_cfg_nkeys, &f->cfg, section, name, value, &err) < 0)
-        fail_msg("config %s.%s: %s", section, name, err.message);
-}
-
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    cl_error err = {0};
-    char ep[64];
 
     assert_non_null(f);
-    cl_log_init("test_api_identity", CL_LOG_WARN, false);
-    cl_http_client_global_init();
-    snprintf(f->dir, sizeof(f->dir), "/tmp/test_api_identity_XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof(f->db), "%s/controller.db", f->dir);
-    snprintf(f->key, sizeof(f->key), "%s/token.key", f->dir);
-    snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", free_port());
-    assert_int_equal(cl_config_defaults(api_cfg_keys, api_cfg_nkeys, &f->cfg, &err), 0);
-    set(f, "DEFAULT", "state_dir", f->dir);
-    set(f, "database", "connection", f->db);
-    set(f, "bus", "scheduler_endpoint", ep);
-    set(f, "api", "compute_port", "0");
-    set(f, "api", "identity_port", "0");
-    set(f, "api", "workers", "2");
-    set(f, "auth", "admin_token", TOKEN);
-    set(f, "auth", "admin_password", PASSWORD);
-    set(f, "auth", "password_iterations", "1000");
-    set(f, "auth", "token_ttl_s", "3600");
-    if (api_start(&f->cfg, &f->api, &err) < 0)
-        fail_msg("api_start: %s", err.message);
-    snprintf(f->compute, sizeof(f->compute), "http://127.0.0.1:%u",
-             (unsigned)api_compute_port(f->api));
-    snprintf(f->identity, sizeof(f->identity), "http://127.0.0.1:%u",
-             (unsigned)api_identity_port(f->api));
+    /* No fake scheduler: no test here creates servers. */
+    api_fx_prepare(&f->fx, "test_api_identity", NULL, NULL, TOKEN, PASSWORD);
+    snprintf(f->key, sizeof(f->key), "%s/token.key", f->fx.dir);
+    api_fx_set(&f->fx, "DEFAULT", "state_dir", f->fx.dir);
+    api_fx_set(&f->fx, "api", "workers", "2");
+    api_fx_set(&f->fx, "auth", "password_iterations", "1000");
+    api_fx_set(&f->fx, "auth", "token_ttl_s", "3600");
+    api_fx_start(&f->fx);
     *state = f;
     return 0;
 }
@@ -123,16 +75,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     fixture *f = *state;
-    char path[400];
 
-    api_stop(f->api);
-    cl_config_free(api_cfg_keys, api_cfg_nkeys, &f->cfg);
-    for (const char *const *s = (const char *const[]){"", "-wal", "-shm", NULL}; *s; s++) {
-        snprintf(path, sizeof(path), "%s%s", f->db, *s);
-        unlink(path);
-    }
-    assert_int_equal(unlink(f->key), 0);
-    assert_int_equal(rmdir(f->dir), 0);
+    api_fx_stop(&f->fx, (const char *const[]){"token.key", NULL});
     free(f);
     return 0;
 }
@@ -143,7 +87,7 @@ static reply call(const char *method, const char *base, const char *path, const 
     char url[512], auth[CL_TOKEN_MAX + 32], sub[CL_TOKEN_MAX + 32];
     const char *hdrs[5];
     size_t nh = 0;
-    cl_error err = {0};
+    api_reply a;
     reply r;
 
     memset(&r, 0, sizeof(r));
@@ -158,12 +102,10 @@ static reply call(const char *method, const char *base, const char *path, const 
         hdrs[nh++] = sub;
     }
     hdrs[nh] = NULL;
-    if (cl_http_request(method, url, hdrs, body, body ? strlen(body) : 0, 10000, &r.raw,
-                        &err) < 0)
-        fail_msg("%s %s: %s", method, url, err.message);
-    r.status = r.raw.status;
-    if (r.raw.body_len)
-        cl_json_parse(r.raw.body, r.raw.body_len, &r.json, NULL);
+    a = api_fx_request(method, url, hdrs, body, 10000);
+    r.status = a.status;
+    r.json = a.json;
+    r.raw = a.raw;
     if (cl_http_result_header(&r.raw, "X-Subject-Token", r.subject, sizeof(r.subject)) < 0)
         r.subject[0] = '\0';
     return r;
@@ -192,7 +134,7 @@ static reply issue(fixture *f, const char *user, const char *password, const cha
              "{\"auth\": {\"identity\": {\"methods\": [\"password\"], \"password\": {\"user\": "
              "{\"name\": \"%s\", \"domain\": {\"name\": \"Default\"}, \"password\": \"%s\"}}}"
              "%s}}", user, password, scope);
-    return call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, body);
+    return call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, body);
 }
 
 #define SCOPE_PROJECT(name)                                                                \
@@ -223,7 +165,7 @@ static void test_bootstrap(void **state)
     /* nube-api bootstrapped the admin from [auth] and created the key file. */
     assert_int_equal(stat(f->key, &sb), 0);
     assert_int_equal(sb.st_mode & 0777, 0600);
-    assert_int_equal(cl_store_open(f->db, &st, &err), 0);
+    assert_int_equal(cl_store_open(f->fx.db, &st, &err), 0);
     assert_int_equal(cl_store_user_get(st, ADMIN_ID, &u), 0);
     assert_string_equal(u.name, "admin");
     assert_true(cl_password_verify(PASSWORD, u.password_hash));
@@ -235,9 +177,9 @@ static void test_bootstrap(void **state)
     assert_int_equal(bits, cl_identity_role_bits("admin"));
 
     /* Again: nothing to do. With another password: reset, the old one stops working. */
-    assert_int_equal(api_identity_bootstrap(&f->cfg, NULL, &changed, &err), 0);
+    assert_int_equal(api_identity_bootstrap(&f->fx.cfg, NULL, &changed, &err), 0);
     assert_false(changed);
-    assert_int_equal(api_identity_bootstrap(&f->cfg, "other-pw", &changed, &err), 0);
+    assert_int_equal(api_identity_bootstrap(&f->fx.cfg, "other-pw", &changed, &err), 0);
     assert_true(changed);
     r = issue(f, "admin", PASSWORD, "");
     assert_int_equal(r.status, 401);
@@ -245,7 +187,7 @@ static void test_bootstrap(void **state)
     r = issue(f, "admin", "other-pw", "");
     assert_int_equal(r.status, 201);
     reply_free(&r);
-    assert_int_equal(api_identity_bootstrap(&f->cfg, NULL, &changed, &err), 0);
+    assert_int_equal(api_identity_bootstrap(&f->fx.cfg, NULL, &changed, &err), 0);
     assert_true(changed);
 }
 
@@ -284,7 +226,7 @@ static void test_token_issue(void **state)
     reply_free(&r);
 
     /* By ids; ?nocatalog. */
-    r = call("POST", f->identity, "/v3/auth/tokens?nocatalog", NULL, NULL,
+    r = call("POST", f->fx.identity, "/v3/auth/tokens?nocatalog", NULL, NULL,
              "{\"auth\": {\"identity\": {\"methods\": [\"password\"], \"password\": {\"user\": "
              "{\"id\": \"" ADMIN_ID "\", \"password\": \"" PASSWORD "\"}}}, \"scope\": "
              "{\"project\": {\"id\": \"" ADMIN_PROJECT "\"}}}}");
@@ -299,7 +241,7 @@ static void test_token_issue(void **state)
     assert_null(cl_json_path(r.json, "token.project"));
     assert_null(cl_json_path(r.json, "token.catalog"));
     {
-        reply c = call("GET", f->compute, "/v2.1/flavors", r.subject, NULL, NULL);
+        reply c = call("GET", f->fx.compute, "/v2.1/flavors", r.subject, NULL, NULL);
 
         assert_int_equal(c.status, 401);
         reply_free(&c);
@@ -325,11 +267,11 @@ static void test_token_issue(void **state)
     r = issue(f, "admin", PASSWORD, SCOPE_PROJECT("no-such-project"));
     assert_int_equal(r.status, 401);
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, "{\"auth\": ");
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, "{\"auth\": ");
     assert_int_equal(r.status, 400);
     assert_int_equal(json_object_get_int(cl_json_path(r.json, "error.code")), 400);
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL,
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL,
              "{\"auth\": {\"identity\": {\"methods\": [\"totp\"]}}}");
     assert_int_equal(r.status, 401);
     reply_free(&r);
@@ -347,44 +289,44 @@ static void test_validate_revoke(void **state)
     reply_free(&r);
 
     /* Validation with itself (a user may check its own token). */
-    r = call("GET", f->identity, "/v3/auth/tokens", tok, tok, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", tok, tok, NULL);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.subject, tok);
     assert_string_equal(jget(r.json, "token.project.name"), "admin");
     assert_string_equal(jget(r.json, "token.user.name"), "admin");
     reply_free(&r);
-    r = call("HEAD", f->identity, "/v3/auth/tokens", TOKEN, tok, NULL);
+    r = call("HEAD", f->fx.identity, "/v3/auth/tokens", TOKEN, tok, NULL);
     assert_int_equal(r.status, 200);
     reply_free(&r);
-    r = call("GET", f->compute, "/v2.1/flavors", tok, NULL, NULL);
+    r = call("GET", f->fx.compute, "/v2.1/flavors", tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/catalog", tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/catalog", tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "catalog")), 4);
     reply_free(&r);
 
     /* Garbage subject: 404. */
-    r = call("GET", f->identity, "/v3/auth/tokens", TOKEN, "nb1_AAAA", NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", TOKEN, "nb1_AAAA", NULL);
     assert_int_equal(r.status, 404);
     assert_int_equal(json_object_get_int(cl_json_path(r.json, "error.code")), 404);
     reply_free(&r);
 
     /* Revoke: 204, then 404 on validation and 401 everywhere. */
-    r = call("DELETE", f->identity, "/v3/auth/tokens", TOKEN, tok, NULL);
+    r = call("DELETE", f->fx.identity, "/v3/auth/tokens", TOKEN, tok, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/tokens", TOKEN, tok, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", TOKEN, tok, NULL);
     assert_int_equal(r.status, 404);
     reply_free(&r);
-    r = call("DELETE", f->identity, "/v3/auth/tokens", TOKEN, tok, NULL);
+    r = call("DELETE", f->fx.identity, "/v3/auth/tokens", TOKEN, tok, NULL);
     assert_int_equal(r.status, 404);
     reply_free(&r);
-    r = call("GET", f->compute, "/v2.1/flavors", tok, NULL, NULL);
+    r = call("GET", f->fx.compute, "/v2.1/flavors", tok, NULL, NULL);
     assert_int_equal(r.status, 401);
     assert_string_equal(jget(r.json, "error.title"), "Unauthorized");
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/catalog", tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/catalog", tok, NULL, NULL);
     assert_int_equal(r.status, 401);
     reply_free(&r);
 
@@ -395,7 +337,7 @@ static void test_validate_revoke(void **state)
         size_t n = 0;
         cl_error err = {0};
 
-        assert_int_equal(cl_store_open(f->db, &st, &err), 0);
+        assert_int_equal(cl_store_open(f->fx.db, &st, &err), 0);
         assert_int_equal(cl_store_revoked_list(st, cl_now_ms(), 100, &list, &n), 0);
         assert_true(n >= 1);
         free(list);
@@ -417,11 +359,11 @@ static void test_validate_revoke(void **state)
         reply_free(&r);
         assert_int_equal(cl_token_key_load(f->key, false, &key, &err), 0);
         assert_int_equal(cl_token_verify(&key, tok, cl_now_ms(), &a, &err), 0);
-        assert_int_equal(cl_store_open(f->db, &st, &err), 0);
+        assert_int_equal(cl_store_open(f->fx.db, &st, &err), 0);
         assert_int_equal(cl_store_token_revoke(st, a.audit_id, a.expires_ms, cl_now_ms()), 0);
         deadline = cl_mono_ms() + 5000;
         while (cl_mono_ms() < deadline) {
-            r = call("GET", f->compute, "/v2.1/flavors", tok, NULL, NULL);
+            r = call("GET", f->fx.compute, "/v2.1/flavors", tok, NULL, NULL);
             status = r.status;
             reply_free(&r);
             if (status == 401)
@@ -432,7 +374,7 @@ static void test_validate_revoke(void **state)
     }
 
     /* The static admin token is not revocable. */
-    r = call("DELETE", f->identity, "/v3/auth/tokens", TOKEN, TOKEN, NULL);
+    r = call("DELETE", f->fx.identity, "/v3/auth/tokens", TOKEN, TOKEN, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
 }
@@ -458,7 +400,7 @@ static void test_crud_and_policy(void **state)
     reply r;
 
     /* Projects. */
-    r = call("POST", f->identity, "/v3/projects", TOKEN, NULL,
+    r = call("POST", f->fx.identity, "/v3/projects", TOKEN, NULL,
              "{\"project\": {\"name\": \"proj-b\", \"description\": \"B\", "
              "\"domain_id\": \"default\", \"enabled\": true}}");
     assert_int_equal(r.status, 201);
@@ -466,22 +408,22 @@ static void test_crud_and_policy(void **state)
     assert_int_equal(strlen(pid), 32);
     assert_string_equal(jget(r.json, "project.description"), "B");
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/projects", TOKEN, NULL,
+    r = call("POST", f->fx.identity, "/v3/projects", TOKEN, NULL,
              "{\"project\": {\"name\": \"proj-b\"}}");
     assert_int_equal(r.status, 409);
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/projects", TOKEN, NULL, "{\"project\": {}}");
+    r = call("POST", f->fx.identity, "/v3/projects", TOKEN, NULL, "{\"project\": {}}");
     assert_int_equal(r.status, 400);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/projects?name=proj-b", TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/projects?name=proj-b", TOKEN, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "projects")), 1);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/projects", TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/projects", TOKEN, NULL, NULL);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "projects")), 2);
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/projects/%s", pid);
-    r = call("PATCH", f->identity, path, TOKEN, NULL,
+    r = call("PATCH", f->fx.identity, path, TOKEN, NULL,
              "{\"project\": {\"description\": \"project B\"}}");
     assert_int_equal(r.status, 200);
     assert_string_equal(jget(r.json, "project.description"), "project B");
@@ -492,13 +434,13 @@ static void test_crud_and_policy(void **state)
     snprintf(path, sizeof(path),
              "{\"user\": {\"name\": \"bob\", \"password\": \"bob-pw\", \"default_project_id\": "
              "\"%s\", \"enabled\": true}}", pid);
-    r = call("POST", f->identity, "/v3/users", TOKEN, NULL, path);
+    r = call("POST", f->fx.identity, "/v3/users", TOKEN, NULL, path);
     assert_int_equal(r.status, 201);
     cl_strlcpy(uid, jget(r.json, "user.id"), sizeof(uid));
     assert_string_equal(jget(r.json, "user.default_project_id"), pid);
     assert_null(cl_json_path(r.json, "user.password"));
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/users?name=bob", TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/users?name=bob", TOKEN, NULL, NULL);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "users")), 1);
     reply_free(&r);
 
@@ -512,23 +454,23 @@ static void test_crud_and_policy(void **state)
     reply_free(&r);
 
     /* Roles and the grant. */
-    r = call("GET", f->identity, "/v3/roles?name=member", TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/roles?name=member", TOKEN, NULL, NULL);
     assert_int_equal(r.status, 200);
     find_id(&r, "roles", "member", member, sizeof(member));
     assert_int_equal(strlen(member), 32);
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/projects/%s/users/%s/roles/%s", pid, uid, member);
-    r = call("HEAD", f->identity, path, TOKEN, NULL, NULL);
+    r = call("HEAD", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 404);
     reply_free(&r);
-    r = call("PUT", f->identity, path, TOKEN, NULL, NULL);
+    r = call("PUT", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
-    r = call("HEAD", f->identity, path, TOKEN, NULL, NULL);
+    r = call("HEAD", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/role_assignments?user.id=%s&include_names=True", uid);
-    r = call("GET", f->identity, path, TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "role_assignments")), 1);
     {
@@ -553,53 +495,53 @@ static void test_crud_and_policy(void **state)
 
     /* Policy: identity administration is for admins; bob may read himself, his
      * project and his assignments, and use Compute. */
-    r = call("GET", f->identity, "/v3/projects", tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/projects", tok, NULL, NULL);
     assert_int_equal(r.status, 403);
     assert_string_equal(jget(r.json, "error.title"), "Forbidden");
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/users", tok, NULL, "{\"user\": {\"name\": \"eve\"}}");
+    r = call("POST", f->fx.identity, "/v3/users", tok, NULL, "{\"user\": {\"name\": \"eve\"}}");
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/projects", tok, NULL, "{\"project\": {\"name\": \"x\"}}");
+    r = call("POST", f->fx.identity, "/v3/projects", tok, NULL, "{\"project\": {\"name\": \"x\"}}");
     assert_int_equal(r.status, 403);
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/projects/%s/users/%s/roles/%s", pid, uid, member);
-    r = call("PUT", f->identity, path, tok, NULL, NULL);
+    r = call("PUT", f->fx.identity, path, tok, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/role_assignments", tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/role_assignments", tok, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/users/" ADMIN_ID, tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/users/" ADMIN_ID, tok, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/projects/" ADMIN_PROJECT, tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/projects/" ADMIN_PROJECT, tok, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/roles", tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/roles", tok, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/tokens", tok, TOKEN, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", tok, TOKEN, NULL);
     assert_int_equal(r.status, 403); /* someone else's token */
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/users/%s", uid);
-    r = call("GET", f->identity, path, tok, NULL, NULL);
+    r = call("GET", f->fx.identity, path, tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_string_equal(jget(r.json, "user.name"), "bob");
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/projects/%s", pid);
-    r = call("GET", f->identity, path, tok, NULL, NULL);
+    r = call("GET", f->fx.identity, path, tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/projects", tok, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/projects", tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "projects")), 1);
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/role_assignments?user.id=%s", uid);
-    r = call("GET", f->identity, path, tok, NULL, NULL);
+    r = call("GET", f->fx.identity, path, tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     reply_free(&r);
-    r = call("GET", f->compute, "/v2.1/flavors", tok, NULL, NULL);
+    r = call("GET", f->fx.compute, "/v2.1/flavors", tok, NULL, NULL);
     assert_int_equal(r.status, 200);
     reply_free(&r);
 
@@ -610,7 +552,7 @@ static void test_crud_and_policy(void **state)
         snprintf(body, sizeof(body),
                  "{\"auth\": {\"identity\": {\"methods\": [\"token\"], \"token\": {\"id\": "
                  "\"%s\"}}, \"scope\": {\"project\": {\"id\": \"%s\"}}}}", tok, pid);
-        r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, body);
+        r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, body);
         assert_int_equal(r.status, 201);
         assert_string_equal(jget(r.json, "token.user.name"), "bob");
         assert_string_equal(json_object_get_string(json_object_array_get_idx(
@@ -620,15 +562,15 @@ static void test_crud_and_policy(void **state)
 
     /* Bob changes his own password (the original is required); not someone else's. */
     snprintf(path, sizeof(path), "/v3/users/%s/password", uid);
-    r = call("POST", f->identity, path, tok, NULL,
+    r = call("POST", f->fx.identity, path, tok, NULL,
              "{\"user\": {\"original_password\": \"wrong\", \"password\": \"bob-pw2\"}}");
     assert_int_equal(r.status, 401);
     reply_free(&r);
-    r = call("POST", f->identity, path, tok, NULL,
+    r = call("POST", f->fx.identity, path, tok, NULL,
              "{\"user\": {\"original_password\": \"bob-pw\", \"password\": \"bob-pw2\"}}");
     assert_int_equal(r.status, 204);
     reply_free(&r);
-    r = call("POST", f->identity, "/v3/users/" ADMIN_ID "/password", tok, NULL,
+    r = call("POST", f->fx.identity, "/v3/users/" ADMIN_ID "/password", tok, NULL,
              "{\"user\": {\"original_password\": \"x\", \"password\": \"y\"}}");
     assert_int_equal(r.status, 403);
     reply_free(&r);
@@ -638,17 +580,17 @@ static void test_crud_and_policy(void **state)
 
     /* Disabled: no new tokens, and Identity's validation refuses the old ones. */
     snprintf(path, sizeof(path), "/v3/users/%s", uid);
-    r = call("PATCH", f->identity, path, TOKEN, NULL, "{\"user\": {\"enabled\": false}}");
+    r = call("PATCH", f->fx.identity, path, TOKEN, NULL, "{\"user\": {\"enabled\": false}}");
     assert_int_equal(r.status, 200);
     assert_false(json_object_get_boolean(cl_json_path(r.json, "user.enabled")));
     reply_free(&r);
     r = issue(f, "bob", "bob-pw", SCOPE_PROJECT("proj-b"));
     assert_int_equal(r.status, 401);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/tokens", TOKEN, tok, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", TOKEN, tok, NULL);
     assert_int_equal(r.status, 404);
     reply_free(&r);
-    r = call("PATCH", f->identity, path, TOKEN, NULL,
+    r = call("PATCH", f->fx.identity, path, TOKEN, NULL,
              "{\"user\": {\"enabled\": true, \"password\": \"new-pw\"}}");
     assert_int_equal(r.status, 200);
     reply_free(&r);
@@ -658,10 +600,10 @@ static void test_crud_and_policy(void **state)
 
     /* Revoke the grant: no more scoped tokens. */
     snprintf(path, sizeof(path), "/v3/projects/%s/users/%s/roles/%s", pid, uid, member);
-    r = call("DELETE", f->identity, path, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
-    r = call("DELETE", f->identity, path, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 404);
     reply_free(&r);
     r = issue(f, "bob", "new-pw", SCOPE_PROJECT("proj-b"));
@@ -669,51 +611,52 @@ static void test_crud_and_policy(void **state)
     reply_free(&r);
 
     /* Custom roles. */
-    r = call("POST", f->identity, "/v3/roles", TOKEN, NULL, "{\"role\": {\"name\": \"auditor\"}}");
+    r = call("POST", f->fx.identity, "/v3/roles", TOKEN, NULL,
+             "{\"role\": {\"name\": \"auditor\"}}");
     assert_int_equal(r.status, 201);
     snprintf(path, sizeof(path), "/v3/roles/%s", jget(r.json, "role.id"));
     reply_free(&r);
-    r = call("DELETE", f->identity, path, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/roles/%s", member);
-    r = call("DELETE", f->identity, path, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
 
     /* Domains. */
-    r = call("GET", f->identity, "/v3/domains", TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/domains", TOKEN, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_string_equal(jget(json_object_array_get_idx(cl_json_path(r.json, "domains"), 0),
                              "name"), "Default");
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/domains/default", TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/domains/default", TOKEN, NULL, NULL);
     assert_int_equal(r.status, 200);
     reply_free(&r);
 
     /* Deletes. The bootstrap admin project and user are protected. */
     snprintf(path, sizeof(path), "/v3/users/%s", uid);
-    r = call("DELETE", f->identity, path, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
-    r = call("GET", f->identity, path, TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 404);
     assert_string_equal(jget(r.json, "error.title"), "Not Found");
     reply_free(&r);
     snprintf(path, sizeof(path), "/v3/projects/%s", pid);
-    r = call("DELETE", f->identity, path, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 204);
     reply_free(&r);
-    r = call("GET", f->identity, path, TOKEN, NULL, NULL);
+    r = call("GET", f->fx.identity, path, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 404);
     reply_free(&r);
-    r = call("DELETE", f->identity, "/v3/projects/" ADMIN_PROJECT, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, "/v3/projects/" ADMIN_PROJECT, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("DELETE", f->identity, "/v3/users/" ADMIN_ID, TOKEN, NULL, NULL);
+    r = call("DELETE", f->fx.identity, "/v3/users/" ADMIN_ID, TOKEN, NULL, NULL);
     assert_int_equal(r.status, 403);
     reply_free(&r);
-    r = call("GET", f->identity, "/v3/projects", NULL, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3/projects", NULL, NULL, NULL);
     assert_int_equal(r.status, 401);
     reply_free(&r);
 }

@@ -26,6 +26,7 @@
 #include <cmocka.h>
 
 #include "api.h"
+#include "api_fixture.h"
 #include "bus.h"
 #include "config.h"
 #include "http.h"
@@ -56,20 +57,6 @@ static void nap(void)
         _ok;                                                                               \
     })
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    socklen_t len = sizeof(a);
-
-    assert_true(fd >= 0);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* ---- the fake scheduler ---- */
 
 #define MAX_SEEN 64
@@ -81,15 +68,7 @@ typedef struct seen_msg {
 } seen_msg;
 
 typedef struct fixture {
-    char dir[256];
-    char db[300];
-    char endpoint[64];
-    api_cfg cfg;
-    api_ctx *api;
-    cl_bus *sched;
-    cl_store *st; /* the test thread's own connection */
-    char compute[128];
-    char identity[128];
+    api_fx fx;
     pthread_mutex_t lock;
     seen_msg seen[MAX_SEEN];
     int nseen;
@@ -129,63 +108,23 @@ static bool got(fixture *f, const char *type, const char *uuid, seen_msg *out)
     return found;
 }
 
-static void set(fixture *f, const char *section, const char *name, const char *value)
-{
-    cl_error err = {0};
-
-    if (cl_config_set(api_cfg_keys, api_cfg_nkeys, &f->cfg, section, name, value, &err) < 0)
-        fail_msg("config %s.%s: %s", section, name, err.message);
-}
-
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    cl_error err = {0};
-    cl_bus_opts bo = {0};
 
     assert_non_null(f);
-    cl_log_init("test_api", CL_LOG_WARN, false);
-    cl_http_client_global_init();
     pthread_mutex_init(&f->lock, NULL);
-    snprintf(f->dir, sizeof(f->dir), "/tmp/test_api_XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof(f->db), "%s/controller.db", f->dir);
-    snprintf(f->endpoint, sizeof(f->endpoint), "tcp://127.0.0.1:%d", free_port());
-
-    bo.role = CL_BUS_ROUTER;
-    bo.endpoint = f->endpoint;
-    bo.name = "nube-scheduler";
-    bo.resend_ms = 200;
-    bo.on_msg = on_sched_msg;
-    bo.ud = f;
-    if (cl_bus_new(&bo, &f->sched, &err) < 0)
-        fail_msg("router: %s", err.message);
-
-    assert_int_equal(cl_config_defaults(api_cfg_keys, api_cfg_nkeys, &f->cfg, &err), 0);
-    set(f, "database", "connection", f->db);
-    set(f, "bus", "scheduler_endpoint", f->endpoint);
-    set(f, "bus", "resend_ms", "200");
-    set(f, "api", "compute_port", "0");
-    set(f, "api", "identity_port", "0");
-    set(f, "api", "workers", "2");
-    set(f, "api", "max_body_bytes", "8192");
-    set(f, "auth", "admin_token", TOKEN);
-    set(f, "auth", "admin_password", PASSWORD);
-    if (api_start(&f->cfg, &f->api, &err) < 0)
-        fail_msg("api_start: %s", err.message);
-    snprintf(f->compute, sizeof(f->compute), "http://127.0.0.1:%u",
-             (unsigned)api_compute_port(f->api));
-    snprintf(f->identity, sizeof(f->identity), "http://127.0.0.1:%u",
-             (unsigned)api_identity_port(f->api));
-    if (cl_store_open(f->db, &f->st, &err) < 0)
-        fail_msg("store: %s", err.message);
+    api_fx_prepare(&f->fx, "test_api", on_sched_msg, f, TOKEN, PASSWORD);
+    api_fx_set(&f->fx, "api", "workers", "2");
+    api_fx_set(&f->fx, "api", "max_body_bytes", "8192");
+    api_fx_start(&f->fx);
     /* key_name must name one of the caller's key pairs (compute API, 400 otherwise). */
     for (const char *const *k = (const char *const[]){"k1", "k", NULL}; *k; k++) {
         cl_keypair kp = {.public_key = (char *)"ssh-ed25519 AAAA test"};
 
-        cl_strlcpy(kp.user_id, f->cfg.admin_user_id, sizeof(kp.user_id));
+        cl_strlcpy(kp.user_id, f->fx.cfg.admin_user_id, sizeof(kp.user_id));
         cl_strlcpy(kp.name, *k, sizeof(kp.name));
-        assert_int_equal(cl_store_keypair_create(f->st, &kp, -1), 0);
+        assert_int_equal(cl_store_keypair_create(f->fx.st, &kp, -1), 0);
     }
     *state = f;
     return 0;
@@ -194,18 +133,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     fixture *f = *state;
-    char path[400];
 
-    api_stop(f->api);
-    cl_bus_free(f->sched);
-    cl_store_free(f->st);
-    cl_config_free(api_cfg_keys, api_cfg_nkeys, &f->cfg);
-    /* SQLite's WAL side files may or may not exist at this point. */
-    for (const char *const *s = (const char *const[]){"", "-wal", "-shm", NULL}; *s; s++) {
-        snprintf(path, sizeof(path), "%s%s", f->db, *s);
-        unlink(path);
-    }
-    assert_int_equal(rmdir(f->dir), 0);
+    api_fx_stop(&f->fx, NULL);
     pthread_mutex_destroy(&f->lock);
     free(f);
     return 0;
@@ -235,19 +164,7 @@ static void raw_get(uint16_t port, const char *path, char *out, size_t outlen)
 
 /* ---- HTTP helpers ---- */
 
-typedef struct reply {
-    long status;
-    json_object *json; /* NULL when the body is not JSON */
-    cl_http_result raw;
-} reply;
-
-static void reply_free(reply *r)
-{
-    if (r->json)
-        json_object_put(r->json);
-    cl_http_result_free(&r->raw);
-    memset(r, 0, sizeof(*r));
-}
+typedef api_reply reply;
 
 /* One request. token NULL = no X-Auth-Token; extra: one more header or NULL. */
 static reply call(const char *method, const char *base, const char *path, const char *token,
@@ -256,8 +173,6 @@ static reply call(const char *method, const char *base, const char *path, const 
     char url[512], auth[128];
     const char *headers[4];
     size_t nh = 0;
-    cl_error err = {0};
-    reply r = {0};
 
     snprintf(url, sizeof(url), "%s%s", base, path);
     if (token) {
@@ -269,25 +184,12 @@ static reply call(const char *method, const char *base, const char *path, const 
     if (extra)
         headers[nh++] = extra;
     headers[nh] = NULL;
-    if (cl_http_request(method, url, headers, body, body ? strlen(body) : 0, 5000, &r.raw,
-                        &err) < 0)
-        fail_msg("%s %s: %s", method, url, err.message);
-    r.status = r.raw.status;
-    if (r.raw.body && r.raw.body_len)
-        r.json = json_tokener_parse(r.raw.body);
-    return r;
+    return api_fx_request(method, url, headers, body, 5000);
 }
 
 static reply compute(fixture *f, const char *method, const char *path, const char *body)
 {
-    return call(method, f->compute, path, TOKEN, NULL, body);
-}
-
-static const char *jget(json_object *root, const char *path)
-{
-    json_object *o = cl_json_path(root, path);
-
-    return o ? json_object_get_string(o) : NULL;
+    return call(method, f->fx.compute, path, TOKEN, NULL, body);
 }
 
 /* Assert an OpenStack fault body {"<fault>": {"code": status, "message": ...}}. */
@@ -325,8 +227,8 @@ static void create_server(fixture *f, const char *name, char out_id[CL_UUID_LEN]
     r = compute(f, "POST", "/v2.1/servers", body);
     if (r.status != 202)
         fail_msg("create %s: %ld %s", name, r.status, r.raw.body);
-    cl_strlcpy(out_id, jget(r.json, "server.id"), CL_UUID_LEN);
-    reply_free(&r);
+    cl_strlcpy(out_id, api_jget(r.json, "server.id"), CL_UUID_LEN);
+    api_reply_free(&r);
 }
 
 /* ---- identity ---- */
@@ -345,17 +247,17 @@ static void test_identity_versions(void **state)
     reply r;
 
     /* cl_http_request follows a 300's Location for GETs; ask by hand to see the 300. */
-    raw_get(api_identity_port(f->api), "/", raw, sizeof(raw));
+    raw_get(api_identity_port(f->fx.api), "/", raw, sizeof(raw));
     assert_non_null(strstr(raw, "HTTP/1.1 300"));
     assert_non_null(strcasestr(raw, "\r\nLocation: http://127.0.0.1:"));
     assert_non_null(strstr(raw, "\"values\""));
     assert_non_null(strstr(raw, "\"v3.14\""));
 
-    r = call("GET", f->identity, "/v3", NULL, NULL, NULL);
+    r = call("GET", f->fx.identity, "/v3", NULL, NULL, NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "version.id"), "v3.14");
-    assert_string_equal(jget(r.json, "version.status"), "stable");
-    reply_free(&r);
+    assert_string_equal(api_jget(r.json, "version.id"), "v3.14");
+    assert_string_equal(api_jget(r.json, "version.status"), "stable");
+    api_reply_free(&r);
 }
 
 static void test_token_issue(void **state)
@@ -367,80 +269,80 @@ static void test_token_issue(void **state)
     reply r;
 
     snprintf(body, sizeof(body), AUTH_BODY, PASSWORD, PROJECT_SCOPE);
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, body);
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, body);
     assert_int_equal(r.status, 201);
     header(&r, "X-Subject-Token", subject, sizeof(subject));
     assert_int_equal(strncmp(subject, "nb1_", 4), 0); /* a sealed token, not the static one */
-    assert_string_equal(jget(r.json, "token.project.name"), "admin");
-    assert_string_equal(jget(r.json, "token.project.id"), f->cfg.admin_project_id);
-    assert_string_equal(jget(r.json, "token.user.id"), f->cfg.admin_user_id);
+    assert_string_equal(api_jget(r.json, "token.project.name"), "admin");
+    assert_string_equal(api_jget(r.json, "token.project.id"), f->fx.cfg.admin_project_id);
+    assert_string_equal(api_jget(r.json, "token.user.id"), f->fx.cfg.admin_user_id);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "token.roles")), 3);
     /* "2026-11-27T06:00:00.000000Z" */
-    assert_int_equal(strlen(jget(r.json, "token.expires_at")), 27);
-    assert_int_equal(jget(r.json, "token.expires_at")[26], 'Z');
+    assert_int_equal(strlen(api_jget(r.json, "token.expires_at")), 27);
+    assert_int_equal(api_jget(r.json, "token.expires_at")[26], 'Z');
     catalog = cl_json_path(r.json, "token.catalog");
     assert_non_null(catalog);
-    snprintf(want, sizeof(want), "%s/v2.1", f->compute);
+    snprintf(want, sizeof(want), "%s/v2.1", f->fx.compute);
     for (size_t i = 0; i < json_object_array_length(catalog); i++) {
         json_object *svc = json_object_array_get_idx(catalog, i);
 
-        if (strcmp(jget(svc, "type"), "compute") != 0)
+        if (strcmp(api_jget(svc, "type"), "compute") != 0)
             continue;
         eps = cl_json_path(svc, "endpoints");
         assert_int_equal(json_object_array_length(eps), 3);
-        assert_string_equal(jget(json_object_array_get_idx(eps, 0), "url"), want);
+        assert_string_equal(api_jget(json_object_array_get_idx(eps, 0), "url"), want);
         compute_found = true;
     }
     assert_true(compute_found);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Unscoped: a token, but no project and no catalog. */
     snprintf(body, sizeof(body), AUTH_BODY, PASSWORD, "");
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, body);
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, body);
     assert_int_equal(r.status, 201);
     assert_null(cl_json_path(r.json, "token.project"));
     assert_null(cl_json_path(r.json, "token.catalog"));
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Bad password: Keystone's 401 body. */
     snprintf(body, sizeof(body), AUTH_BODY, "wrong", PROJECT_SCOPE);
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, body);
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, body);
     assert_int_equal(r.status, 401);
     assert_int_equal(json_object_get_int(cl_json_path(r.json, "error.code")), 401);
-    assert_string_equal(jget(r.json, "error.title"), "Unauthorized");
+    assert_string_equal(api_jget(r.json, "error.title"), "Unauthorized");
     assert_int_not_equal(cl_http_result_header(&r.raw, "X-Subject-Token", subject,
                                                sizeof(subject)), 0);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Unknown project. */
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL,
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL,
              "{\"auth\": {\"identity\": {\"methods\": [\"password\"], \"password\": {\"user\": "
              "{\"id\": \"0f1e2d3c4b5a49687766554433221100\", \"password\": \"" PASSWORD "\"}}},"
              " \"scope\": {\"project\": {\"id\": \"nope\"}}}}");
     assert_int_equal(r.status, 401);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Malformed JSON: 400 in Keystone's shape. */
-    r = call("POST", f->identity, "/v3/auth/tokens", NULL, NULL, "{\"auth\": ");
+    r = call("POST", f->fx.identity, "/v3/auth/tokens", NULL, NULL, "{\"auth\": ");
     assert_int_equal(r.status, 400);
     assert_int_equal(json_object_get_int(cl_json_path(r.json, "error.code")), 400);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Validation as keystonemiddleware does it. */
-    r = call("GET", f->identity, "/v3/auth/tokens", TOKEN, "X-Subject-Token: " TOKEN, NULL);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", TOKEN, "X-Subject-Token: " TOKEN, NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "token.project.name"), "admin");
-    reply_free(&r);
-    r = call("GET", f->identity, "/v3/auth/tokens", TOKEN, "X-Subject-Token: other", NULL);
+    assert_string_equal(api_jget(r.json, "token.project.name"), "admin");
+    api_reply_free(&r);
+    r = call("GET", f->fx.identity, "/v3/auth/tokens", TOKEN, "X-Subject-Token: other", NULL);
     assert_int_equal(r.status, 404);
-    reply_free(&r);
-    r = call("GET", f->identity, "/v3/projects", TOKEN, NULL, NULL);
+    api_reply_free(&r);
+    r = call("GET", f->fx.identity, "/v3/projects", TOKEN, NULL, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "projects")), 1);
-    reply_free(&r);
-    r = call("GET", f->identity, "/v3/projects", NULL, NULL, NULL);
+    api_reply_free(&r);
+    r = call("GET", f->fx.identity, "/v3/projects", NULL, NULL, NULL);
     assert_int_equal(r.status, 401);
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* ---- compute: versions and microversions ---- */
@@ -449,46 +351,46 @@ static void test_compute_versions(void **state)
 {
     fixture *f = *state;
     char v[64];
-    reply r = call("GET", f->compute, "/", NULL, NULL, NULL);
+    reply r = call("GET", f->fx.compute, "/", NULL, NULL, NULL);
 
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "versions")), 2);
-    assert_string_equal(jget(json_object_array_get_idx(cl_json_path(r.json, "versions"), 1),
+    assert_string_equal(api_jget(json_object_array_get_idx(cl_json_path(r.json, "versions"), 1),
                              "version"), "2.93");
-    reply_free(&r);
+    api_reply_free(&r);
 
-    r = call("GET", f->compute, "/v2.1", NULL, NULL, NULL);
+    r = call("GET", f->fx.compute, "/v2.1", NULL, NULL, NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "version.min_version"), "2.1");
-    assert_string_equal(jget(r.json, "version.version"), "2.93");
+    assert_string_equal(api_jget(r.json, "version.min_version"), "2.1");
+    assert_string_equal(api_jget(r.json, "version.version"), "2.93");
     header(&r, "OpenStack-API-Version", v, sizeof(v));
     assert_string_equal(v, "compute 2.1");
     header(&r, "Vary", v, sizeof(v));
     assert_non_null(strstr(v, "OpenStack-API-Version"));
-    reply_free(&r);
+    api_reply_free(&r);
 
-    r = call("GET", f->compute, "/v2.1/flavors", TOKEN, "OpenStack-API-Version: compute 2.61",
+    r = call("GET", f->fx.compute, "/v2.1/flavors", TOKEN, "OpenStack-API-Version: compute 2.61",
              NULL);
     assert_int_equal(r.status, 200);
     header(&r, "X-OpenStack-Nova-API-Version", v, sizeof(v));
     assert_string_equal(v, "2.61");
-    reply_free(&r);
+    api_reply_free(&r);
 
-    r = call("GET", f->compute, "/v2.1/flavors", TOKEN, "X-OpenStack-Nova-API-Version: latest",
+    r = call("GET", f->fx.compute, "/v2.1/flavors", TOKEN, "X-OpenStack-Nova-API-Version: latest",
              NULL);
     assert_int_equal(r.status, 200);
     header(&r, "OpenStack-API-Version", v, sizeof(v));
     assert_string_equal(v, "compute 2.93");
-    reply_free(&r);
+    api_reply_free(&r);
 
-    r = call("GET", f->compute, "/v2.1/flavors", TOKEN, "OpenStack-API-Version: compute 3.0",
+    r = call("GET", f->fx.compute, "/v2.1/flavors", TOKEN, "OpenStack-API-Version: compute 3.0",
              NULL);
     assert_fault(&r, 406, "computeFault", "not supported");
-    reply_free(&r);
-    r = call("GET", f->compute, "/v2.1/flavors", TOKEN, "X-OpenStack-Nova-API-Version: 2.x",
+    api_reply_free(&r);
+    r = call("GET", f->fx.compute, "/v2.1/flavors", TOKEN, "X-OpenStack-Nova-API-Version: 2.x",
              NULL);
     assert_fault(&r, 400, "badRequest", "invalid format");
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* ---- flavors ---- */
@@ -503,51 +405,51 @@ static void test_flavors(void **state)
     list = cl_json_path(r.json, "flavors");
     assert_int_equal(json_object_array_length(list), 5);
     first = json_object_array_get_idx(list, 0);
-    assert_string_equal(jget(first, "id"), "1");
-    assert_string_equal(jget(first, "name"), "m1.tiny");
+    assert_string_equal(api_jget(first, "id"), "1");
+    assert_string_equal(api_jget(first, "name"), "m1.tiny");
     assert_null(cl_json_path(first, "ram"));
     assert_int_equal(json_object_array_length(cl_json_path(first, "links")), 2);
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/flavors/detail", NULL);
     assert_int_equal(r.status, 200);
     first = json_object_array_get_idx(cl_json_path(r.json, "flavors"), 0);
     assert_int_equal(json_object_get_int(cl_json_path(first, "ram")), 512);
-    assert_string_equal(jget(first, "swap"), "");
+    assert_string_equal(api_jget(first, "swap"), "");
     assert_true(json_object_is_type(cl_json_path(first, "rxtx_factor"), json_type_double));
     assert_false(json_object_get_boolean(cl_json_path(first, "OS-FLV-DISABLED:disabled")));
     assert_true(json_object_get_boolean(cl_json_path(first, "os-flavor-access:is_public")));
     assert_null(cl_json_path(first, "extra_specs"));
-    reply_free(&r);
+    api_reply_free(&r);
 
-    r = call("GET", f->compute, "/v2.1/flavors/detail?is_public=True", TOKEN,
+    r = call("GET", f->fx.compute, "/v2.1/flavors/detail?is_public=True", TOKEN,
              "OpenStack-API-Version: compute 2.61", NULL);
     assert_int_equal(r.status, 200);
     first = json_object_array_get_idx(cl_json_path(r.json, "flavors"), 0);
     assert_non_null(cl_json_path(first, "extra_specs"));
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/flavors/2", NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "flavor.name"), "m1.small");
+    assert_string_equal(api_jget(r.json, "flavor.name"), "m1.small");
     assert_int_equal(json_object_get_int(cl_json_path(r.json, "flavor.disk")), 20);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* By id only: the CLI's name lookup needs this 404 before it lists. */
     r = compute(f, "GET", "/v2.1/flavors/m1.tiny", NULL);
     assert_fault(&r, 404, "itemNotFound", "Flavor m1.tiny could not be found.");
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/flavors/1/os-extra_specs", NULL);
     assert_int_equal(r.status, 200);
     assert_non_null(cl_json_path(r.json, "extra_specs"));
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/flavors?limit=2", NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "flavors")), 2);
     assert_non_null(cl_json_path(r.json, "flavors_links"));
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* ---- servers ---- */
@@ -569,10 +471,10 @@ static void test_server_lifecycle(void **state)
                 " \"min_count\": 1, \"max_count\": 1, \"networks\": \"none\","
                 " \"metadata\": {\"a\": \"b\"}}}");
     assert_int_equal(r.status, 202);
-    cl_strlcpy(id, jget(r.json, "server.id"), sizeof(id));
+    cl_strlcpy(id, api_jget(r.json, "server.id"), sizeof(id));
     assert_true(cl_uuid_valid(id));
-    assert_int_equal(strlen(jget(r.json, "server.adminPass")), 12);
-    assert_string_equal(jget(r.json, "server.OS-DCF:diskConfig"), "MANUAL");
+    assert_int_equal(strlen(api_jget(r.json, "server.adminPass")), 12);
+    assert_string_equal(api_jget(r.json, "server.OS-DCF:diskConfig"), "MANUAL");
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "server.links")), 2);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "server.security_groups")),
                      1);
@@ -580,7 +482,7 @@ static void test_server_lifecycle(void **state)
     header(&r, "Location", loc, sizeof(loc));
     assert_non_null(strstr(loc, id));
     header(&r, "x-openstack-request-id", reqid, sizeof(reqid));
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* The scheduler hears about it, with the request id to follow in its logs. */
     assert_true(WAIT_UNTIL(got(f, CL_MSG_INSTANCE_SCHEDULE, id, &m)));
@@ -591,25 +493,25 @@ static void test_server_lifecycle(void **state)
     r = compute(f, "GET", path, NULL);
     assert_int_equal(r.status, 200);
     srv = cl_json_path(r.json, "server");
-    assert_string_equal(jget(srv, "status"), "BUILD");
-    assert_string_equal(jget(srv, "name"), "web-1");
-    assert_string_equal(jget(srv, "tenant_id"), f->cfg.admin_project_id);
-    assert_string_equal(jget(srv, "user_id"), f->cfg.admin_user_id);
-    assert_string_equal(jget(srv, "hostId"), "");
-    assert_string_equal(jget(srv, "OS-EXT-STS:task_state"), "scheduling");
-    assert_string_equal(jget(srv, "OS-EXT-STS:vm_state"), "building");
+    assert_string_equal(api_jget(srv, "status"), "BUILD");
+    assert_string_equal(api_jget(srv, "name"), "web-1");
+    assert_string_equal(api_jget(srv, "tenant_id"), f->fx.cfg.admin_project_id);
+    assert_string_equal(api_jget(srv, "user_id"), f->fx.cfg.admin_user_id);
+    assert_string_equal(api_jget(srv, "hostId"), "");
+    assert_string_equal(api_jget(srv, "OS-EXT-STS:task_state"), "scheduling");
+    assert_string_equal(api_jget(srv, "OS-EXT-STS:vm_state"), "building");
     assert_int_equal(json_object_get_int(cl_json_path(srv, "OS-EXT-STS:power_state")), 0);
     assert_null(cl_json_path(srv, "OS-EXT-SRV-ATTR:host"));
     assert_null(cl_json_path(srv, "OS-SRV-USG:launched_at"));
-    assert_string_equal(jget(srv, "flavor.id"), "1");
-    assert_string_equal(jget(srv, "image.id"), "7ad09468-f067-471a-ab1c-2332adf8008d");
-    assert_string_equal(jget(srv, "key_name"), "k");
-    assert_string_equal(jget(srv, "metadata.a"), "b");
-    assert_int_equal(jget(srv, "created")[strlen(jget(srv, "created")) - 1], 'Z');
+    assert_string_equal(api_jget(srv, "flavor.id"), "1");
+    assert_string_equal(api_jget(srv, "image.id"), "7ad09468-f067-471a-ab1c-2332adf8008d");
+    assert_string_equal(api_jget(srv, "key_name"), "k");
+    assert_string_equal(api_jget(srv, "metadata.a"), "b");
+    assert_int_equal(api_jget(srv, "created")[strlen(api_jget(srv, "created")) - 1], 'Z');
     assert_non_null(cl_json_path(srv, "os-extended-volumes:volumes_attached"));
     assert_non_null(cl_json_path(srv, "addresses"));
     assert_null(cl_json_path(srv, "fault"));
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Play the scheduler: register a host, claim, then the agent reports it running. */
     memset(&h, 0, sizeof(h));
@@ -621,73 +523,73 @@ static void test_server_lifecycle(void **state)
     h.disk_gb = 100;
     h.cpu_ratio = h.ram_ratio = h.disk_ratio = 1.0;
     h.up = h.enabled = true;
-    assert_int_equal(cl_store_host_register(f->st, &h), 0);
-    assert_int_equal(cl_store_claim(f->st, id, cands, 1, chosen), 0);
-    assert_int_equal(cl_store_instance_set_state(f->st, id, CL_VM_ACTIVE, CL_TASK_NONE,
+    assert_int_equal(cl_store_host_register(f->fx.st, &h), 0);
+    assert_int_equal(cl_store_claim(f->fx.st, id, cands, 1, chosen), 0);
+    assert_int_equal(cl_store_instance_set_state(f->fx.st, id, CL_VM_ACTIVE, CL_TASK_NONE,
                                                  CL_POWER_RUNNING, NULL, 0), 0);
     r = compute(f, "GET", path, NULL);
     assert_int_equal(r.status, 200);
     srv = cl_json_path(r.json, "server");
-    assert_string_equal(jget(srv, "status"), "ACTIVE");
-    assert_int_equal(strlen(jget(srv, "hostId")), 56);
-    assert_string_equal(jget(srv, "OS-EXT-SRV-ATTR:host"), "hostA");
-    assert_string_equal(jget(srv, "OS-EXT-SRV-ATTR:hypervisor_hostname"), "hostA");
-    assert_string_equal(jget(srv, "OS-EXT-AZ:availability_zone"), "nova");
+    assert_string_equal(api_jget(srv, "status"), "ACTIVE");
+    assert_int_equal(strlen(api_jget(srv, "hostId")), 56);
+    assert_string_equal(api_jget(srv, "OS-EXT-SRV-ATTR:host"), "hostA");
+    assert_string_equal(api_jget(srv, "OS-EXT-SRV-ATTR:hypervisor_hostname"), "hostA");
+    assert_string_equal(api_jget(srv, "OS-EXT-AZ:availability_zone"), "nova");
     assert_null(cl_json_path(srv, "OS-EXT-STS:task_state"));
     assert_int_equal(json_object_get_int(cl_json_path(srv, "OS-EXT-STS:power_state")), 1);
     /* launched_at: microseconds, no Z ("2026-11-26T04:33:48.000000"). */
-    assert_int_equal(strlen(jget(srv, "OS-SRV-USG:launched_at")), 26);
-    reply_free(&r);
+    assert_int_equal(strlen(api_jget(srv, "OS-SRV-USG:launched_at")), 26);
+    api_reply_free(&r);
 
     /* The hypervisor shows the claim. */
     r = compute(f, "GET", "/v2.1/os-hypervisors/detail", NULL);
     assert_int_equal(r.status, 200);
     srv = json_object_array_get_idx(cl_json_path(r.json, "hypervisors"), 0);
-    assert_string_equal(jget(srv, "hypervisor_hostname"), "hostA");
-    assert_string_equal(jget(srv, "state"), "up");
+    assert_string_equal(api_jget(srv, "hypervisor_hostname"), "hostA");
+    assert_string_equal(api_jget(srv, "state"), "up");
     assert_int_equal(json_object_get_int(cl_json_path(srv, "vcpus_used")), 1);
     assert_int_equal(json_object_get_int(cl_json_path(srv, "running_vms")), 1);
     assert_int_equal(json_object_get_int(cl_json_path(srv, "free_ram_mb")), 8192 - 512);
-    assert_string_equal(jget(srv, "service.host"), "hostA");
+    assert_string_equal(api_jget(srv, "service.host"), "hostA");
     snprintf(loc, sizeof(loc), "/v2.1/os-hypervisors/%d",
              json_object_get_int(cl_json_path(srv, "id")));
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "GET", loc, NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "hypervisor.hypervisor_hostname"), "hostA");
-    reply_free(&r);
+    assert_string_equal(api_jget(r.json, "hypervisor.hypervisor_hostname"), "hostA");
+    api_reply_free(&r);
     r = compute(f, "GET", "/v2.1/os-hypervisors", NULL);
     assert_int_equal(r.status, 200);
     assert_null(cl_json_path(json_object_array_get_idx(cl_json_path(r.json, "hypervisors"), 0),
                              "vcpus"));
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "GET", "/v2.1/os-hypervisors/999", NULL);
     assert_fault(&r, 404, "itemNotFound", NULL);
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "GET", "/v2.1/os-aggregates", NULL);
     assert_int_equal(r.status, 200);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Delete: 204, the scheduler is told, the server shows "deleting" until gone. */
     r = compute(f, "DELETE", path, NULL);
     assert_int_equal(r.status, 204);
-    reply_free(&r);
+    api_reply_free(&r);
     assert_true(WAIT_UNTIL(got(f, CL_MSG_INSTANCE_DELETE, id, NULL)));
     r = compute(f, "GET", path, NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "server.OS-EXT-STS:task_state"), "deleting");
-    reply_free(&r);
+    assert_string_equal(api_jget(r.json, "server.OS-EXT-STS:task_state"), "deleting");
+    api_reply_free(&r);
     r = compute(f, "DELETE", path, NULL);
     assert_int_equal(r.status, 204);
-    reply_free(&r);
+    api_reply_free(&r);
 
-    assert_int_equal(cl_store_instance_mark_deleted(f->st, id), 0);
+    assert_int_equal(cl_store_instance_mark_deleted(f->fx.st, id), 0);
     r = compute(f, "GET", path, NULL);
     assert_fault(&r, 404, "itemNotFound", "could not be found");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "DELETE", path, NULL);
     assert_fault(&r, 404, "itemNotFound", NULL);
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 static void test_list_pagination(void **state)
@@ -708,9 +610,9 @@ static void test_list_pagination(void **state)
     list = cl_json_path(r.json, "servers");
     assert_int_equal(json_object_array_length(list), 3);
     /* Newest first, as Nova lists. */
-    assert_string_equal(jget(json_object_array_get_idx(list, 0), "name"), "page-c");
+    assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "name"), "page-c");
     assert_null(cl_json_path(json_object_array_get_idx(list, 0), "status"));
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Walk all pages of two following "next". */
     snprintf(path, sizeof(path), "/v2.1/servers/detail?limit=2&name=page-");
@@ -721,19 +623,19 @@ static void test_list_pagination(void **state)
         total += (int)json_object_array_length(list);
         assert_true(json_object_array_length(list) <= 2);
         if (json_object_array_length(list) > 0)
-            assert_string_equal(jget(json_object_array_get_idx(list, 0), "status"), "BUILD");
+            assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "status"), "BUILD");
         next = NULL;
         if (cl_json_path(r.json, "servers_links"))
-            next = jget(json_object_array_get_idx(cl_json_path(r.json, "servers_links"), 0),
+            next = api_jget(json_object_array_get_idx(cl_json_path(r.json, "servers_links"), 0),
                         "href");
         if (!next) {
-            reply_free(&r);
+            api_reply_free(&r);
             break;
         }
         assert_non_null(strstr(next, "marker="));
         assert_non_null(strstr(next, "name=page-"));
         snprintf(path, sizeof(path), "%s", strstr(next, "/v2.1/"));
-        reply_free(&r);
+        api_reply_free(&r);
     }
     assert_int_equal(total, 3);
 
@@ -741,22 +643,22 @@ static void test_list_pagination(void **state)
     r = compute(f, "GET", path, NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "servers")), 2);
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/servers?status=ACTIVE&name=page-", NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "servers")), 0);
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/servers?limit=abc", NULL);
     assert_fault(&r, 400, "badRequest", "limit");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "GET", "/v2.1/servers?limit=0", NULL);
     assert_fault(&r, 400, "badRequest", "limit");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "GET", "/v2.1/servers?marker=00000000-0000-4000-8000-000000000000", NULL);
     assert_fault(&r, 400, "badRequest", "marker [00000000-0000-4000-8000-000000000000] not found");
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* The per-thread list cache (servers.c) must never answer from before a change, whoever
@@ -775,65 +677,65 @@ static void test_list_cache_and_microversions(void **state)
         assert_int_equal(r.status, 200);
         list = cl_json_path(r.json, "servers");
         assert_int_equal(json_object_array_length(list), 1);
-        assert_string_equal(jget(json_object_array_get_idx(list, 0), "status"), "BUILD");
-        reply_free(&r);
+        assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "status"), "BUILD");
+        api_reply_free(&r);
     }
     /* Another connection commits: every later answer shows it. */
-    assert_int_equal(cl_store_instance_set_state(f->st, id, CL_VM_ACTIVE, CL_TASK_NONE, -1,
+    assert_int_equal(cl_store_instance_set_state(f->fx.st, id, CL_VM_ACTIVE, CL_TASK_NONE, -1,
                                                  NULL, 0), 0);
     for (int i = 0; i < 3; i++) {
         r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
         assert_int_equal(r.status, 200);
         list = cl_json_path(r.json, "servers");
-        assert_string_equal(jget(json_object_array_get_idx(list, 0), "status"), "ACTIVE");
-        reply_free(&r);
+        assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "status"), "ACTIVE");
+        api_reply_free(&r);
     }
     /* nube-api's own write (its connection's changes) too. */
     snprintf(path, sizeof(path), "/v2.1/servers/%s", id);
     r = compute(f, "PUT", path, "{\"server\": {\"name\": \"cache-b\"}}");
     assert_int_equal(r.status, 200);
-    reply_free(&r);
+    api_reply_free(&r);
     for (int i = 0; i < 3; i++) {
         r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
         list = cl_json_path(r.json, "servers");
-        assert_string_equal(jget(json_object_array_get_idx(list, 0), "name"), "cache-b");
-        reply_free(&r);
+        assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "name"), "cache-b");
+        api_reply_free(&r);
     }
 
     /* Metadata only (the rows stay as they were) from another connection: the kept
      * answer's rows still hash the same, its extras do not. */
     cl_kv kv = {.key = "role", .value = "db"};
-    assert_int_equal(cl_store_metadata_set(f->st, id, &kv, 1, false, 128), 0);
+    assert_int_equal(cl_store_metadata_set(f->fx.st, id, &kv, 1, false, 128), 0);
     for (int i = 0; i < 3; i++) {
         r = compute(f, "GET", "/v2.1/servers/detail?name=cache-", NULL);
         list = cl_json_path(r.json, "servers");
-        assert_string_equal(jget(json_object_array_get_idx(list, 0), "metadata.role"), "db");
-        reply_free(&r);
+        assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "metadata.role"), "db");
+        api_reply_free(&r);
     }
 
     /* 2.1: the flavor is a link; 2.47: the flavor itself, in show and detail. */
-    r = call("GET", f->compute, path, TOKEN, "OpenStack-API-Version: compute 2.1", NULL);
+    r = call("GET", f->fx.compute, path, TOKEN, "OpenStack-API-Version: compute 2.1", NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "server.flavor.id"), "1");
+    assert_string_equal(api_jget(r.json, "server.flavor.id"), "1");
     assert_null(cl_json_path(r.json, "server.locked"));
-    reply_free(&r);
-    r = call("GET", f->compute, path, TOKEN, "OpenStack-API-Version: compute 2.79", NULL);
+    api_reply_free(&r);
+    r = call("GET", f->fx.compute, path, TOKEN, "OpenStack-API-Version: compute 2.79", NULL);
     assert_int_equal(r.status, 200);
     assert_null(cl_json_path(r.json, "server.flavor.id"));
-    assert_string_equal(jget(r.json, "server.flavor.original_name"), "m1.tiny");
-    assert_string_equal(jget(r.json, "server.flavor.ram"), "512");
+    assert_string_equal(api_jget(r.json, "server.flavor.original_name"), "m1.tiny");
+    assert_string_equal(api_jget(r.json, "server.flavor.ram"), "512");
     assert_non_null(cl_json_path(r.json, "server.flavor.extra_specs"));
-    assert_string_equal(jget(r.json, "server.locked"), "false");
+    assert_string_equal(api_jget(r.json, "server.locked"), "false");
     assert_non_null(cl_json_path(r.json, "server.server_groups"));
     assert_non_null(cl_json_path(r.json, "server.tags"));
-    reply_free(&r);
-    r = call("GET", f->compute, "/v2.1/servers/detail?name=cache-", TOKEN,
+    api_reply_free(&r);
+    r = call("GET", f->fx.compute, "/v2.1/servers/detail?name=cache-", TOKEN,
              "OpenStack-API-Version: compute 2.47", NULL);
     assert_int_equal(r.status, 200);
     list = cl_json_path(r.json, "servers");
-    assert_string_equal(jget(json_object_array_get_idx(list, 0), "flavor.original_name"),
+    assert_string_equal(api_jget(json_object_array_get_idx(list, 0), "flavor.original_name"),
                         "m1.tiny");
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 static void test_bad_inputs(void **state)
@@ -843,106 +745,106 @@ static void test_bad_inputs(void **state)
     reply r;
 
     /* No token / wrong token: keystonemiddleware's 401. */
-    r = call("GET", f->compute, "/v2.1/servers", NULL, NULL, NULL);
+    r = call("GET", f->fx.compute, "/v2.1/servers", NULL, NULL, NULL);
     assert_int_equal(r.status, 401);
     assert_int_equal(json_object_get_int(cl_json_path(r.json, "error.code")), 401);
-    reply_free(&r);
-    r = call("GET", f->compute, "/v2.1/servers", "wrong", NULL, NULL);
+    api_reply_free(&r);
+    r = call("GET", f->fx.compute, "/v2.1/servers", "wrong", NULL, NULL);
     assert_int_equal(r.status, 401);
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "POST", "/v2.1/servers", "{\"server\": {\"name\": \"x\",");
     assert_fault(&r, 400, "badRequest", NULL);
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"nope\", \"imageRef\": \"i\"}}");
     assert_fault(&r, 400, "badRequest", "Flavor nope could not be found.");
-    reply_free(&r);
+    api_reply_free(&r);
     /* A flavor name is not an id. */
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"m1.tiny\", \"imageRef\": \"i\"}}");
     assert_fault(&r, 400, "badRequest", "could not be found");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"flavorRef\": \"1\", \"imageRef\": \"i\"}}");
     assert_fault(&r, 400, "badRequest", "name");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"   \", \"flavorRef\": \"1\", \"imageRef\": \"i\"}}");
     assert_fault(&r, 400, "badRequest", "whitespace");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \" x\", \"flavorRef\": \"1\", \"imageRef\": \"i\"}}");
     assert_fault(&r, 400, "badRequest", "whitespace");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": 42, \"flavorRef\": \"1\", \"imageRef\": \"i\"}}");
     assert_fault(&r, 400, "badRequest", "name");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"1\"}}");
     assert_fault(&r, 400, "badRequest", "imageRef");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"1\", \"imageRef\": \"i\","
                 " \"min_count\": 3, \"max_count\": 2}}");
     assert_fault(&r, 400, "badRequest", "min_count");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"1\", \"imageRef\": \"i\","
                 " \"metadata\": {\"k\": 1}}}");
     assert_fault(&r, 400, "badRequest", "metadata");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"1\", \"imageRef\": \"i\","
                 " \"networks\": 5}}");
     assert_fault(&r, 400, "badRequest", "networks");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers",
                 "{\"server\": {\"name\": \"x\", \"flavorRef\": \"1\", \"imageRef\": \"i\","
                 " \"colour\": \"red\"}}");
     assert_fault(&r, 400, "badRequest", "'colour' was unexpected");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "POST", "/v2.1/servers", "{\"nothing\": {}}");
     assert_fault(&r, 400, "badRequest", NULL);
-    reply_free(&r);
+    api_reply_free(&r);
 
     memset(big, 'a', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     memcpy(big, "{\"server\": {\"name\": \"", 21);
     r = compute(f, "POST", "/v2.1/servers", big);
     assert_fault(&r, 413, "requestEntityTooLarge", NULL);
-    reply_free(&r);
+    api_reply_free(&r);
 
     r = compute(f, "GET", "/v2.1/no-such-thing", NULL);
     assert_fault(&r, 404, "itemNotFound", NULL);
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "GET", "/v2.1/servers/00000000-0000-0000-0000-000000000000", NULL);
     assert_fault(&r, 404, "itemNotFound", "Instance 00000000-0000-0000-0000-000000000000");
-    reply_free(&r);
+    api_reply_free(&r);
     r = compute(f, "PUT", "/v2.1/servers", "{}");
     assert_int_equal(r.status, 405);
-    reply_free(&r);
+    api_reply_free(&r);
 
     /* Still serving, and nothing above created a server. */
     r = compute(f, "GET", "/v2.1/servers?name=x", NULL);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_object_array_length(cl_json_path(r.json, "servers")), 0);
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 static void test_metrics(void **state)
 {
     fixture *f = *state;
-    reply r = call("GET", f->compute, "/metrics", NULL, NULL, NULL);
+    reply r = call("GET", f->fx.compute, "/metrics", NULL, NULL, NULL);
 
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.raw.body, "nube_api_servers_created_total"));
     assert_non_null(strstr(r.raw.body, "nube_api_bus_pending"));
-    reply_free(&r);
-    r = call("GET", f->compute, "/healthz", NULL, NULL, NULL);
+    api_reply_free(&r);
+    r = call("GET", f->fx.compute, "/healthz", NULL, NULL, NULL);
     assert_int_equal(r.status, 200);
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* The stand-in image service the CLI needs for server commands (images.c). */
@@ -952,17 +854,17 @@ static void test_image_standin(void **state)
     char raw[4096];
     reply r;
 
-    raw_get(api_compute_port(f->api), "/image", raw, sizeof(raw));
+    raw_get(api_compute_port(f->fx.api), "/image", raw, sizeof(raw));
     assert_non_null(strstr(raw, "HTTP/1.1 300"));
     assert_non_null(strstr(raw, "/image/v2/"));
     r = compute(f, "GET", "/image/v2/images/cirros", NULL);
     assert_int_equal(r.status, 200);
-    assert_string_equal(jget(r.json, "id"), "cirros");
-    assert_string_equal(jget(r.json, "status"), "active");
-    reply_free(&r);
-    r = call("GET", f->compute, "/image/v2/images?name=cirros", NULL, NULL, NULL);
+    assert_string_equal(api_jget(r.json, "id"), "cirros");
+    assert_string_equal(api_jget(r.json, "status"), "active");
+    api_reply_free(&r);
+    r = call("GET", f->fx.compute, "/image/v2/images?name=cirros", NULL, NULL, NULL);
     assert_int_equal(r.status, 401);
-    reply_free(&r);
+    api_reply_free(&r);
 }
 
 /* An api_start() without its secrets refuses, naming the key. */
@@ -975,7 +877,7 @@ static void test_refuses_empty_secrets(void **state)
 
     assert_int_equal(cl_config_defaults(api_cfg_keys, api_cfg_nkeys, &cfg, &err), 0);
     assert_int_equal(cl_config_set(api_cfg_keys, api_cfg_nkeys, &cfg, "database",
-                                   "connection", f->db, &err), 0);
+                                   "connection", f->fx.db, &err), 0);
     assert_true(api_start(&cfg, &ctx, &err) < 0);
     assert_null(ctx);
     assert_non_null(strstr(err.message, "admin_token"));

@@ -10,6 +10,7 @@
  * (libcloud/usage_msg.c), which billing owns.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,9 @@
 
 #include <cmocka.h>
 
+#include <sqlite3.h>
+
+#include "bill_int.h"
 #include "billing.h"
 #include "json.h"
 #include "usage_msg.h"
@@ -38,6 +42,7 @@ typedef struct fixture {
     char path[128];
     bill_store *st;
     int64_t t0; /* 2026-01-01T10:00:00Z */
+    bool pruned; /* samples were pruned: the rollup keeps what they measured */
 } fixture;
 
 static int setup(void **state)
@@ -58,6 +63,11 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     char p[192];
+    int64_t mismatches = -1;
+    /* Every test's ingests left the hourly rollup equal to the samples' deltas. */
+    assert_int_equal(bill_rollup_check(f->st, &mismatches), 0);
+    if (!f->pruned)
+        assert_int_equal(mismatches, 0);
     bill_store_close(f->st);
     static const char *const suffixes[] = {"", "-wal", "-shm", "2", "2-wal", "2-shm"};
     for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
@@ -457,6 +467,10 @@ static void test_prune_and_horizon(void **state)
     ingest(f->st, s, n, NULL);
     assert_int_equal(bill_prune(f->st, f->t0 + 2 * H_MS, &deleted, &err), 0);
     assert_int_equal(deleted, n - 1);
+    f->pruned = true;
+    /* The hourly rollup still holds what the pruned samples measured. */
+    rate(f->st, f->t0, f->t0 + 2 * H_MS, f->t0 + 3 * H_MS);
+    check_counters(f);
     /* The next sample's delta is still taken against the kept newest one (13 -> 20). */
     cl_usage_sample next = ctr(INST_A, f->t0 + 2 * H_MS + MIN_MS, "b2", 20 * G, 20000);
     ingest(f->st, &next, 1, NULL);
@@ -467,6 +481,145 @@ static void test_prune_and_horizon(void **state)
     assert_int_equal(bill_ingest(f->st, &old, 1, f->t0 + H_MS, &stats, &err), 0);
     assert_int_equal(stats.too_old, 1);
     assert_int_equal(stats.accepted, 0);
+}
+
+/* A random workload - many instances, counter resets, samples delivered shuffled, in
+ * batches of random sizes, some twice - rated per instance and hour exactly as a naive
+ * reference computes it from the samples sorted by time (the rules of meter.c). */
+#define RND_INST 12
+#define RND_PER_INST 150
+#define RND_HOURS 5
+
+typedef struct rnd_sample {
+    cl_usage_sample s;
+    int inst;
+} rnd_sample;
+
+static int rnd_cmp(const void *pa, const void *pb)
+{
+    const rnd_sample *a = pa, *b = pb;
+    if (a->inst != b->inst)
+        return a->inst < b->inst ? -1 : 1;
+    if (a->s.ts != b->s.ts)
+        return a->s.ts < b->s.ts ? -1 : 1;
+    return strcmp(a->s.id, b->s.id);
+}
+
+static void test_random_workload_exact(void **state)
+{
+    fixture *f = *state;
+    enum { N = RND_INST * RND_PER_INST };
+    rnd_sample *v = calloc(N, sizeof *v);
+    cl_usage_sample *batch = calloc(N, sizeof *batch);
+    static int64_t want[RND_INST][RND_HOURS][5];
+    static const char *const meter_names[5] = {"cpu", "net_in", "net_out", "disk_read",
+                                               "disk_write"};
+    char uuids[RND_INST][CL_UUID_LEN];
+    cl_error err = {0};
+    unsigned seed = 12345;
+
+    assert_non_null(v);
+    assert_non_null(batch);
+    memset(want, 0, sizeof want);
+    set_prices(f->st, 360000);
+    for (int i = 0; i < RND_INST; i++)
+        cl_uuid_new(uuids[i]);
+    for (int i = 0; i < RND_INST; i++) {
+        int64_t cpu = 0;
+        int boot = 1;
+        for (int k = 0; k < RND_PER_INST; k++) {
+            char b[16];
+            /* Random times in the window (ties possible), values that mostly grow. */
+            int64_t ts = f->t0 + (int64_t)(rand_r(&seed) % (RND_HOURS * 3600)) * S_MS;
+            if (rand_r(&seed) % 20 == 0) {
+                boot++;
+                cpu = 0;
+            }
+            cpu += (int64_t)(rand_r(&seed) % 1000) * 1000;
+            snprintf(b, sizeof b, "b%d", boot);
+            /* Five different counters, so a meter read from the wrong one shows. */
+            cl_usage_sample *c = &v[i * RND_PER_INST + k].s;
+            *c = ctr(uuids[i], ts, b, cpu, cpu / 7);
+            c->counters.disk_rd_bytes = cpu / 3;
+            c->counters.disk_wr_bytes = cpu / 5;
+            v[i * RND_PER_INST + k].inst = i;
+        }
+    }
+    /* Deliver shuffled, in batches of 1 to 200, a few of them twice. */
+    for (size_t i = 0; i < N; i++)
+        batch[i] = v[i].s;
+    for (size_t i = N - 1; i > 0; i--) {
+        size_t j = (size_t)rand_r(&seed) % (i + 1);
+        cl_usage_sample t = batch[i];
+        batch[i] = batch[j];
+        batch[j] = t;
+    }
+    for (size_t off = 0; off < N;) {
+        size_t m = 1 + (size_t)rand_r(&seed) % 200;
+        if (m > N - off)
+            m = N - off;
+        ingest(f->st, batch + off, m, NULL);
+        if (rand_r(&seed) % 4 == 0)
+            ingest(f->st, batch + off, m, NULL);
+        off += m;
+    }
+    /* The reference: per instance in (ts, id) order, the delta rule. */
+    qsort(v, N, sizeof *v, rnd_cmp);
+    for (size_t k = 0; k < N; k++) {
+        const cl_usage_sample *c = &v[k].s;
+        const cl_usage_sample *p = k > 0 && v[k - 1].inst == v[k].inst ? &v[k - 1].s : NULL;
+        const int64_t cv[5] = {c->counters.cpu_ns, c->counters.net_rx_bytes,
+                               c->counters.net_tx_bytes, c->counters.disk_rd_bytes,
+                               c->counters.disk_wr_bytes};
+        const int64_t pv[5] = {p ? p->counters.cpu_ns : 0, p ? p->counters.net_rx_bytes : 0,
+                               p ? p->counters.net_tx_bytes : 0,
+                               p ? p->counters.disk_rd_bytes : 0,
+                               p ? p->counters.disk_wr_bytes : 0};
+        bool same = p && strcmp(p->boot_id, c->boot_id) == 0;
+        for (int m = 0; m < 5; m++)
+            want[v[k].inst][(c->ts - f->t0) / H_MS][m] +=
+                same && cv[m] >= pv[m] ? cv[m] - pv[m] : cv[m];
+    }
+    rate(f->st, f->t0, f->t0 + RND_HOURS * H_MS, f->t0 + RND_HOURS * H_MS);
+    for (int i = 0; i < RND_INST; i++)
+        for (int h = 0; h < RND_HOURS; h++)
+            for (int m = 0; m < 5; m++) {
+                int64_t q = -1;
+                assert_int_equal(bill_total_quantity(f->st, PROJ, uuids[i], meter_names[m],
+                                                     f->t0 + h * H_MS,
+                                                     f->t0 + (h + 1) * H_MS, &q, &err), 0);
+                if (q != want[i][h][m])
+                    fail_msg("instance %d hour %d %s: %" PRId64 " != %" PRId64, i, h,
+                             meter_names[m], q, want[i][h][m]);
+            }
+    free(v);
+    free(batch);
+}
+
+/* A database written before the hourly rollup existed (schema 1) gets it filled from
+ * its samples when opened, and rates the same. */
+static void test_rollup_migration(void **state)
+{
+    fixture *f = *state;
+    cl_usage_sample s[16];
+    size_t n = counter_series(f->t0, s);
+    sqlite3 *db = NULL;
+
+    set_prices(f->st, 360000);
+    ingest(f->st, s, n, NULL);
+    bill_store_close(f->st);
+    f->st = NULL;
+    /* Back to schema 1, as an older nube-billing left it. */
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DROP TABLE ctr_hour;"
+                                      "CREATE INDEX samples_counter_ts ON samples(ts)"
+                                      " WHERE kind = 0; PRAGMA user_version = 1",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    cl_error err = {0};
+    assert_int_equal(bill_store_open(f->path, &f->st, &err), 0);
+    rate(f->st, f->t0, f->t0 + 2 * H_MS, f->t0 + 3 * H_MS);
+    check_counters(f);
 }
 
 static void test_prices_config_and_seed(void **state)
@@ -637,6 +790,120 @@ static void test_codec_rejects(void **state)
     assert_null(cl_usage_batch_encode(&good, 0));
 }
 
+/* The row layout (what agents send now) and the object layout (what older agents may
+ * still hold in their outboxes) decode to the same samples. */
+static void test_codec_rows_and_objects_agree(void **state)
+{
+    (void)state;
+    cl_usage_sample in[3], *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0, rej = 0;
+    cl_error err = {0};
+
+    in[0] = ctr(INST_A, 1000, "boot-1", 5 * G, 77);
+    in[1] = ev(INST_B, 2000, CL_USAGE_EV_DELETED, true);
+    in[2] = ev(INST_B, 3000, CL_USAGE_EV_STARTED, false);
+    in[2].kind = CL_USAGE_GAUGE;
+    in[2].event = CL_USAGE_EV_NONE;
+    in[2].gauges.mem_used_mb = 512;
+    json_object *rows = cl_usage_batch_encode(in, 3);
+    assert_non_null(rows);
+    assert_non_null(cl_json_path(rows, "rows"));
+    json_object *objs = json_object_new_object(), *arr = json_object_new_array();
+    for (int i = 0; i < 3; i++)
+        json_object_array_add(arr, cl_usage_sample_encode(&in[i]));
+    json_object_object_add(objs, "samples", arr);
+    assert_int_equal(cl_usage_batch_decode(rows, &a, &na, &rej, &err), 0);
+    assert_int_equal(rej, 0);
+    assert_int_equal(cl_usage_batch_decode(objs, &b, &nb, &rej, &err), 0);
+    assert_int_equal(rej, 0);
+    assert_int_equal(na, 3);
+    assert_int_equal(nb, 3);
+    assert_memory_equal(a, b, 3 * sizeof *a);
+    assert_int_equal(a[1].event, CL_USAGE_EV_DELETED);
+    /* Both layouts in one body: refused as a whole. */
+    json_object_object_add(rows, "samples", json_object_get(arr));
+    cl_usage_sample *c = NULL;
+    assert_int_equal(cl_usage_batch_decode(rows, &c, &nb, &rej, &err), -EINVAL);
+    assert_null(c);
+    free(a);
+    free(b);
+    json_object_put(rows);
+    json_object_put(objs);
+}
+
+/* Bad rows are skipped and counted; the good row beside each survives. */
+static void test_codec_rows_reject(void **state)
+{
+    (void)state;
+    cl_usage_sample good = ctr(INST_A, 1000, "b", 1, 1), *out = NULL;
+    size_t n = 0, rej = 0;
+    cl_error err = {0};
+    char row[1024];
+    /* id, instance_uuid, project_id, host, ts, kind, event, flavor_id, boot_id, cpu, rx,
+     * tx, rd, wr, vcpus, ram, disk, mem */
+    static const char *const bad[] = {
+        /* negative counter */
+        "\"p\",\"h\",5,\"counter\",null,null,\"b\",-1,0,0,0,0,null,null,null,null",
+        /* counter without boot_id */
+        "\"p\",\"h\",5,\"counter\",null,null,null,1,0,0,0,0,null,null,null,null",
+        /* a counter missing */
+        "\"p\",\"h\",5,\"counter\",null,null,\"b\",1,0,null,0,0,null,null,null,null",
+        /* unknown event */
+        "\"p\",\"h\",5,\"event\",\"exploded\",\"f\",null,null,null,null,null,null,1,1,1,"
+        "null",
+        /* event without flavor */
+        "\"p\",\"h\",5,\"event\",\"started\",null,null,null,null,null,null,null,1,1,1,"
+        "null",
+        /* unknown kind */
+        "\"p\",\"h\",5,\"vibe\",null,null,null,null,null,null,null,null,null,null,null,"
+        "null",
+        /* ts as a string */
+        "\"p\",\"h\",\"5\",\"gauge\",null,null,null,null,null,null,null,null,1,1,1,null",
+        /* a control character in the host */
+        "\"p\",\"h\\u0001\",5,\"gauge\",null,null,null,null,null,null,null,null,1,1,1,null",
+        /* empty project */
+        "\"\",\"h\",5,\"gauge\",null,null,null,null,null,null,null,null,1,1,1,null",
+        /* one field short */
+        "\"p\",\"h\",5,\"gauge\",null,null,null,null,null,null,null,null,1,1,1",
+    };
+    json_object *gb = cl_usage_batch_encode(&good, 1);
+    const char *grow = json_object_to_json_string(
+        json_object_array_get_idx(cl_json_path(gb, "rows"), 0));
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char other[CL_UUID_LEN];
+        cl_uuid_new(other);
+        snprintf(row, sizeof row, "{\"rows\":[[\"%s\",\"%s\",%s], %s]}", other, INST_A,
+                 bad[i], grow);
+        json_object *body = NULL;
+        assert_int_equal(cl_json_parse_object(row, strlen(row), &body, &err), 0);
+        memset(&err, 0, sizeof err);
+        assert_int_equal(cl_usage_batch_decode(body, &out, &n, &rej, &err), 0);
+        if (n != 1 || rej != 1)
+            fail_msg("bad row %zu: kept %zu, rejected %zu", i, n, rej);
+        assert_non_null(strstr(err.message, "rows[0]"));
+        assert_string_equal(out[0].id, good.id);
+        free(out);
+        out = NULL;
+        json_object_put(body);
+    }
+    json_object_put(gb);
+    /* The envelope: empty rows, rows that are not an array, too many rows. */
+    json_object *body = NULL;
+    assert_int_equal(cl_json_parse_object("{\"rows\":[]}", 11, &body, &err), 0);
+    assert_int_equal(cl_usage_batch_decode(body, &out, &n, &rej, &err), -EINVAL);
+    json_object_put(body);
+    assert_int_equal(cl_json_parse_object("{\"rows\":{}}", 11, &body, &err), 0);
+    assert_int_equal(cl_usage_batch_decode(body, &out, &n, &rej, &err), -EINVAL);
+    json_object_put(body);
+    body = json_object_new_object();
+    json_object *arr = json_object_new_array();
+    for (int i = 0; i < CL_USAGE_BATCH_MAX + 1; i++)
+        json_object_array_add(arr, json_object_new_array());
+    json_object_object_add(body, "rows", arr);
+    assert_int_equal(cl_usage_batch_decode(body, &out, &n, &rej, &err), -E2BIG);
+    json_object_put(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,10 +917,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rounding_half_up_per_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invoice_and_export_agree, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prune_and_horizon, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_random_workload_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rollup_migration, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prices_config_and_seed, setup, teardown),
         cmocka_unit_test(test_time_and_money_format),
         cmocka_unit_test(test_codec_roundtrip),
         cmocka_unit_test(test_codec_rejects),
+        cmocka_unit_test(test_codec_rows_and_objects_agree),
+        cmocka_unit_test(test_codec_rows_reject),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

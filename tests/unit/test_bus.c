@@ -4,8 +4,9 @@
  * Covers the envelope codec, reliable delivery both ways with acks, resends to a peer
  * that shows up late, deduplication of a message delivered twice (sent raw with a plain
  * zmq socket so the bus under test cannot cheat), the SQLite outbox surviving a restart
- * of the sender, concurrent senders, caps and bad frames. Ports are picked free by
- * binding port 0; every wait polls its condition with a deadline.
+ * of the sender, concurrent senders, caps and bad frames, and routing by name over
+ * per-socket routing ids (a restarted peer beside its old connection is served at once).
+ * Ports are picked free by binding port 0; every wait polls its condition with a deadline.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -671,6 +672,111 @@ static void test_concurrent_senders(void **state)
     cl_bus_free(router);
 }
 
+/* Peers are names; each DEALER socket has a routing id of its own, "<name>#<nonce>".
+ * Two processes of one host (the old one still connected, the restarted one) do not
+ * compete for an id: the host is routed to the one that spoke last, at once. */
+static void test_routing_ids(void **state)
+{
+    (void)state;
+    char ep[64];
+    make_endpoint(ep, sizeof ep);
+    recv_log rl, old_l, new_l;
+    log_init(&rl);
+    log_init(&old_l);
+    log_init(&new_l);
+    cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "scheduler",
+                     .resend_ms = 30000, .on_msg = on_msg, .ud = &rl};
+    cl_bus *router = NULL;
+    cl_error err = {0};
+    assert_int_equal(cl_bus_new(&o, &router, &err), 0);
+
+    /* Names: no '#', and a DEALER's leaves room for the nonce. */
+    assert_int_equal(cl_bus_send(router, "compute-1#x", "x.y", NULL, NULL, true, NULL),
+                     -EINVAL);
+    assert_int_equal(cl_bus_send(router, "compute-1", "bus.hello", NULL, NULL, true, NULL),
+                     -EINVAL);
+    cl_bus *bad = NULL;
+    cl_bus_opts d = {.role = CL_BUS_DEALER, .endpoint = ep, .name = "a#b"};
+    assert_int_equal(cl_bus_new(&d, &bad, &err), -EINVAL);
+    char longname[CL_BUS_DEALER_NAME_MAX + 2];
+    memset(longname, 'h', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    d.name = longname;
+    assert_int_equal(cl_bus_new(&d, &bad, &err), -EINVAL);
+    longname[CL_BUS_DEALER_NAME_MAX] = '\0'; /* the longest allowed */
+    assert_int_equal(cl_bus_new(&d, &bad, &err), 0);
+    cl_bus_free(bad);
+
+    /* A command waits for a peer that has not spoken; its bus's hello (not handed to
+     * on_msg) is enough. */
+    cl_bus *old = bus_start(CL_BUS_DEALER, ep, "compute-1", &old_l, NULL);
+    assert_int_equal(cl_bus_send(router, "compute-1", "c.one", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&old_l) == 1));
+    assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
+    assert_int_equal(log_count(&rl), 0);
+    assert_int_equal(cl_bus_send(old, NULL, "host.register", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&rl) == 1));
+    pthread_mutex_lock(&rl.lock);
+    assert_string_equal(rl.last_peer, "compute-1");
+    pthread_mutex_unlock(&rl.lock);
+
+    /* The "restarted" process connects while the old one is still up. */
+    cl_bus *fresh = bus_start(CL_BUS_DEALER, ep, "compute-1", &new_l, NULL);
+    assert_int_equal(cl_bus_send(fresh, NULL, "host.register", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&rl) == 2));
+    assert_int_equal(cl_bus_send(router, "compute-1", "c.two", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&new_l) == 1));
+    assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
+    assert_int_equal(log_count(&old_l), 1);
+    pthread_mutex_lock(&new_l.lock);
+    assert_string_equal(new_l.last_type, "c.two");
+    pthread_mutex_unlock(&new_l.lock);
+
+    /* The old one speaks again: it is the route again (the last that spoke). */
+    assert_int_equal(cl_bus_send(old, NULL, "host.heartbeat", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&rl) == 3));
+    assert_int_equal(cl_bus_send(router, "compute-1", "c.three", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&old_l) == 2));
+    assert_int_equal(log_count(&new_l), 1);
+
+    cl_bus_free(fresh);
+    cl_bus_free(old);
+    cl_bus_free(router);
+}
+
+/* The ROUTER restarts (a new socket on the same port, knowing no route): a DEALER that
+ * sends nothing itself is known again as soon as it has reconnected (its hello follows
+ * each handshake), not after the next resend (30 s) or hello refresh. */
+static void test_router_restart_relearns(void **state)
+{
+    (void)state;
+    char ep[64];
+    make_endpoint(ep, sizeof ep);
+    recv_log rl, dl;
+    log_init(&rl);
+    log_init(&dl);
+    cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "scheduler",
+                     .resend_ms = 30000, .on_msg = on_msg, .ud = &rl};
+    cl_bus *router = NULL;
+    cl_error err = {0};
+    assert_int_equal(cl_bus_new(&o, &router, &err), 0);
+    cl_bus *dealer = bus_start(CL_BUS_DEALER, ep, "quiet-host", &dl, NULL);
+    assert_int_equal(cl_bus_send(router, "quiet-host", "c.one", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&dl) == 1));
+    cl_bus_free(router);
+
+    router = NULL;
+    assert_true(WAIT_UNTIL(cl_bus_new(&o, &router, &err) == 0));
+    int64_t t0 = cl_mono_ms();
+    assert_int_equal(cl_bus_send(router, "quiet-host", "c.two", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(&dl) == 2));
+    assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
+    assert_true(cl_mono_ms() - t0 < WAIT_MS);
+    assert_int_equal(log_count(&rl), 0); /* hellos only */
+    cl_bus_free(dealer);
+    cl_bus_free(router);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -685,6 +791,8 @@ int main(void)
         cmocka_unit_test(test_outbox_survives_restart),
         cmocka_unit_test(test_curve),
         cmocka_unit_test(test_concurrent_senders),
+        cmocka_unit_test(test_routing_ids),
+        cmocka_unit_test(test_router_restart_relearns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

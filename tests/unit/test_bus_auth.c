@@ -7,6 +7,11 @@
  * its name as user_id, a key for hostA cannot speak as hostB, deleting a key file revokes
  * it (also on a connection that is already up), and two keys for one host both work
  * (rotation). Key files: a secret key readable by others is refused.
+ *
+ * Routing ids: another admitted key connecting as "hostA" while hostA is away holds
+ * nothing: a command for hostA waits until hostA's own key speaks and then reaches the
+ * real hostA (who can connect beside the impostor); a restarted hostA is served at once
+ * even while its old connection is still up, without waiting for a resend.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -76,6 +81,7 @@ typedef struct seen {
     int count;
     char last_user[CL_BUS_NAME_MAX];
     char last_peer[CL_BUS_NAME_MAX];
+    char last_conn[CL_BUS_NAME_MAX];
 } seen;
 
 static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
@@ -86,6 +92,7 @@ static void on_msg(cl_bus *bus, const cl_bus_msg *msg, void *ud)
     s->count++;
     cl_strlcpy(s->last_user, msg->user_id, sizeof s->last_user);
     cl_strlcpy(s->last_peer, msg->peer, sizeof s->last_peer);
+    cl_strlcpy(s->last_conn, msg->conn, sizeof s->last_conn);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -213,6 +220,9 @@ static void test_known_key_works(void **state)
     pthread_mutex_lock(&f->rs.lock);
     assert_string_equal(f->rs.last_user, "hostA");
     assert_string_equal(f->rs.last_peer, "hostA");
+    /* The connection's routing id: the name and a per-socket 128-bit nonce. */
+    assert_int_equal(strlen(f->rs.last_conn), strlen("hostA#") + 32);
+    assert_memory_equal(f->rs.last_conn, "hostA#", 6);
     pthread_mutex_unlock(&f->rs.lock);
     cl_bus_free(c);
 }
@@ -234,9 +244,9 @@ static void test_key_cannot_pose_as_other_host(void **state)
     cl_bus_free(c);
 }
 
-/* A routing id last heard with another host's key gets no command: hostB's key holds
- * the free id "hostA" and speaks; a command for hostA waits (resent) and reaches the real
- * hostA once it is back and has spoken with its own key. */
+/* A connection calling itself hostA with another host's key gets no command: hostB's
+ * key connects as "hostA" and speaks (refused); a command for hostA waits (resent) and
+ * reaches the real hostA, which connects while the impostor is still there. */
 static void test_no_command_to_foreign_key(void **state)
 {
     fixture *f = *state;
@@ -264,7 +274,6 @@ static void test_no_command_to_foreign_key(void **state)
     assert_int_equal(seen_count(&is), 0);
     assert_int_equal(seen_count(&f->rs), 0);
     assert_int_equal(cl_bus_pending(f->router), 1);
-    cl_bus_free(imp);
 
     o.ud = &as;
     o.curve_public_key = apub;
@@ -274,8 +283,152 @@ static void test_no_command_to_foreign_key(void **state)
     assert_int_equal(cl_bus_send(real, NULL, "host.register", NULL, NULL, true, NULL), 0);
     assert_true(WAIT_UNTIL(seen_count(&as) >= 1));
     assert_true(WAIT_UNTIL(cl_bus_pending(f->router) == 0));
+    assert_int_equal(seen_count(&is), 0);
+    cl_bus_free(imp);
     cl_bus_free(real);
     pthread_mutex_destroy(&is.lock);
+    pthread_mutex_destroy(&as.lock);
+}
+
+/* A raw CURVE DEALER with routing id rid: it says only what the test makes it say. */
+static void *raw_client(void *ctx, fixture *f, const char *rid, const char *pub,
+                        const char *sec)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int zero = 0;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_ROUTING_ID, rid, strlen(rid)), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, f->srv_pub, CL_BUS_KEY_LEN), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, pub, CL_BUS_KEY_LEN), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, sec, CL_BUS_KEY_LEN), 0);
+    assert_int_equal(zmq_connect(s, f->ep), 0);
+    return s;
+}
+
+/* Send one valid envelope of type from name on a raw socket. */
+static void raw_say(void *s, const char *name, const char *type)
+{
+    cl_bus_msg m;
+    memset(&m, 0, sizeof m);
+    m.v = CL_BUS_VERSION;
+    cl_uuid_new(m.id);
+    cl_strlcpy(m.type, type, sizeof m.type);
+    cl_strlcpy(m.from, name, sizeof m.from);
+    char *frame = NULL;
+    assert_int_equal(cl_bus_encode(&m, &frame), 0);
+    assert_int_equal(zmq_send(s, frame, strlen(frame), 0), (int)strlen(frame));
+    free(frame);
+}
+
+/* True when something arrived on s within ms. */
+static bool raw_got_something(void *s, int ms)
+{
+    zmq_pollitem_t it = {.socket = s, .events = ZMQ_POLLIN};
+    return zmq_poll(&it, 1, ms) > 0;
+}
+
+/* hostA goes away; hostB's (admitted) key connects with routing ids "hostA" and
+ * "hostA#<a nonce>" and stays silent. A command for hostA goes to neither: it waits. The
+ * real hostA comes back beside them (its own nonce: nothing to take back) and gets it. */
+static void test_silent_impostor_gets_nothing(void **state)
+{
+    fixture *f = *state;
+    char apub[CL_BUS_KEY_LEN], asec[CL_BUS_KEY_LEN], bpub[CL_BUS_KEY_LEN],
+        bsec[CL_BUS_KEY_LEN];
+    seen as = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    assert_int_equal(cl_bus_keypair(apub, asec), 0);
+    assert_int_equal(cl_bus_keypair(bpub, bsec), 0);
+    allow(f, "hostA.pub", apub, "hostA");
+    allow(f, "hostB.pub", bpub, "hostB");
+
+    cl_bus *real = client(f, "hostA", apub, asec);
+    assert_int_equal(cl_bus_send(real, NULL, "host.register", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(seen_count(&f->rs) == 1));
+    assert_true(WAIT_UNTIL(cl_bus_pending(real) == 0));
+    cl_bus_free(real); /* hostA is disconnected */
+
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    void *imp1 = raw_client(ctx, f, "hostA", bpub, bsec);
+    void *imp2 = raw_client(ctx, f, "hostA#00000000000000000000000000000000", bpub, bsec);
+    /* Both connect and are admitted (hostB's key is allowed) while the command waits:
+     * QUIET_MS is several resends. */
+    assert_int_equal(cl_bus_send(f->router, "hostA", "instance.create", NULL, NULL, true,
+                                 NULL), 0);
+    assert_false(raw_got_something(imp1, QUIET_MS));
+    assert_false(raw_got_something(imp2, 1));
+    assert_int_equal(cl_bus_pending(f->router), 1);
+
+    cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = f->ep, .name = "hostA",
+                     .resend_ms = RESEND_MS, .on_msg = on_msg, .ud = &as,
+                     .curve_public_key = apub, .curve_secret_key = asec,
+                     .curve_server_key = f->srv_pub};
+    cl_error err = {0};
+    assert_int_equal(cl_bus_new(&o, &real, &err), 0);
+    /* It sends nothing itself: its bus's hello is what makes it known. */
+    assert_true(WAIT_UNTIL(seen_count(&as) == 1));
+    assert_true(WAIT_UNTIL(cl_bus_pending(f->router) == 0));
+    assert_false(raw_got_something(imp1, 1));
+    assert_false(raw_got_something(imp2, 1));
+    assert_int_equal(seen_count(&f->rs), 1); /* hellos are not handed to on_msg */
+
+    cl_bus_free(real);
+    zmq_close(imp1);
+    zmq_close(imp2);
+    zmq_ctx_term(ctx);
+    pthread_mutex_destroy(&as.lock);
+}
+
+/* hostA's old process hangs with its connection up (a raw socket that spoke once and
+ * reads nothing more; libzmq keeps answering heartbeats, so it never times out). A
+ * command sent to it is lost there. hostA restarts: the new process is served at once,
+ * by the route change, not by the next resend (30 s away). */
+static void test_restart_served_at_once(void **state)
+{
+    fixture *f = *state;
+    char apub[CL_BUS_KEY_LEN], asec[CL_BUS_KEY_LEN], ep[64];
+    seen rs = {.lock = PTHREAD_MUTEX_INITIALIZER}, as = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    assert_int_equal(cl_bus_keypair(apub, asec), 0);
+    allow(f, "hostA.pub", apub, "hostA");
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", free_port());
+    cl_bus_opts ro = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "sched",
+                      .resend_ms = 30000, .on_msg = on_msg, .ud = &rs,
+                      .curve_public_key = f->srv_pub, .curve_secret_key = f->srv_sec,
+                      .curve_allowed_dir = f->allowed};
+    cl_bus *router = NULL;
+    cl_error err = {0};
+    assert_int_equal(cl_bus_new(&ro, &router, &err), 0);
+    char fep[64];
+    memcpy(fep, f->ep, sizeof fep);
+    memcpy(f->ep, ep, sizeof f->ep); /* raw_client and the options below connect here */
+
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    void *old = raw_client(ctx, f, "hostA#11111111111111111111111111111111", apub, asec);
+    raw_say(old, "hostA", "host.heartbeat");
+    assert_true(WAIT_UNTIL(seen_count(&rs) == 1));
+    assert_int_equal(cl_bus_send(router, "hostA", "instance.create", NULL, NULL, true,
+                                 NULL), 0);
+    assert_true(raw_got_something(old, WAIT_MS)); /* the hung process "got" it */
+
+    int64_t t0 = cl_mono_ms();
+    cl_bus_opts o = {.role = CL_BUS_DEALER, .endpoint = ep, .name = "hostA",
+                     .resend_ms = RESEND_MS, .on_msg = on_msg, .ud = &as,
+                     .curve_public_key = apub, .curve_secret_key = asec,
+                     .curve_server_key = f->srv_pub};
+    cl_bus *fresh = NULL;
+    assert_int_equal(cl_bus_new(&o, &fresh, &err), 0);
+    assert_true(WAIT_UNTIL(seen_count(&as) == 1));
+    assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
+    assert_true(cl_mono_ms() - t0 < WAIT_MS); /* far less than resend_ms */
+
+    cl_bus_free(fresh);
+    zmq_close(old);
+    zmq_ctx_term(ctx);
+    cl_bus_free(router);
+    memcpy(f->ep, fep, sizeof f->ep);
+    pthread_mutex_destroy(&rs.lock);
     pthread_mutex_destroy(&as.lock);
 }
 
@@ -288,9 +441,15 @@ static void test_revocation(void **state)
     cl_bus *c = client(f, "hostA", pub, sec);
     assert_int_equal(cl_bus_send(c, NULL, "host.heartbeat", NULL, NULL, true, NULL), 0);
     assert_true(WAIT_UNTIL(seen_count(&f->rs) == 1));
+    assert_int_equal(cl_bus_send(f->router, "hostA", "x.y", NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(cl_bus_pending(f->router) == 0)); /* delivered and acked */
 
-    /* Revoked while connected: the next message is not heard. */
+    /* Revoked while connected and silent: nothing more is sent to it... */
     revoke_key(f, "hostA.pub");
+    assert_int_equal(cl_bus_send(f->router, "hostA", "x.y", NULL, NULL, true, NULL), 0);
+    quiet();
+    assert_int_equal(cl_bus_pending(f->router), 1);
+    /* ...and its next message is not heard. */
     assert_int_equal(cl_bus_send(c, NULL, "host.heartbeat", NULL, NULL, true, NULL), 0);
     quiet();
     assert_int_equal(seen_count(&f->rs), 1);
@@ -382,6 +541,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_known_key_works, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_cannot_pose_as_other_host, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_command_to_foreign_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_silent_impostor_gets_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_served_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revocation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_files, setup, teardown),

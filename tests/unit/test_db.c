@@ -1,7 +1,8 @@
 /*
  * test_db.c - libcloud/db.c against real SQLite files in a private temporary directory:
  * pragmas, migrations (once, idempotent re-open, newer files refused, failed steps rolled
- * back), errno mapping, transactions, and two connections contending for the write lock.
+ * back), errno mapping, transactions, two connections contending for the write lock, and
+ * cl_db_collect (growth, skipped rows, the reader's and the step's errors).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -287,6 +288,122 @@ static void test_open_errors(void **state)
     assert_non_null(strstr(err.message, "cannot open"));
 }
 
+/* ---- cl_db_collect ---- */
+
+typedef struct row_item {
+    int64_t id;
+    char *name; /* strdup'ed: what the clear function must free */
+} row_item;
+
+typedef struct collect_ctx {
+    bool skip_odd; /* skip rows with odd ids (positive return) */
+    int64_t fail_at; /* fail with -EIO on this id after filling the element, 0 = never */
+    int cleared;
+} collect_ctx;
+
+static int read_item(sqlite3_stmt *s, void *elem, void *ctx)
+{
+    row_item *it = elem;
+    collect_ctx *c = ctx;
+
+    assert_null(it->name); /* handed over zeroed, also when a skipped row reuses it */
+    it->id = sqlite3_column_int64(s, 0);
+    if (c->skip_odd && it->id % 2)
+        return 1;
+    it->name = strdup((const char *)sqlite3_column_text(s, 1));
+    assert_non_null(it->name);
+    return it->id == c->fail_at ? -EIO : 0;
+}
+
+static collect_ctx *clear_ctx; /* the clear function has no context argument */
+
+static void clear_item(void *elem)
+{
+    row_item *it = elem;
+
+    free(it->name);
+    it->name = NULL;
+    clear_ctx->cleared++;
+}
+
+static int collect_items(cl_db *db, const char *sql, collect_ctx *c, row_item **out,
+                         size_t *n)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+
+    assert_int_equal(cl_db_prepare(db, sql, &s), 0);
+    clear_ctx = c;
+    return cl_db_collect(s, sizeof(**out), read_item, c, clear_item, (void **)out, n);
+}
+
+static void test_collect(void **state)
+{
+    (void)state;
+    cl_error err = {0};
+    _cleanup_db_ cl_db *db = NULL;
+    row_item *items = NULL, sentinel = {0};
+    size_t n = 99;
+    collect_ctx c = {0};
+
+    assert_int_equal(cl_db_open(":memory:", migs, CL_ARRAY_SIZE(migs), 100, &db, &err), 0);
+    /* 40 rows: more than the first allocation, so the array grows. */
+    assert_int_equal(cl_db_exec(db, "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1"
+                                    " FROM k WHERE i < 40) INSERT INTO t (id, name)"
+                                    " SELECT i, 'n' || i FROM k"), 0);
+
+    /* No rows: success, NULL array, count 0. */
+    items = &sentinel;
+    assert_int_equal(collect_items(db, "SELECT id, name FROM t WHERE id < 0", &c, &items, &n),
+                     0);
+    assert_null(items);
+    assert_int_equal(n, 0);
+
+    /* Every row, in order. */
+    assert_int_equal(collect_items(db, "SELECT id, name FROM t ORDER BY id", &c, &items, &n),
+                     0);
+    assert_int_equal(n, 40);
+    for (size_t i = 0; i < n; i++) {
+        char want[32];
+
+        snprintf(want, sizeof(want), "n%zu", i + 1);
+        assert_int_equal(items[i].id, (int64_t)i + 1);
+        assert_string_equal(items[i].name, want);
+        free(items[i].name);
+    }
+    free(items);
+
+    /* Skipped rows leave no element behind. */
+    c.skip_odd = true;
+    assert_int_equal(collect_items(db, "SELECT id, name FROM t ORDER BY id", &c, &items, &n),
+                     0);
+    assert_int_equal(n, 20);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(items[i].id, 2 * ((int64_t)i + 1));
+        free(items[i].name);
+    }
+    free(items);
+
+    /* The reader's error stops the collection: every element so far, the failing one
+     * included, is cleared, the array freed, the outputs untouched. */
+    c = (collect_ctx){.fail_at = 25};
+    items = &sentinel;
+    n = 99;
+    assert_int_equal(collect_items(db, "SELECT id, name FROM t ORDER BY id", &c, &items, &n),
+                     -EIO);
+    assert_int_equal(c.cleared, 25);
+    assert_ptr_equal(items, &sentinel);
+    assert_int_equal(n, 99);
+
+    /* A step error (abs() overflowing on row 30) is returned the same way. */
+    c = (collect_ctx){0};
+    assert_int_equal(collect_items(db, "SELECT id, CASE WHEN id = 30 THEN"
+                                       " abs(-9223372036854775807 - 1) ELSE name END"
+                                       " FROM t ORDER BY id", &c, &items, &n),
+                     -EIO);
+    assert_int_equal(c.cleared, 29);
+    assert_ptr_equal(items, &sentinel);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -299,6 +416,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_lock_contention, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+        cmocka_unit_test(test_collect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,8 @@
  * upload/download round trip with checksums and ranges, malicious uploads ending killed
  * with their reason, interrupted uploads leaving nothing behind, restart after a crash
  * mid-upload, listing with pagination, PATCH, tags, delete, blob de-duplication, auth,
- * quotas, and the visibility rules (called directly and through img_db_list with
+ * quotas (also with uploads in parallel, which must not overshoot the byte quota), and
+ * the visibility rules (called directly and through img_db_list with
  * non-admin identities, and through HTTP with tokens sealed for two projects with the
  * shared key, as nube-api issues them), including the members API.
  */
@@ -171,7 +172,7 @@ static long upload(fixture *f, const char *id, const void *data, size_t len,
 
 static json_object *show(fixture *f, const char *id)
 {
-    char path[128];
+    char path[256];
 
     snprintf(path, sizeof(path), "/v2/images/%s", id);
     return http_json(f, "GET", path, NULL, NULL, 200);
@@ -277,9 +278,13 @@ static void test_versions_and_auth(void **state)
 static void test_round_trip(void **state)
 {
     fixture *f = *state;
-    size_t len = 3 * 1024 * 1024 + 123;
+    /* Over twice the blob writer's 4 MiB ring, past its 8 MiB writeback step, and ending
+     * in a partial slot. */
+    size_t len = 9 * 1024 * 1024 + 123;
     unsigned char *data = random_bytes(len, 7);
-    char id[CL_UUID_LEN], md5[33], sha512[129], path[128], hdr[128];
+    char id[CL_UUID_LEN], md5[33], sha256[65], sha512[129], path[128], hdr[128];
+    char blob[512];
+    struct stat st;
     cl_http_result res;
     json_object *o;
     int temps, blobs;
@@ -328,6 +333,11 @@ static void test_round_trip(void **state)
     count_files(f, &temps, &blobs);
     assert_int_equal(temps, 0);
     assert_int_equal(blobs, 1);
+    /* The blob is stored under the sha256 of the bytes, with all of them. */
+    digest_hex(EVP_sha256(), data, len, sha256);
+    snprintf(blob, sizeof(blob), "%s/images/blobs/%.2s/%s", f->dir, sha256, sha256 + 2);
+    assert_int_equal(stat(blob, &st), 0);
+    assert_int_equal(st.st_size, len);
     free(data);
 }
 
@@ -787,6 +797,176 @@ static void test_concurrent_uploads(void **state)
     }
 }
 
+/* Read an HTTP response head from a raw socket (10 s deadline); returns its status. */
+static int read_status(int fd)
+{
+    char resp[1024];
+    size_t got = 0;
+    struct timeval tv = {.tv_sec = 10};
+    int status = 0;
+
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+    while (got < sizeof(resp) - 1) {
+        ssize_t n = read(fd, resp + got, sizeof(resp) - 1 - got);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        resp[got] = '\0';
+        if (strstr(resp, "\r\n\r\n"))
+            break;
+    }
+    resp[got] = '\0';
+    assert_int_equal(sscanf(resp, "HTTP/1.1 %d", &status), 1);
+    return status;
+}
+
+/* Bytes the images ids hold, and how many are active / queued. */
+static int64_t stored_bytes(fixture *f, char ids[][CL_UUID_LEN], int n, int *active,
+                            int *queued)
+{
+    int64_t sum = 0;
+    char status[16];
+
+    *active = *queued = 0;
+    for (int i = 0; i < n; i++) {
+        json_object *o;
+        wait_not_saving(f, ids[i], status, sizeof(status));
+        o = show(f, ids[i]);
+        if (strcmp(jstr(o, "status"), "active") == 0) {
+            (*active)++;
+            sum += json_object_get_int64(cl_json_path(o, "size"));
+        } else if (strcmp(jstr(o, "status"), "queued") == 0) {
+            (*queued)++;
+        }
+        json_object_put(o);
+    }
+    return sum;
+}
+
+/* The byte quota holds with uploads in parallel: each upload reserves its bytes (all of
+ * Content-Length at the start, or piece by piece when chunked), so of 4 parallel 4 MiB
+ * uploads against a 10 MiB quota exactly 2 succeed and the others get 413 and go back to
+ * queued, nothing is leaked, and a client that hangs up frees its reservation. */
+static void test_quota_concurrent_uploads(void **state)
+{
+    fixture *f = *state;
+    enum { N = 4 };
+    const size_t mib = 1024 * 1024, len = 4 * mib, piece = 64 * 1024;
+    char ids[N][CL_UUID_LEN], req[512], path[256];
+    unsigned char *data[N];
+    int fds[N], temps, blobs, active, queued;
+    cl_http_result res;
+
+    f->cfg.quota_bytes_per_project = 10 * (int64_t)mib;
+    for (int i = 0; i < N; i++)
+        data[i] = random_bytes(len, 200 + (unsigned)i);
+    for (int chunked = 0; chunked < 2; chunked++) {
+        int ok = 0, refused = 0;
+        for (int i = 0; i < N; i++) {
+            char name[16];
+            snprintf(name, sizeof(name), "qc%d-%d", chunked, i);
+            create(f, name, "raw", ids[i]);
+            fds[i] = connect_port(f);
+            snprintf(req, sizeof(req),
+                     "PUT /v2/images/%s/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " TOKEN
+                     "\r\nConnection: close\r\nContent-Type: application/octet-stream\r\n"
+                     "%s%s\r\n\r\n", ids[i],
+                     chunked ? "Transfer-Encoding: chunked" : "Content-Length: ",
+                     chunked ? "" : "4194304");
+            write_all(fds[i], req, strlen(req));
+        }
+        /* Interleave the bodies piece by piece. */
+        for (size_t off = 0; off < len; off += piece) {
+            for (int i = 0; i < N; i++) {
+                if (chunked) {
+                    snprintf(req, sizeof(req), "%zx\r\n", piece);
+                    write_all(fds[i], req, strlen(req));
+                }
+                write_all(fds[i], data[i] + off, piece);
+                if (chunked)
+                    write_all(fds[i], "\r\n", 2);
+            }
+        }
+        for (int i = 0; i < N; i++) {
+            int st;
+            if (chunked)
+                write_all(fds[i], "0\r\n\r\n", 5);
+            st = read_status(fds[i]);
+            close(fds[i]);
+            if (st == 204)
+                ok++;
+            else if (st == 413)
+                refused++;
+            else
+                fail_msg("upload %d (%s): status %d", i, chunked ? "chunked" : "length", st);
+        }
+        assert_int_equal(ok, 2);
+        assert_int_equal(refused, 2);
+        assert_true(stored_bytes(f, ids, N, &active, &queued) <=
+                    f->cfg.quota_bytes_per_project);
+        assert_int_equal(active, 2);
+        assert_int_equal(queued, 2); /* refused for quota: queued again, as Glance */
+        count_files(f, &temps, &blobs);
+        assert_int_equal(temps, 0);
+        assert_int_equal(blobs, 2);
+        for (int i = 0; i < N; i++) {
+            snprintf(path, sizeof(path), "/v2/images/%s", ids[i]);
+            json_object_put(http_json(f, "DELETE", path, NULL, NULL, 204));
+        }
+        count_files(f, &temps, &blobs);
+        assert_int_equal(blobs, 0);
+    }
+
+    /* An upload declaring 8 MiB holds them while it runs: 4 MiB more do not fit... */
+    create(f, "holder", "raw", ids[0]);
+    create(f, "other", "raw", ids[1]);
+    fds[0] = connect_port(f);
+    snprintf(req, sizeof(req),
+             "PUT /v2/images/%s/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: " TOKEN "\r\n"
+             "Content-Length: 8388608\r\n\r\n", ids[0]);
+    write_all(fds[0], req, strlen(req));
+    write_all(fds[0], data[0], mib);
+    {
+        char status[16] = "";
+        int64_t deadline = cl_mono_ms() + 5000;
+        do {
+            json_object *o = show(f, ids[0]);
+            cl_strlcpy(status, jstr(o, "status"), sizeof(status));
+            json_object_put(o);
+        } while (strcmp(status, "saving") != 0 && cl_mono_ms() < deadline);
+        assert_string_equal(status, "saving");
+    }
+    assert_int_equal(upload(f, ids[1], data[1], len, &res), 413);
+    assert_non_null(strstr(res.body, "Quota"));
+    cl_http_result_free(&res);
+    assert_int_equal(http(f, "GET", "/metrics", NULL, NULL, 0, NULL, &res), 200);
+    assert_non_null(strstr(res.body, "nube_image_quota_reserved_bytes 8388608\n"));
+    assert_non_null(strstr(res.body, "nube_image_uploads_in_progress 1\n"));
+    cl_http_result_free(&res);
+    /* With one upload allowed per project, a second one is refused whatever its size,
+     * and the image stays queued. */
+    f->cfg.quota_uploads_per_project = 1;
+    assert_int_equal(upload(f, ids[1], data[1], 1024, &res), 413);
+    assert_non_null(strstr(res.body, "uploads in progress, the limit is 1"));
+    cl_http_result_free(&res);
+    f->cfg.quota_uploads_per_project = 8;
+    /* ...until its client hangs up: the reservation goes with it. */
+    close(fds[0]);
+    stored_bytes(f, ids, 1, &active, &queued);
+    assert_int_equal(queued, 1);
+    assert_int_equal(upload(f, ids[1], data[1], len, &res), 204);
+    cl_http_result_free(&res);
+    count_files(f, &temps, &blobs);
+    assert_int_equal(temps, 0);
+    assert_int_equal(blobs, 1);
+    assert_int_equal(http(f, "GET", "/metrics", NULL, NULL, 0, NULL, &res), 200);
+    assert_non_null(strstr(res.body, "nube_image_quota_reserved_bytes 0\n"));
+    assert_non_null(strstr(res.body, "nube_image_uploads_in_progress 0\n"));
+    cl_http_result_free(&res);
+    for (int i = 0; i < N; i++)
+        free(data[i]);
+}
+
 /* ---- sealed tokens from nube-api's key, two projects, members ---- */
 
 #define P_ALICE "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -977,6 +1157,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quota, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visibility_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_uploads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quota_concurrent_uploads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sealed_tokens_and_members, setup, teardown),
     };
     cl_log_init("test_image_store", CL_LOG_WARN, false);

@@ -68,6 +68,17 @@ static void test_parse_rejects(void **state)
     expect_malformed("{\"a\":1}\0junk", 12, "NUL");
     /* The length is honoured: a prefix that is valid on its own is not the body. */
     expect_malformed("{\"a\": 1}", 5, NULL);
+    /* json-c's NaN/Infinity literals are not JSON (found by fuzz_json: "\r\rNaN"); a
+     * string that merely mentions them is fine. */
+    expect_malformed("\r\rNaN", 5, "NaN and Infinity");
+    expect_malformed("{\"a\": [1, -Infinity]}", strlen("{\"a\": [1, -Infinity]}"),
+                     "NaN and Infinity");
+    expect_malformed("{\"a\": {\"b\": Infinity}}", strlen("{\"a\": {\"b\": Infinity}}"),
+                     "NaN and Infinity");
+    {
+        _cleanup_json_ json_object *str = parse_ok("{\"NaN\": \"Infinity\", \"x\": 1.5}");
+        assert_true(json_object_is_type(str, json_type_object));
+    }
 
     /* Depth: CL_JSON_MAX_DEPTH-1 nested arrays pass, far more fail with a depth error. */
     memset(deep, '[', sizeof(deep));
