@@ -564,13 +564,30 @@ static void identity_metrics(FILE *out, void *ud)
             atomic_load(&ctx->tokens_issued));
 }
 
-/* The API is healthy while the scheduler keeps acknowledging: a pending set that only
- * grows means the scheduler is away and servers will stay in BUILD. */
+/* Both listeners answer /healthz from the moment they are bound, but every handler
+ * refuses with 503 "starting" until api_start() flips `ready` (after the second listener
+ * is up). Health must not run ahead of that: a supervisor or test that waits for 200
+ * would otherwise send its first request into the 503 window. */
+static bool started_health(char *reason, size_t len, void *ud)
+{
+    const api_ctx *ctx = ud;
+
+    if (atomic_load_explicit(&ctx->ready, memory_order_acquire))
+        return true;
+    snprintf(reason, len, "nube-api is starting");
+    return false;
+}
+
+/* The API is healthy once started and while the scheduler keeps acknowledging: a pending
+ * set that only grows means the scheduler is away and servers will stay in BUILD. */
 static bool compute_health(char *reason, size_t len, void *ud)
 {
     api_ctx *ctx = ud;
-    size_t pending = cl_bus_pending(ctx->bus);
+    size_t pending;
 
+    if (!started_health(reason, len, ud))
+        return false;
+    pending = cl_bus_pending(ctx->bus);
     if (pending > 1000) {
         snprintf(reason, len, "%zu bus messages unacknowledged by the scheduler", pending);
         return false;
@@ -713,7 +730,7 @@ int api_start(const api_cfg *cfg, api_ctx **out, cl_error *err)
         const cl_http_route *idr = api_identity_routes(&nid);
 
         rc = start_listener(ctx, "identity", cfg->identity_port, idr, nid, identity_metrics,
-                            NULL, &ctx->identity, err);
+                            started_health, &ctx->identity, err);
     }
     if (rc < 0)
         goto fail;

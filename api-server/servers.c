@@ -70,8 +70,14 @@ int api_servers_prepare_db(cl_store *st, cl_error *err)
 
     rc = cl_db_prepare(db, "SELECT 1 FROM sqlite_master WHERE type = 'table'"
                            " AND name = 'api_server_extra'", &s);
-    if (rc == 0 && sqlite3_step(s) != SQLITE_ROW)
+    if (rc < 0)
+        return cl_error_set(err, CL_E_INTERNAL, "cannot read the database schema: %s",
+                            cl_db_errmsg(db));
+    if (sqlite3_step(s) != SQLITE_ROW)
         return 0;
+    /* A statement still open on sqlite_master would make the DROP TABLE below fail
+     * ("database table is locked"). */
+    sqlite3_finalize(TAKE_PTR(s));
     rc = cl_db_begin_immediate(db);
     if (rc == 0)
         rc = cl_db_exec(db, "INSERT OR IGNORE INTO instance_extra (instance_uuid, key_name)"
@@ -87,10 +93,12 @@ int api_servers_prepare_db(cl_store *st, cl_error *err)
     if (rc == 0)
         rc = cl_db_commit(db);
     if (rc < 0) {
+        /* The message first: the rollback would replace it. */
+        rc = cl_error_set(err, CL_E_INTERNAL,
+                          "cannot move nube-api's server extras into the compute schema: %s",
+                          cl_db_errmsg(db));
         cl_db_rollback(db);
-        return cl_error_set(err, CL_E_INTERNAL,
-                            "cannot move nube-api's server extras into the compute schema: %s",
-                            cl_db_errmsg(db));
+        return rc;
     }
     return 0;
 }

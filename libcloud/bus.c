@@ -769,6 +769,11 @@ static void bus_handle_msg(cl_bus *b, cl_bus_msg *msg)
     cl_log_set_request_id(NULL);
     if (b->manual_ack)
         return; /* cl_bus_ack() remembers and acks once the receiver made it durable */
+    /* With an outbox, what the handler queued is stored before the ack lets the sender
+     * forget the message that caused it: a kill in between costs a resend (the handler
+     * runs again), never a lost command (tests/crash/test_migrate_crash.py). */
+    if (b->outbox)
+        bus_drain_queue(b);
     bus_remember(b, msg->id);
     bus_send_ack(b, msg);
 }

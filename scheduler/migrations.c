@@ -550,7 +550,12 @@ static void on_abort(cl_store *st, cl_bus *bus, const cl_bus_msg *msg)
  * done repeats its (idempotent) request instead of the state change; confirm and revert
  * mark the record first and send before they write, and the tick finishes a marked one
  * (cold_sweep); an agent that registers again gets its lost export asked again, and a
- * lost import sends the guest back to the source (cold_on_register).
+ * lost import sends the guest back to the source (cold_on_register). The scheduler's
+ * bus keeps an outbox and stores what a handler queued before it acknowledges the
+ * message that caused it, so a killed scheduler still sends each step's command, or the
+ * step's trigger comes again; only the commands of an end (confirm, revert, failure)
+ * have no trigger to come again: they are sent once more after a start
+ * (sched_migrations_resume, cold_move_ends).
  *
  * Test-driver hosts hold no disk file: the source says so (nodisk) and the destination
  * imports nothing; the same messages run, which is what test_migrate_api.py checks. */
@@ -644,6 +649,67 @@ static void cold_mark(cl_store *st, const char *mig, const char *phase, cl_cold_
     }
 }
 
+/* ---- ends a killed scheduler may not have sent ----
+ * A confirm or revert queues its commands and then writes its end; the bus stores them
+ * in its outbox only when the handler (or tick) has returned. A scheduler killed in
+ * between loses them with the move already ended in the database, and nothing would
+ * send them again (tests/crash/test_migrate_crash.py: a stopped second domain left on
+ * the source, a reverted server left SHUTOFF). So each end is also written to
+ * cold_move_ends (a table this module creates, like migration_progress) and the first
+ * tick after a start sends the commands of the ends younger than COLD_END_KEEP_MS again
+ * (sched_migrations_resume); the agents treat them as the repeats they may be. */
+#define COLD_END_KEEP_MS 60000
+
+static int ensure_ends_table(cl_store *st)
+{
+    return cl_db_exec(cl_store_db(st), "CREATE TABLE IF NOT EXISTS cold_move_ends ("
+                                       "  migration_uuid TEXT PRIMARY KEY,"
+                                       "  confirmed INTEGER NOT NULL,"
+                                       "  power_on INTEGER NOT NULL,"
+                                       "  ended_ms INTEGER NOT NULL)");
+}
+
+static void cold_end_record(cl_store *st, const char *mig, bool confirmed, bool power_on)
+{
+    _cleanup_stmt_ sqlite3_stmt *s = NULL;
+    if (ensure_ends_table(st) < 0 ||
+        cl_db_prepare(cl_store_db(st), "INSERT OR REPLACE INTO cold_move_ends (migration_uuid,"
+                      " confirmed, power_on, ended_ms) VALUES (?1, ?2, ?3, ?4)", &s) < 0) {
+        cl_err(LOG_MOD, "migration %s: cannot record its end", mig);
+        return;
+    }
+    cl_db_bind_text(s, 1, mig);
+    cl_db_bind_int64(s, 2, confirmed);
+    cl_db_bind_int64(s, 3, power_on);
+    cl_db_bind_int64(s, 4, cl_now_ms());
+    if (cl_db_step_done(s) < 0)
+        cl_err(LOG_MOD, "migration %s: cannot record its end", mig);
+}
+
+/* The commands of a revert or failed move: the destination drops its domain and disk
+ * (destroy) and an imported disk no domain uses yet (release); the source ends the
+ * export and, when start, runs the guest again. */
+static void cold_back_send(cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m,
+                           bool start)
+{
+    (void)send(bus, m->dest_host, CL_MSG_INSTANCE_DESTROY, msg, moved_body(m));
+    json_object *drop = mig_body(m);
+    if (drop)
+        json_object_object_add(drop, "drop_disk", json_object_new_boolean(true));
+    (void)send(bus, m->dest_host, MSG_COLD_RELEASE, msg, drop);
+    (void)send(bus, m->source_host, MSG_COLD_RELEASE, msg, mig_body(m));
+    if (start)
+        send_action(bus, msg, m->source_host, m->instance_uuid, CL_ACTION_START);
+}
+
+/* The commands of a confirm: the source's copy goes; the destination keeps its disk. */
+static void cold_confirm_send(cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m)
+{
+    (void)send(bus, m->source_host, MSG_COLD_RELEASE, msg, mig_body(m));
+    (void)send(bus, m->source_host, CL_MSG_INSTANCE_DESTROY, msg, moved_body(m));
+    (void)send(bus, m->dest_host, MSG_COLD_RELEASE, msg, mig_body(m));
+}
+
 /* Undo a cold move whose source still holds the stopped guest (revert or failure). */
 static void cold_back(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl_migration *m,
                       const char *status, const char *fault)
@@ -654,16 +720,7 @@ static void cold_back(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl
     snprintf(phase, sizeof(phase), "back:%s", status);
     cold_mark(st, m->uuid, phase, &c, &have);
     bool power_on = !have || c.power_on;
-    /* The destination: its domain and disk (destroy), and an imported disk that no
-     * domain uses yet (release). The source: the export ends, the guest runs again. */
-    (void)send(bus, m->dest_host, CL_MSG_INSTANCE_DESTROY, msg, moved_body(m));
-    json_object *drop = mig_body(m);
-    if (drop)
-        json_object_object_add(drop, "drop_disk", json_object_new_boolean(true));
-    (void)send(bus, m->dest_host, MSG_COLD_RELEASE, msg, drop);
-    (void)send(bus, m->source_host, MSG_COLD_RELEASE, msg, mig_body(m));
-    if (power_on)
-        send_action(bus, msg, m->source_host, m->instance_uuid, CL_ACTION_START);
+    cold_back_send(bus, msg, m, power_on);
     cl_flavor f;
     if (have && c.old_flavor_id[0] &&
         (cl_store_flavor_get(st, c.old_flavor_id, &f) < 0 ||
@@ -675,16 +732,20 @@ static void cold_back(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl
                m->source_host);
     /* A stopped guest stays stopped: done. One that ran: the source's report after the
      * start ends a revert (task resize_reverting, VERIFY_RESIZE -> ACTIVE); a failed
-     * move's task ends here (sched.c keeps a move's task against host reports), its
-     * vm_state never left ACTIVE. */
-    cl_instance inst;
-    bool reverting = cl_store_instance_get(st, m->instance_uuid, &inst) == 0 &&
-                     inst.task_state == CL_TASK_RESIZE_REVERTING;
+     * move's task ends here (sched.c keeps a move's task against host reports) and the
+     * server is ACTIVE again. Both are written, not assumed: a host's report handled
+     * between nube-api's revert and this can have cleared the task, and a scheduler
+     * killed as the move arrived can have left VERIFY_RESIZE on a move still under way
+     * (tests/crash/test_migrate_crash.py: a reverted server stayed VERIFY_RESIZE). */
     if (!power_on)
         cl_store_instance_set_state(st, m->instance_uuid, CL_VM_STOPPED, CL_TASK_NONE,
                                     CL_POWER_SHUTDOWN, NULL, 0);
-    else if (!reverting)
-        cl_store_instance_set_state(st, m->instance_uuid, -1, CL_TASK_NONE, -1, NULL, 0);
+    else if (strcmp(status, "reverted") == 0)
+        cl_store_instance_set_state(st, m->instance_uuid, -1, CL_TASK_RESIZE_REVERTING, -1,
+                                    NULL, 0);
+    else
+        cl_store_instance_set_state(st, m->instance_uuid, CL_VM_ACTIVE, CL_TASK_NONE, -1,
+                                    NULL, 0);
     int r = cl_store_migration_finish(st, m->uuid, false);
     if (r < 0)
         cl_err(LOG_MOD, "migration %s: cannot give the allocation back: %s", m->uuid,
@@ -692,6 +753,7 @@ static void cold_back(cl_store *st, cl_bus *bus, const cl_bus_msg *msg, const cl
     set_status(st, m->uuid, status);
     if (fault)
         progress_put(st, m->uuid, NULL, NULL, 0, NULL, fault);
+    cold_end_record(st, m->uuid, false, power_on);
     (void)cl_store_cold_move_delete(st, m->uuid);
     cl_info(LOG_MOD, "cold migration %s: %s back on %s (%s%s%s)", m->uuid, m->instance_uuid,
             m->source_host, status, fault ? ": " : "", fault ? fault : "");
@@ -705,9 +767,7 @@ static void cold_confirm(cl_store *st, cl_bus *bus, const cl_bus_msg *msg,
     bool have;
     cold_mark(st, m->uuid, "confirm", &c, &have);
     bool power_on = !have || c.power_on;
-    (void)send(bus, m->source_host, MSG_COLD_RELEASE, msg, mig_body(m));
-    (void)send(bus, m->source_host, CL_MSG_INSTANCE_DESTROY, msg, moved_body(m));
-    (void)send(bus, m->dest_host, MSG_COLD_RELEASE, msg, mig_body(m)); /* keeps its disk */
+    cold_confirm_send(bus, msg, m);
     int r = cl_store_migration_finish(st, m->uuid, true);
     if (r < 0) {
         cl_err(LOG_MOD, "migration %s: cannot confirm: %s", m->uuid, strerror(-r));
@@ -717,6 +777,7 @@ static void cold_confirm(cl_store *st, cl_bus *bus, const cl_bus_msg *msg,
     set_status(st, m->uuid, "confirmed");
     cl_store_instance_set_state(st, m->instance_uuid, power_on ? CL_VM_ACTIVE : CL_VM_STOPPED,
                                 CL_TASK_NONE, -1, NULL, 0);
+    cold_end_record(st, m->uuid, true, power_on);
     (void)cl_store_cold_move_delete(st, m->uuid);
     cl_info(LOG_MOD, "cold migration %s of %s confirmed; source %s cleaned", m->uuid,
             m->instance_uuid, m->source_host);
@@ -1008,9 +1069,13 @@ bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *
     if (arrived || (strcmp(m.status, "finished") == 0 &&
                     (*vm_state == CL_VM_ACTIVE || *vm_state == CL_VM_STOPPED))) {
         if (strcmp(m.status, "migrating") == 0) {
+            /* The move's task ends here, whatever sched.c decides for the report's; the
+             * server shows VERIFY_RESIZE before the move is "finished": a scheduler
+             * killed in between leaves it "migrating" for the report's resend to finish,
+             * never finished under an ACTIVE server (tests/crash/test_migrate_crash.py). */
+            cl_store_instance_set_state(st, inst->uuid, CL_VM_RESIZED, CL_TASK_NONE, -1, NULL,
+                                        0);
             set_status(st, m.uuid, "finished");
-            /* The move's task ends here, whatever sched.c decides for the report's. */
-            cl_store_instance_set_state(st, inst->uuid, -1, CL_TASK_NONE, -1, NULL, 0);
             cl_info(LOG_MOD, "cold migration %s: %s %s on %s, waiting for confirm", m.uuid,
                     inst->uuid, power_on ? "runs" : "is defined (stopped)", m.dest_host);
         }
@@ -1051,11 +1116,99 @@ static void cold_on_register(cl_store *st, cl_bus *bus, const char *host)
     }
 }
 
+/* m is the newest move of its instance: repeating its end undoes no later one. */
+static bool cold_is_latest(cl_store *st, const cl_migration *m)
+{
+    _cleanup_free_ cl_migration_row *rows = NULL;
+    size_t n = 0;
+    return cl_store_migrations_list(st, NULL, NULL, m->instance_uuid, NULL, &rows, &n) == 0 &&
+           n > 0 && strcmp(rows[0].uuid, m->uuid) == 0;
+}
+
+/* After a revert (or failure) that was to start the source copy: start it again only
+ * while the server is still where and as the end left it, and nobody asked an action of
+ * it since (a stop after the revert must stay a stop). */
+static bool cold_start_again(cl_store *st, const cl_migration *m, int64_t ended_ms)
+{
+    cl_instance inst;
+    if (cl_store_instance_get(st, m->instance_uuid, &inst) < 0 ||
+        strcmp(inst.host, m->source_host) != 0)
+        return false;
+    if (inst.task_state != CL_TASK_RESIZE_REVERTING &&
+        (inst.task_state != CL_TASK_NONE ||
+         (inst.vm_state != CL_VM_ACTIVE && inst.vm_state != CL_VM_STOPPED)))
+        return false;
+    _cleanup_stmt_ sqlite3_stmt *q = NULL;
+    if (cl_db_prepare(cl_store_db(st), "SELECT 1 FROM instance_actions WHERE instance_uuid = ?1"
+                      " AND start_ms > ?2 LIMIT 1", &q) < 0)
+        return false;
+    cl_db_bind_text(q, 1, m->instance_uuid);
+    cl_db_bind_int64(q, 2, ended_ms);
+    return sqlite3_step(q) == SQLITE_DONE;
+}
+
+#define COLD_END_MAX 256
+
+void sched_migrations_resume(cl_store *st, cl_bus *bus)
+{
+    struct {
+        char mig[CL_UUID_LEN];
+        bool confirmed, power_on;
+        int64_t ended_ms;
+    } ends[COLD_END_MAX];
+    size_t n = 0, sent = 0;
+    {
+        _cleanup_stmt_ sqlite3_stmt *q = NULL;
+        if (ensure_ends_table(st) < 0 ||
+            cl_db_prepare(cl_store_db(st), "SELECT migration_uuid, confirmed, power_on, "
+                          "ended_ms FROM cold_move_ends WHERE ended_ms >= ?1 ORDER BY "
+                          "ended_ms DESC LIMIT ?2", &q) < 0)
+            return;
+        cl_db_bind_int64(q, 1, cl_now_ms() - COLD_END_KEEP_MS);
+        sqlite3_bind_int(q, 2, COLD_END_MAX);
+        while (n < COLD_END_MAX && sqlite3_step(q) == SQLITE_ROW) {
+            cl_db_column_text(q, 0, ends[n].mig, CL_UUID_LEN);
+            ends[n].confirmed = sqlite3_column_int64(q, 1) != 0;
+            ends[n].power_on = sqlite3_column_int64(q, 2) != 0;
+            ends[n].ended_ms = sqlite3_column_int64(q, 3);
+            n++;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        cl_migration m;
+        if (cl_store_migration_get(st, ends[i].mig, &m) < 0 || !cold_is_latest(st, &m))
+            continue;
+        cl_bus_msg why;
+        memset(&why, 0, sizeof(why));
+        if (ends[i].confirmed)
+            cold_confirm_send(bus, &why, &m);
+        else
+            cold_back_send(bus, &why, &m,
+                           ends[i].power_on && cold_start_again(st, &m, ends[i].ended_ms));
+        sent++;
+    }
+    if (sent)
+        cl_info(LOG_MOD, "re-sent the last commands of %zu cold migration ends after start",
+                sent);
+}
+
+/* Ends older than COLD_END_KEEP_MS were stored in the outbox long ago: forget them. */
+static void cold_ends_prune(cl_store *st)
+{
+    _cleanup_stmt_ sqlite3_stmt *q = NULL;
+    if (cl_db_prepare(cl_store_db(st), "DELETE FROM cold_move_ends WHERE ended_ms < ?1",
+                      &q) < 0)
+        return; /* no table yet */
+    cl_db_bind_int64(q, 1, cl_now_ms() - COLD_END_KEEP_MS);
+    (void)cl_db_step_done(q);
+}
+
 void sched_migrations_auto_confirm(cl_store *st, cl_bus *bus, int64_t window_s)
 {
     _cleanup_free_ cl_migration_row *rows = NULL;
     size_t n = 0;
     cold_sweep(st, bus);
+    cold_ends_prune(st);
     if (window_s <= 0 ||
         cl_store_migrations_list(st, NULL, "finished", NULL, NULL, &rows, &n) < 0)
         return;
@@ -1130,6 +1283,14 @@ bool sched_migrations_fence(cl_store *st, cl_bus *bus, const char *host, const c
     size_t n = 0;
     if (cl_store_migrations_list(st, NULL, NULL, uuid, NULL, &rows, &n) < 0)
         return false;
+    /* Not a stale copy but an arrival: a live migration to this host is in flight (the
+     * check settles it; a destroy here would also remove a shared disk). */
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].dest_host, host) == 0 &&
+            (strcmp(rows[i].status, "preparing") == 0 ||
+             strcmp(rows[i].status, "running") == 0 ||
+             strcmp(rows[i].status, "cancelling") == 0))
+            return false;
     for (size_t i = 0; i < n; i++) {
         const cl_migration_row *m = &rows[i];
         if (strcmp(m->source_host, host) != 0 ||

@@ -40,4 +40,9 @@ bool sched_migrations_cold_report(cl_store *st, cl_bus *bus, const cl_instance *
  * Called from the scheduler's periodic tick. */
 void sched_migrations_auto_confirm(cl_store *st, cl_bus *bus, int64_t window_s);
 
+/* First tick after a start: send again the last commands of the cold migration confirms
+ * and reverts that ended shortly before (they may have died with the previous run before
+ * its bus stored them); a revert's start only while the server is as the revert left it. */
+void sched_migrations_resume(cl_store *st, cl_bus *bus);
+
 #endif

@@ -16,18 +16,9 @@ import time
 import uuid
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
-import nubelab  # noqa: E402
-from nubelab import http, wait_for  # noqa: E402
-
-HOSTCMD = os.path.join(TOP, "deploy", "libvirt-host")
-
-
-def run(*argv, check=True):
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{argv}: rc {p.returncode}: {p.stderr.strip()}")
-    return p.stdout.strip()
+sys.path.insert(0, os.path.join(TOP, "tests", "e2e"))
+import realhost as rh  # noqa: E402  (the e2e tests' hosts, guest and agent config)
+from realhost import http, nubelab, run, wait_for  # noqa: E402
 
 
 def appears(path, t0, timeout=60.0):
@@ -64,48 +55,20 @@ def rss_kb(pid):
 
 
 def boot_latency(build, rounds):
-    out = run(os.path.join(TOP, "deploy", "build-guest-image"),
-              os.path.join(build, "tests", "e2e", "guest"))
-    img = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    img = rh.guest_image(build)
     base = tempfile.mkdtemp(prefix="nube-bench-agent.")
     lab = nubelab.Lab(build)
     try:
-        images = os.path.join(lab.dir, "images", "busybox")
-        os.makedirs(images)
-        os.symlink(img["kernel"], os.path.join(images, "kernel"))
-        os.symlink(img["ramdisk"], os.path.join(images, "ramdisk"))
-        os.symlink(img["disk"], os.path.join(images, "disk.qcow2"))
-        with open(os.path.join(images, "cmdline"), "w") as f:
-            f.write("console=ttyS0 panic=-1\n")
-        uri = run(HOSTCMD, "--base", base, "start", "bench1").splitlines()[-1]
+        images = os.path.join(rh.install_guest(lab, img), "busybox")
+        uri = rh.Host(base, "bench1").uri
         lab.start_scheduler()
         lab.start_api()
-        inst = os.path.join(lab.dir, "instances")
         raw = os.path.join(lab.dir, "raw")
-        os.makedirs(inst)
         os.makedirs(raw)
-        port = nubelab.free_port()
-        conf = lab.write("nube-agent-bench1.conf", f"""[DEFAULT]
-log_level = info
-state_dir = {lab.dir}
-[agent]
-host = bench1
-libvirt_uri = {uri}
-heartbeat_interval_ms = 1000
-instances_dir = {inst}
-virt_type = qemu
-image_dir = {os.path.join(lab.dir, "images")}
-network =
-shutdown_timeout_s = 5
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{lab.bus_port}
-resend_ms = 300
-[http]
-listen = 127.0.0.1
-port = {port}
-""")
-        agent = lab._start("agent-bench1", lab.binary("compute-agent", "nube-agent"), conf,
-                           f"http://127.0.0.1:{port}/healthz")
+        # log_level info: debug logging would weigh on the latencies measured.
+        agent, inst = rh.start_agent(lab, "bench1", uri, os.path.join(lab.dir, "instances"),
+                                     agent={"virt_type": "qemu"}, log_level="info",
+                                     heartbeat_ms=1000)
         wait_for(lambda: "bench1" in lab.hypervisors(), 20, "host registered")
         print(f"agent RSS on a real QEMU host, 0 guests: {rss_kb(agent.proc.pid)} KiB")
 
@@ -174,7 +137,7 @@ port = {port}
               f"{'OK' if mn - mr <= 200 else 'OVER'}; ratio nube/raw {mn / mr:.2f}")
     finally:
         lab.stop_all()
-        run(HOSTCMD, "--base", base, "stop-all", "--purge", check=False)
+        rh.stop_hosts(base)
         lab.cleanup()
         shutil.rmtree(base, ignore_errors=True)
 

@@ -4,7 +4,8 @@ the suite runner (argument and client checks, one line per check, the daemons' e
 at the end, log tails on an unexpected error, "N passed, N failed").
 
 A suite is a function body(lab, check): it starts the daemons it needs and calls
-check(name, fn) for each step; run_suite() does the rest. The client runs with an
+check(name, fn) for each step; run_suite() does the rest. start_image() runs nube-image
+with nube-api's token key (the e2e tests use it too). The client runs with an
 environment of its own: no OS_* variable of the caller and HOME in the lab's directory,
 so no user-level clouds.yaml or cache leaks in.
 """
@@ -19,7 +20,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
-from nubelab import Lab  # noqa: E402
+from nubelab import ADMIN_TOKEN, Lab, free_port, wait_for  # noqa: E402
 
 ADMIN_PROJECT_ID = "5a0c5e2b9b6f4f3e8d1c2b3a4f5e6d7c"
 
@@ -70,6 +71,30 @@ class Cli:
     def run(self, *args, cloud=None, **kw):
         """run_as() on the default cloud unless cloud= names another."""
         return self.run_as(cloud or self.default_cloud, *args, **kw)
+
+
+def start_image(lab):
+    """nube-image on loopback verifying nube-api's sealed tokens with nube-api's key (its
+    default [auth] token_key_file, written once nube-api runs: start the API first).
+    Shared with the e2e tests. Returns (url, token key path, nube-image's state_dir)."""
+    key = os.path.join(lab.dir, "token.key")
+    wait_for(lambda: os.path.exists(key), 10, "nube-api's token key")
+    port = free_port()
+    state = os.path.join(lab.dir, "image")
+    os.makedirs(state)
+    conf = lab.write("nube-image.conf", f"""[DEFAULT]
+log_level = debug
+state_dir = {state}
+[image]
+listen = 127.0.0.1
+port = {port}
+[auth]
+admin_token = {ADMIN_TOKEN}
+token_key_file = {key}
+""")
+    lab._start("image", lab.binary("image-store", "nube-image"), conf,
+               f"http://127.0.0.1:{port}/healthz")
+    return f"http://127.0.0.1:{port}", key, state
 
 
 def run_suite(doc, body, **lab_kwargs):

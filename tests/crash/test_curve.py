@@ -30,7 +30,9 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
-from nubelab import ADMIN_TOKEN, Lab, free_port, http, wait_for  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+from nubelab import Lab, free_port, http, wait_for  # noqa: E402
+from realhost import start_billing  # noqa: E402
 
 
 def main():
@@ -203,31 +205,18 @@ port = {imp_port}
         print(f"     hostA served again {time.monotonic() - t0:.1f}s after its restart")
 
     def usage_to_billing():
-        bport, bbus = free_port(), f"tcp://127.0.0.1:{free_port()}"
-        conf = lab.write("nube-billing.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {lab.dir}
-[billing]
-listen = 127.0.0.1
-port = {bport}
-bus_listen = {bbus}
-curve_secret_key_file = {os.path.join(keys, "nube-billing.key")}
-allowed_keys_dir = {allowed}
-[database]
-connection = {lab.dir}/billing.db
-[auth]
-admin_token = {ADMIN_TOKEN}
-""")
-        lab._start("billing", lab.binary("billing", "nube-billing"), conf,
-                   f"http://127.0.0.1:{bport}/healthz")
-        agent_keys["hostA"] += (f"[billing]\nendpoint = {bbus}\nsample_interval_s = 1\n"
+        billing = start_billing(lab, extra=(
+            f"curve_secret_key_file = {os.path.join(keys, 'nube-billing.key')}\n"
+            f"allowed_keys_dir = {allowed}"))
+        agent_keys["hostA"] += (f"[billing]\nendpoint = {billing['bus']}\n"
+                                f"sample_interval_s = 1\n"
                                 f"curve_server_key_file = "
                                 f"{os.path.join(keys, 'nube-billing.pub')}\n")
         lab.daemons["agent-hostA"].stop()
         lab.start_agent("hostA")
 
         def metric(name):
-            r = http("GET", f"http://127.0.0.1:{bport}/metrics")
+            r = http("GET", f"{billing['url']}/metrics")
             body = r.raw.decode(errors="replace") if isinstance(r.raw, bytes) else str(r.raw)
             for line in body.splitlines():
                 if line.startswith(name + " "):

@@ -26,19 +26,22 @@ different steps of the flow for different servers. The victim is restarted; then
   - allocations match instances: one allocation per server, on its host, no migration
     allocation left, and nube-placement-audit --json finds nothing.
 
-Short by default (three rounds per victim and phase, source and destination agents,
-~8 s); NUBE_CRASH_LONG=1 runs more rounds with more servers and the scheduler as a
-victim too; NUBE_CRASH_VICTIMS=scheduler,source,dest picks the victims.
+Short by default (three rounds per victim and phase; the scheduler, the source and
+the destination agent; ~20 s); NUBE_CRASH_LONG=1 runs more rounds with more servers;
+NUBE_CRASH_VICTIMS=scheduler,source,dest picks the victims. Replay a failure with its
+victim and seed: NUBE_CRASH_VICTIMS=scheduler NUBE_CRASH_SEED=<seed>.
 
-The scheduler is left out of the short run because it still fails there (2026-11-26):
-it keeps no outbox, so a command it queued just before the kill is lost, and nothing
-re-sends it after the restart -
-  - during a migrate: the export/import request of a move in phase "exporting" or
-    "importing" -> the migration stays "migrating", the server RESIZE forever;
-  - during a confirm: the destroy of the source copy -> a second (stopped) domain stays
-    on the source;
-  - during a revert: the start of the source copy -> the server ends SHUTOFF.
-Replay one with NUBE_CRASH_VICTIMS=scheduler NUBE_CRASH_SEED=<seed>.
+What the scheduler as a victim found (fixed 2026-11-26): without an outbox, a command it
+queued just before the kill was lost and nothing sent it again - the export or import
+of a move ("migrating" forever, the server RESIZE), the destroy of the source copy at
+confirm (a second, stopped domain on the source), the start of the source copy at revert
+(the server SHUTOFF). Now its bus keeps an outbox, stores what a handler queued before
+acknowledging the message that caused it, and the first tick after a start sends the
+last commands of recent confirms and reverts again (scheduler/migrations.c). Found on
+the way: a move marked "finished" under an ACTIVE server (kill between two writes), a
+revert whose task a host report cleared (the server stayed VERIFY_RESIZE), a stale
+"shut off" resent from an agent's outbox after the server came back (SHUTOFF), and a
+release body leaked by the agent (a json-c reference shared between threads).
 
 Usage: test_migrate_crash.py BUILD_DIR [--keep]
 """
@@ -65,10 +68,7 @@ HOSTS = ("hostA", "hostB")
 POINTS = {"migrate": ("post", "migrating", "finished"),
           "confirm": ("post", "confirmed"),
           "revert": ("post", "reverted")}
-# The scheduler as a victim is in the long run only: it keeps no outbox, and commands it
-# queued just before the kill can be lost (see the module docstring).
-VICTIMS = tuple(os.environ.get("NUBE_CRASH_VICTIMS",
-                               "scheduler,source,dest" if LONG else "source,dest").split(","))
+VICTIMS = tuple(os.environ.get("NUBE_CRASH_VICTIMS", "scheduler,source,dest").split(","))
 IN_FLIGHT = ("migrating", "preparing", "running", "cancelling", "pre-migrating",
              "queued", "accepted", "confirming", "reverting")
 

@@ -13,6 +13,8 @@ deploy/build-guest-image). This module holds the parts they used to copy from ea
     lab's hub bridge), with virsh on its URI;
   - guest_image()/install_guest(): build (or reuse) the guest and lay it out in the
     agents' image_dir as an AMI-style set (kernel, ramdisk, disk.qcow2, cmdline);
+    start_image() (tests/compat/compat.py), upload_image()/upload_guest(): nube-image
+    with nube-api's token key, and the guest set in it;
   - start_agent()/restart_agent(): a nube-agent on a real host, its config written from
     one template with per-test keys;
   - start_billing(): nube-billing on loopback;
@@ -38,8 +40,10 @@ import traceback
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HOSTCMD = os.path.join(TOP, "deploy", "libvirt-host")
 sys.path.insert(0, os.path.join(TOP, "tests", "integration"))
+sys.path.insert(0, os.path.join(TOP, "tests", "compat"))
 import nubelab  # noqa: E402
 from nubelab import http, wait_for  # noqa: E402,F401  (re-exported for the tests)
+from compat import start_image  # noqa: E402,F401  (nube-image with nube-api's token key)
 
 PASS = 0
 FAIL = 0
@@ -170,8 +174,34 @@ def install_guest(lab, img, name="busybox", cmdline=GUEST_CMDLINE):
     return os.path.join(lab.dir, "images")
 
 
+def upload_image(image_url, name, disk_format, path, **props):
+    """Create a public image in nube-image (props: more of its fields) and PUT its file;
+    returns its id."""
+    body = {"name": name, "disk_format": disk_format, "visibility": "public",
+            "container_format": disk_format if disk_format in ("aki", "ari") else "bare"}
+    body.update(props)
+    r = http("POST", f"{image_url}/v2/images", body)
+    assert r.status == 201, (r.status, r.raw)
+    with open(path, "rb") as f:
+        r2 = http("PUT", f"{image_url}/v2/images/{r.json['id']}/file", raw=f.read(),
+                  headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert r2.status == 204, (r2.status, r2.raw)
+    return r.json["id"]
+
+
+def upload_guest(image_url, img):
+    """The guest set as Glance takes it: kernel (aki), ramdisk (ari) and the qcow2 disk
+    naming both, with the guest's command line; returns (kernel, ramdisk, disk) ids."""
+    kid = upload_image(image_url, "guest-kernel", "aki", img["kernel"])
+    rid = upload_image(image_url, "guest-ramdisk", "ari", img["ramdisk"])
+    did = upload_image(image_url, "guest", "qcow2", img["disk"], kernel_id=kid,
+                       ramdisk_id=rid, os_command_line=GUEST_CMDLINE)
+    return kid, rid, did
+
+
 # ---- daemons ----
-def agent_conf(lab, name, uri, inst_dir, agent=None, extra=""):
+def agent_conf(lab, name, uri, inst_dir, agent=None, extra="", log_level="debug",
+               heartbeat_ms=300):
     """Write nube-agent-<name>.conf. agent: [agent] keys after host/libvirt_uri/
     heartbeat/instances_dir, in order (None drops a default: image_dir, network,
     shutdown_timeout_s); extra: more sections (text)."""
@@ -181,12 +211,12 @@ def agent_conf(lab, name, uri, inst_dir, agent=None, extra=""):
     lines = "".join(f"{k} = {v}\n" for k, v in keys.items() if v is not None)
     port = lab.agent_ports.setdefault(name, nubelab.free_port())
     return lab.write(f"nube-agent-{name}.conf", f"""[DEFAULT]
-log_level = debug
+log_level = {log_level}
 state_dir = {lab.dir}
 [agent]
 host = {name}
 libvirt_uri = {uri}
-heartbeat_interval_ms = 300
+heartbeat_interval_ms = {heartbeat_ms}
 instances_dir = {inst_dir}
 {lines}{extra}
 [bus]
@@ -205,11 +235,12 @@ def restart_agent(lab, name, daemon_name=None):
                       f"http://127.0.0.1:{lab.agent_ports[name]}/healthz")
 
 
-def start_agent(lab, name, uri, inst_dir=None, agent=None, extra=""):
-    """A nube-agent on a real host; returns (Daemon, instances_dir)."""
+def start_agent(lab, name, uri, inst_dir=None, agent=None, extra="", **conf):
+    """A nube-agent on a real host; returns (Daemon, instances_dir). conf: agent_conf()'s
+    log_level, heartbeat_ms."""
     inst_dir = inst_dir or os.path.join(lab.dir, f"instances-{name}")
     os.makedirs(inst_dir, exist_ok=True)
-    agent_conf(lab, name, uri, inst_dir, agent, extra)
+    agent_conf(lab, name, uri, inst_dir, agent, extra, **conf)
     return restart_agent(lab, name), inst_dir
 
 

@@ -57,20 +57,6 @@ def marker_ok(disk, running):
     return rc == 0 and "read 65536/65536" in out and "verification failed" not in out
 
 
-def upload(image_url, name, disk_format, path, **props):
-    """Create a public image in nube-image and PUT its file; returns its id."""
-    body = {"name": name, "disk_format": disk_format, "visibility": "public",
-            "container_format": disk_format if disk_format in ("aki", "ari") else "bare"}
-    body.update(props)
-    r = http("POST", f"{image_url}/v2/images", body)
-    assert r.status == 201, (r.status, r.raw)
-    with open(path, "rb") as f:
-        r2 = http("PUT", f"{image_url}/v2/images/{r.json['id']}/file", raw=f.read(),
-                  headers={"Content-Type": "application/octet-stream"}, timeout=60)
-    assert r2.status == 204, (r2.status, r2.raw)
-    return r.json["id"]
-
-
 def setup(build, base, lab):
     """The guest in nube-image, two hosts and their agents (as realhost.migration_hosts,
     but with the base image found two ways: nubeA reads it from its image_dir, nubeB from
@@ -84,27 +70,8 @@ def setup(build, base, lab):
     timing("image+hosts-start", (time.monotonic() - t) * 1000)
     lab.start_scheduler()
     lab.start_api()
-    key = os.path.join(lab.dir, "token.key")  # nube-api's default [auth] token_key_file
-    wait_for(lambda: os.path.exists(key), 10, "nube-api's token key")
-    port = nubelab.free_port()
-    os.makedirs(os.path.join(lab.dir, "image"))
-    conf = lab.write("nube-image.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {os.path.join(lab.dir, "image")}
-[image]
-listen = 127.0.0.1
-port = {port}
-[auth]
-admin_token = {nubelab.ADMIN_TOKEN}
-token_key_file = {key}
-""")
-    lab._start("image", lab.binary("image-store", "nube-image"), conf,
-               f"http://127.0.0.1:{port}/healthz")
-    url = f"http://127.0.0.1:{port}"
-    kid = upload(url, "guest-kernel", "aki", img["kernel"])
-    rid = upload(url, "guest-ramdisk", "ari", img["ramdisk"])
-    did = upload(url, "guest", "qcow2", img["disk"], kernel_id=kid, ramdisk_id=rid,
-                 os_command_line=rh.GUEST_CMDLINE)
+    url, key, _ = rh.start_image(lab)
+    _, _, did = rh.upload_guest(url, img)
     images = rh.install_guest(lab, img, name=did)  # nubeA's image_dir entry of that id
     inst = {}
     for n, h in hosts.items():

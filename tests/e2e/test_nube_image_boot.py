@@ -24,24 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import realhost as rh  # noqa: E402
-from realhost import check, http, nubelab, ok, run, wait_for  # noqa: E402
-
-
-def upload(image_url, name, disk_format, path, **props):
-    """Create an image and PUT its file; returns its id."""
-    body = {"name": name, "disk_format": disk_format,
-            "container_format": disk_format if disk_format in ("aki", "ari") else "bare",
-            "visibility": "public"}
-    body.update(props)
-    r = http("POST", f"{image_url}/v2/images", body)
-    assert r.status == 201, (r.status, r.raw)
-    iid = r.json["id"]
-    with open(path, "rb") as f:
-        data = f.read()
-    r = http("PUT", f"{image_url}/v2/images/{iid}/file", raw=data,
-             headers={"Content-Type": "application/octet-stream"}, timeout=60)
-    assert r.status == 204, (r.status, r.raw)
-    return iid
+from realhost import check, http, ok, run, wait_for  # noqa: E402
 
 
 def metric(text, name):
@@ -62,32 +45,11 @@ def scenario(build, base, lab):
 
     lab.start_scheduler()
     lab.start_api()
-    key = os.path.join(lab.dir, "token.key")  # nube-api's default [auth] token_key_file
-    wait_for(lambda: os.path.exists(key), 10, "nube-api's token key")
-    image_port = nubelab.free_port()
-    image_state = os.path.join(lab.dir, "image")
-    os.makedirs(image_state)
-    iconf = lab.write("nube-image.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {image_state}
-[image]
-listen = 127.0.0.1
-port = {image_port}
-[auth]
-admin_token = {nubelab.ADMIN_TOKEN}
-token_key_file = {key}
-""")
-    lab._start("image", lab.binary("image-store", "nube-image"), iconf,
-               f"http://127.0.0.1:{image_port}/healthz")
-    image_url = f"http://127.0.0.1:{image_port}"
+    image_url, key, image_state = rh.start_image(lab)
 
     # ---- the guest set, uploaded as Glance takes it ----
     t = time.monotonic()
-    kid = upload(image_url, "guest-kernel", "aki", img["kernel"])
-    rid = upload(image_url, "guest-ramdisk", "ari", img["ramdisk"])
-    cmd = rh.GUEST_CMDLINE
-    did = upload(image_url, "guest", "qcow2", img["disk"], kernel_id=kid, ramdisk_id=rid,
-                 os_command_line=cmd)
+    kid, rid, did = rh.upload_guest(image_url, img)
     r = http("GET", f"{image_url}/v2/images/{did}")
     check("disk image active with kernel_id/ramdisk_id", r.status == 200 and
           r.json["status"] == "active" and r.json["kernel_id"] == kid)
@@ -97,7 +59,7 @@ token_key_file = {key}
     run("qemu-img", "create", "-q", "-f", "qcow2", badq, "48M")
     with open(badq, "ab") as f:
         f.write(b"nube-bad-hash" * 4096)  # data past the header, then flipped in the store
-    bid = upload(image_url, "bad", "qcow2", badq, kernel_id=kid, ramdisk_id=rid)
+    bid = rh.upload_image(image_url, "bad", "qcow2", badq, kernel_id=kid, ramdisk_id=rid)
     sha = hashlib.sha256(open(badq, "rb").read()).hexdigest()
     blob = os.path.join(image_state, "images", "blobs", sha[:2], sha[2:])
     os.chmod(blob, 0o600)

@@ -7,6 +7,7 @@ written here), and stops everything it started: every process gets SIGTERM and m
 is removed. Standard library only, so it runs wherever python3 does.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -22,10 +23,73 @@ ADMIN_TOKEN = "it-admin-token-0123456789abcdef"
 ADMIN_PASSWORD = "it-admin-password"
 
 
-def free_port():
+# free_port() hands out ports that a daemon binds later, so nothing may take them in
+# between. Binding port 0 and closing (the old way) returns a port from the kernel's
+# ephemeral range, which any process may be given again at once - another test's
+# port-0 bind or any outgoing connection (meson runs several suites at a time) - and the
+# daemon then fails with "Address already in use". So ports come from below the
+# ephemeral range, which the kernel never hands out by itself, and each one is reserved
+# among concurrent test processes with a lock on the byte at offset <port> of one shared
+# file: the lock lives as long as this process (the kernel drops it when the process
+# dies, however it dies), so a restarted daemon gets its port back and no other nubelab
+# user picks it meanwhile. A bind check skips ports some unrelated program uses. Each
+# process starts its scan at a pid-derived offset, so concurrent processes rarely even
+# meet in the lock file.
+_PORT_LOCKS = os.path.join(tempfile.gettempdir(), f"nubelab-ports-{os.getuid()}.lock")
+_port_lock_fd = None
+_ports_held = set()
+
+
+def _port_pool():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    if lo - 10000 >= 2000:
+        return 10000, lo - 1
+    if 65535 - hi >= 2000:
+        return hi + 1, 65535
+    return None
+
+
+def _bindable(port):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that stays reserved for this process (see above)."""
+    global _port_lock_fd
+    pool = _port_pool()
+    if pool is None:  # no room outside the ephemeral range: best effort
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    if _port_lock_fd is None:
+        # Never closed: closing any descriptor of the file would drop all our locks.
+        _port_lock_fd = os.open(_PORT_LOCKS, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    first, last = pool
+    size = last - first + 1
+    start = (os.getpid() * 7919) % size
+    for i in range(size):
+        port = first + (start + i) % size
+        if port in _ports_held:
+            continue
+        try:
+            fcntl.lockf(_port_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        except OSError:
+            continue  # another test process holds it
+        if not _bindable(port):
+            fcntl.lockf(_port_lock_fd, fcntl.LOCK_UN, 1, port)
+            continue
+        _ports_held.add(port)
+        return port
+    raise AssertionError(f"no free port in {first}-{last}")
 
 
 def wait_for(pred, timeout, what, interval=0.05):

@@ -65,6 +65,19 @@ def rows(lab, sql, args=()):
         db.close()
 
 
+def host_of(lab, sid):
+    return rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
+
+
+def boot(lab, name):
+    """An ACTIVE server; returns (its id, its host, the other host, its action URL)."""
+    r = lab.create_server(name, flavor="1", image="cirros")
+    sid = r.json["server"]["id"]
+    lab.wait_status(sid, {"ACTIVE"}, timeout=30)
+    src = host_of(lab, sid)
+    return sid, src, "h2" if src == "h1" else "h1", f"{lab.compute}/servers/{sid}/action"
+
+
 def main():
     build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
     lab = nubelab.Lab(build, sched_extra="[scheduler]\nresize_confirm_window_s = 4\n")
@@ -90,12 +103,7 @@ def main():
 
 
 def scenario(lab):
-    r = lab.create_server("m", flavor="1", image="cirros")
-    sid = r.json["server"]["id"]
-    lab.wait_status(sid, {"ACTIVE"}, timeout=30)
-    src = rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
-    dst = "h2" if src == "h1" else "h1"
-    act = f"{lab.compute}/servers/{sid}/action"
+    sid, src, dst, act = boot(lab, "m")
 
     r = http("POST", f"{lab.compute}/servers/00000000-0000-4000-8000-000000000000/action",
              {"os-migrateLive": {"host": None}})
@@ -173,7 +181,7 @@ def cold_migrate(lab, sid, body, want_host):
     r = http("POST", act, {"migrate": body})
     check(f"migrate {body} -> 202 ({r.status} {r.raw[:120]!r})", r.status == 202)
     wait_for(lambda: lab.server(sid)["status"] == "VERIFY_RESIZE", 20, "VERIFY_RESIZE")
-    host = rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
+    host = host_of(lab, sid)
     check(f"VERIFY_RESIZE on {want_host} ({host})", host == want_host)
     check("both halves held while verifying",
           len(rows(lab, "SELECT * FROM migration_allocations")) == 1 and
@@ -182,12 +190,7 @@ def cold_migrate(lab, sid, body, want_host):
 
 
 def scenario_cold(lab):
-    r = lab.create_server("c", flavor="1", image="cirros")
-    sid = r.json["server"]["id"]
-    lab.wait_status(sid, {"ACTIVE"}, timeout=30)
-    src = rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
-    dst = "h2" if src == "h1" else "h1"
-    act = f"{lab.compute}/servers/{sid}/action"
+    sid, src, dst, act = boot(lab, "c")
 
     # dst may have been disabled by the live scenario.
     r = http("POST", act, {"migrate": {"host": dst}})
@@ -288,12 +291,7 @@ def audit(lab):
 def scenario_stopped(lab):
     http("PUT", f"{lab.compute}/os-services/enable", {"host": "h1", "binary": "nova-compute"})
     http("PUT", f"{lab.compute}/os-services/enable", {"host": "h2", "binary": "nova-compute"})
-    r = lab.create_server("s", flavor="1", image="cirros")
-    sid = r.json["server"]["id"]
-    lab.wait_status(sid, {"ACTIVE"}, timeout=30)
-    src = rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
-    dst = "h2" if src == "h1" else "h1"
-    act = f"{lab.compute}/servers/{sid}/action"
+    sid, src, dst, act = boot(lab, "s")
     r = http("POST", act, {"os-stop": None})
     check(f"os-stop -> 202 ({r.status})", r.status == 202)
     lab.wait_status(sid, {"SHUTOFF"}, timeout=20)
@@ -304,7 +302,7 @@ def scenario_stopped(lab):
     srv = lab.server(sid)
     check(f"VERIFY_RESIZE on {dst}, powered off ({srv.get('OS-EXT-SRV-ATTR:host')}, "
           f"power {srv.get('OS-EXT-STS:power_state')})",
-          rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0] == dst and
+          host_of(lab, sid) == dst and
           srv.get("OS-EXT-STS:power_state") == 4)
     doms = lab.domains(dst)
     check(f"defined on {dst}, not running ({doms.get(sid, {}).get('state')})",

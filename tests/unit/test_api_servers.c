@@ -26,6 +26,7 @@
 #include <cmocka.h>
 
 #include "api.h"
+#include "api_int.h"
 #include "api_fixture.h"
 #include "bus.h"
 #include "config.h"
@@ -884,6 +885,41 @@ static void test_refuses_empty_secrets(void **state)
     cl_config_free(api_cfg_keys, api_cfg_nkeys, &cfg);
 }
 
+/* A database of an early release kept key names and metadata in api_server_extra; the
+ * upgrade moves them into the compute schema and drops that table. It once failed with
+ * "database table is locked" because the probe of sqlite_master was still open. */
+static void test_upgrade_moves_server_extras(void **state)
+{
+    char dir[] = "/tmp/nube-api-upgrade-XXXXXX", path[64];
+    cl_store *st = NULL;
+    cl_error err = {0};
+    sqlite3_stmt *s = NULL;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/nube.db", dir);
+    assert_int_equal(cl_store_open(path, &st, &err), 0);
+    assert_int_equal(cl_db_exec(cl_store_db(st), "CREATE TABLE api_server_extra (uuid TEXT "
+                                "PRIMARY KEY, key_name TEXT, metadata TEXT); INSERT INTO "
+                                "api_server_extra VALUES ('0a1b2c3d-0000-4000-8000-"
+                                "000000000001', 'k', '{\"a\":\"b\"}')"), 0);
+    assert_int_equal(api_servers_prepare_db(st, &err), 0);
+    assert_int_equal(cl_db_prepare(cl_store_db(st), "SELECT count(*) FROM sqlite_master "
+                                   "WHERE name = 'api_server_extra'", &s), 0);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(s, 0), 0);
+    sqlite3_finalize(s);
+    /* Idempotent: a second start finds nothing to move. */
+    assert_int_equal(api_servers_prepare_db(st, &err), 0);
+    cl_store_free(st);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/nube.db-wal", dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/nube.db-shm", dir);
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -898,6 +934,7 @@ int main(void)
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_image_standin),
         cmocka_unit_test(test_refuses_empty_secrets),
+        cmocka_unit_test(test_upgrade_moves_server_extras),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

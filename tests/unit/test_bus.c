@@ -140,6 +140,27 @@ static void on_tick(cl_bus *bus, void *ud)
     pthread_mutex_unlock(&l->lock);
 }
 
+/* What every delivery test starts from: a free endpoint and empty logs (NULL-ended). */
+static void begin(char *ep, size_t len, recv_log *first, ...)
+{
+    make_endpoint(ep, len);
+    va_list ap;
+    va_start(ap, first);
+    for (recv_log *l = first; l; l = va_arg(ap, recv_log *))
+        log_init(l);
+    va_end(ap);
+}
+
+static cl_bus *bus_open(const cl_bus_opts *o)
+{
+    cl_bus *b = NULL;
+    cl_error err = {0};
+    int r = cl_bus_new(o, &b, &err);
+    if (r < 0)
+        fail_msg("cl_bus_new(%s): %d %s", o->name, r, err.message);
+    return b;
+}
+
 static cl_bus *bus_start(cl_bus_role role, const char *ep, const char *name, recv_log *l,
                          const char *outbox)
 {
@@ -152,12 +173,22 @@ static cl_bus *bus_start(cl_bus_role role, const char *ep, const char *name, rec
         .ud = l,
         .outbox_path = outbox,
     };
-    cl_bus *b = NULL;
-    cl_error err = {0};
-    int r = cl_bus_new(&o, &b, &err);
-    if (r < 0)
-        fail_msg("cl_bus_new(%s): %d %s", name, r, err.message);
-    return b;
+    return bus_open(&o);
+}
+
+/* A ROUTER "scheduler" that resends only after 30 s: a message seen within WAIT_MS was
+ * routed right on its first try. */
+static cl_bus_opts slow_router_opts(const char *ep, recv_log *l)
+{
+    return (cl_bus_opts){.role = CL_BUS_ROUTER, .endpoint = ep, .name = "scheduler",
+                         .resend_ms = 30000, .on_msg = on_msg, .ud = l};
+}
+
+/* Send a reliable message without a body and wait until l has counted n in all. */
+static void send_seen(cl_bus *from, const char *peer, const char *type, recv_log *l, int n)
+{
+    assert_int_equal(cl_bus_send(from, peer, type, NULL, NULL, true, NULL), 0);
+    assert_true(WAIT_UNTIL(log_count(l) == n));
 }
 
 static cl_bus_stats stats_of(cl_bus *b)
@@ -284,10 +315,8 @@ static void test_dealer_to_router(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl, dl;
-    log_init(&rl);
-    log_init(&dl);
+    begin(ep, sizeof ep, &rl, &dl, NULL);
     rl.reply = true; /* the router answers each message reliably */
     cl_bus *router = bus_start(CL_BUS_ROUTER, ep, "scheduler", &rl, NULL);
     cl_bus *dealer = bus_start(CL_BUS_DEALER, ep, "compute-1", &dl, NULL);
@@ -340,9 +369,8 @@ static void test_send_validation(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log l;
-    log_init(&l);
+    begin(ep, sizeof ep, &l, NULL);
     cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "sched",
                      .resend_ms = 100, .pending_cap = 3, .on_msg = on_msg, .ud = &l};
     cl_bus *router = NULL;
@@ -384,10 +412,8 @@ static void test_resend_to_late_peer(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl, dl;
-    log_init(&rl);
-    log_init(&dl);
+    begin(ep, sizeof ep, &rl, &dl, NULL);
     cl_bus *router = bus_start(CL_BUS_ROUTER, ep, "scheduler", &rl, NULL);
     char id[CL_UUID_LEN];
     assert_int_equal(cl_bus_send(router, "late-agent", "instance.spawn", "", NULL, true, id), 0);
@@ -412,9 +438,8 @@ static void test_max_tries_drops(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log l;
-    log_init(&l);
+    begin(ep, sizeof ep, &l, NULL);
     cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "sched",
                      .resend_ms = 20, .max_tries = 3, .tick_ms = 10,
                      .on_msg = on_msg, .on_tick = on_tick, .ud = &l};
@@ -459,9 +484,8 @@ static void test_dedup(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl;
-    log_init(&rl);
+    begin(ep, sizeof ep, &rl, NULL);
     cl_bus *router = bus_start(CL_BUS_ROUTER, ep, "scheduler", &rl, NULL);
 
     void *ctx = zmq_ctx_new();
@@ -503,9 +527,8 @@ static void test_dedup_cap_forgets_oldest(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl;
-    log_init(&rl);
+    begin(ep, sizeof ep, &rl, NULL);
     cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "sched",
                      .dedup_cap = 2, .on_msg = on_msg, .ud = &rl};
     cl_bus *router = NULL;
@@ -606,10 +629,8 @@ static void test_curve(void **state)
     assert_int_equal(zmq_curve_keypair(srv_pub, srv_sec), 0);
     assert_int_equal(zmq_curve_keypair(cli_pub, cli_sec), 0);
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl, dl;
-    log_init(&rl);
-    log_init(&dl);
+    begin(ep, sizeof ep, &rl, &dl, NULL);
     cl_bus_opts ro = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "sched", .resend_ms = 100,
                       .on_msg = on_msg, .ud = &rl, .curve_public_key = srv_pub,
                       .curve_secret_key = srv_sec};
@@ -621,8 +642,7 @@ static void test_curve(void **state)
     cl_error err = {0};
     assert_int_equal(cl_bus_new(&ro, &router, &err), 0);
     assert_int_equal(cl_bus_new(&dopt, &dealer, &err), 0);
-    assert_int_equal(cl_bus_send(dealer, NULL, "host.register", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&rl) == 1));
+    send_seen(dealer, NULL, "host.register", &rl, 1);
     assert_true(WAIT_UNTIL(cl_bus_pending(dealer) == 0));
     cl_bus_free(dealer);
 
@@ -650,10 +670,8 @@ static void test_concurrent_senders(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl, dl;
-    log_init(&rl);
-    log_init(&dl);
+    begin(ep, sizeof ep, &rl, &dl, NULL);
     cl_bus *router = bus_start(CL_BUS_ROUTER, ep, "scheduler", &rl, NULL);
     cl_bus *dealer = bus_start(CL_BUS_DEALER, ep, "busy", &dl, NULL);
     pthread_t t[SENDERS];
@@ -679,16 +697,11 @@ static void test_routing_ids(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl, old_l, new_l;
-    log_init(&rl);
-    log_init(&old_l);
-    log_init(&new_l);
-    cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "scheduler",
-                     .resend_ms = 30000, .on_msg = on_msg, .ud = &rl};
-    cl_bus *router = NULL;
+    begin(ep, sizeof ep, &rl, &old_l, &new_l, NULL);
+    cl_bus_opts o = slow_router_opts(ep, &rl);
+    cl_bus *router = bus_open(&o);
     cl_error err = {0};
-    assert_int_equal(cl_bus_new(&o, &router, &err), 0);
 
     /* Names: no '#', and a DEALER's leaves room for the nonce. */
     assert_int_equal(cl_bus_send(router, "compute-1#x", "x.y", NULL, NULL, true, NULL),
@@ -710,22 +723,18 @@ static void test_routing_ids(void **state)
     /* A command waits for a peer that has not spoken; its bus's hello (not handed to
      * on_msg) is enough. */
     cl_bus *old = bus_start(CL_BUS_DEALER, ep, "compute-1", &old_l, NULL);
-    assert_int_equal(cl_bus_send(router, "compute-1", "c.one", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&old_l) == 1));
+    send_seen(router, "compute-1", "c.one", &old_l, 1);
     assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
     assert_int_equal(log_count(&rl), 0);
-    assert_int_equal(cl_bus_send(old, NULL, "host.register", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&rl) == 1));
+    send_seen(old, NULL, "host.register", &rl, 1);
     pthread_mutex_lock(&rl.lock);
     assert_string_equal(rl.last_peer, "compute-1");
     pthread_mutex_unlock(&rl.lock);
 
     /* The "restarted" process connects while the old one is still up. */
     cl_bus *fresh = bus_start(CL_BUS_DEALER, ep, "compute-1", &new_l, NULL);
-    assert_int_equal(cl_bus_send(fresh, NULL, "host.register", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&rl) == 2));
-    assert_int_equal(cl_bus_send(router, "compute-1", "c.two", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&new_l) == 1));
+    send_seen(fresh, NULL, "host.register", &rl, 2);
+    send_seen(router, "compute-1", "c.two", &new_l, 1);
     assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
     assert_int_equal(log_count(&old_l), 1);
     pthread_mutex_lock(&new_l.lock);
@@ -733,10 +742,8 @@ static void test_routing_ids(void **state)
     pthread_mutex_unlock(&new_l.lock);
 
     /* The old one speaks again: it is the route again (the last that spoke). */
-    assert_int_equal(cl_bus_send(old, NULL, "host.heartbeat", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&rl) == 3));
-    assert_int_equal(cl_bus_send(router, "compute-1", "c.three", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&old_l) == 2));
+    send_seen(old, NULL, "host.heartbeat", &rl, 3);
+    send_seen(router, "compute-1", "c.three", &old_l, 2);
     assert_int_equal(log_count(&new_l), 1);
 
     cl_bus_free(fresh);
@@ -751,25 +758,19 @@ static void test_router_restart_relearns(void **state)
 {
     (void)state;
     char ep[64];
-    make_endpoint(ep, sizeof ep);
     recv_log rl, dl;
-    log_init(&rl);
-    log_init(&dl);
-    cl_bus_opts o = {.role = CL_BUS_ROUTER, .endpoint = ep, .name = "scheduler",
-                     .resend_ms = 30000, .on_msg = on_msg, .ud = &rl};
-    cl_bus *router = NULL;
+    begin(ep, sizeof ep, &rl, &dl, NULL);
+    cl_bus_opts o = slow_router_opts(ep, &rl);
+    cl_bus *router = bus_open(&o);
     cl_error err = {0};
-    assert_int_equal(cl_bus_new(&o, &router, &err), 0);
     cl_bus *dealer = bus_start(CL_BUS_DEALER, ep, "quiet-host", &dl, NULL);
-    assert_int_equal(cl_bus_send(router, "quiet-host", "c.one", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&dl) == 1));
+    send_seen(router, "quiet-host", "c.one", &dl, 1);
     cl_bus_free(router);
 
     router = NULL;
     assert_true(WAIT_UNTIL(cl_bus_new(&o, &router, &err) == 0));
     int64_t t0 = cl_mono_ms();
-    assert_int_equal(cl_bus_send(router, "quiet-host", "c.two", NULL, NULL, true, NULL), 0);
-    assert_true(WAIT_UNTIL(log_count(&dl) == 2));
+    send_seen(router, "quiet-host", "c.two", &dl, 2);
     assert_true(WAIT_UNTIL(cl_bus_pending(router) == 0));
     assert_true(cl_mono_ms() - t0 < WAIT_MS);
     assert_int_equal(log_count(&rl), 0); /* hellos only */
