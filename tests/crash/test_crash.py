@@ -20,7 +20,6 @@ with more servers and random delays.
 Usage: test_crash.py BUILD_DIR [--keep]
 """
 
-import json
 import os
 import random
 import subprocess

@@ -14,11 +14,9 @@ Usage: test_image_crash.py BUILD_DIR
 """
 
 import hashlib
-import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time

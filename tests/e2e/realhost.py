@@ -94,6 +94,20 @@ def counters(text):
     return [int(n) for n in re.findall(r"^COUNTER (\d+) ", text, re.M)]
 
 
+def boot_active(lab, name, flavor="1", image="busybox", timeout=60):
+    """Create a server and wait until it is ACTIVE, checking both steps; its id, or None
+    when a check failed (the test then stops)."""
+    r = lab.create_server(name, flavor=flavor, image=image)
+    if not check(f"POST /servers {name} 202 ({r.status})", r.status == 202):
+        print(r.raw)
+        return None
+    sid = r.json["server"]["id"]
+    s = lab.wait_status(sid, {"ACTIVE", "ERROR"}, timeout=timeout)
+    if not check(f"{name} ACTIVE ({s['status']} {s.get('fault')})", s["status"] == "ACTIVE"):
+        return None
+    return sid
+
+
 def db_rows(lab, sql, args=()):
     """Rows of the controller DB ([] when the query fails, e.g. a table not made yet)."""
     db = sqlite3.connect(lab.db)

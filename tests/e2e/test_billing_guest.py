@@ -81,12 +81,8 @@ sample_interval_s = 1""")
     wait_for(lambda: "nubeB" in lab.hypervisors(), 20, "host registered")
 
     t0 = int(time.time() * 1000) - 1000
-    r = lab.create_server("billed", flavor="1", image="busybox")
-    if not check(f"POST /servers 202 ({r.status})", r.status == 202):
-        return 1
-    sid = r.json["server"]["id"]
-    s = lab.wait_status(sid, {"ACTIVE", "ERROR"}, timeout=60)
-    if not check(f"server ACTIVE ({s['status']})", s["status"] == "ACTIVE"):
+    sid = rh.boot_active(lab, "billed")
+    if not sid:
         return 1
 
     def console():

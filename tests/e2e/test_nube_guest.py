@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import realhost as rh  # noqa: E402
-from realhost import check, http, ok, run, timing, wait_for  # noqa: E402
+from realhost import bad, check, http, ok, run, timing, wait_for  # noqa: E402
 
 
 def main():

@@ -58,15 +58,10 @@ def scenario(build, base, lab):
 
     # ---- boot ----
     t = time.monotonic()
-    r = lab.create_server("m1", flavor="1", image="busybox")
-    if not check(f"POST /servers 202 ({r.status})", r.status == 202):
-        print(r.raw)
+    sid = rh.boot_active(lab, "m1")
+    if not sid:
         return 1
-    sid = r.json["server"]["id"]
     dom = f"instance-{sid}"
-    s = lab.wait_status(sid, {"ACTIVE", "ERROR"}, timeout=60)
-    if not check(f"server ACTIVE ({s['status']} {s.get('fault')})", s["status"] == "ACTIVE"):
-        return 1
     src = db_rows(lab, "SELECT host FROM instances WHERE uuid=?", (sid,))[0][0]
     dst = "nubeB" if src == "nubeA" else "nubeA"
     src_log = os.path.join(inst_dirs[src], sid, "console.log")

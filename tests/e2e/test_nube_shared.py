@@ -224,14 +224,10 @@ def scenario(build, base, lab):
 
     # ---- boot ----
     t = time.monotonic()
-    r = lab.create_server("s1", flavor="1", image="busybox")
-    if not check(f"POST /servers 202 ({r.status})", r.status == 202):
+    sid = rh.boot_active(lab, "s1")
+    if not sid:
         return 1
-    sid = r.json["server"]["id"]
     dom = f"instance-{sid}"
-    s = lab.wait_status(sid, {"ACTIVE", "ERROR"}, timeout=60)
-    if not check(f"server ACTIVE ({s['status']} {s.get('fault')})", s["status"] == "ACTIVE"):
-        return 1
     disk = os.path.join(shared, sid, "disk")
     log = os.path.join(shared, sid, "console.log")
     wait_for(lambda: len(counters(readf(log))) >= 2, 60, "guest counting", interval=0.1)
@@ -357,7 +353,7 @@ def scenario(build, base, lab):
         st, _, _, fault = mig_row(lab, last_mig(lab, sid, "migration"))
         check(f"cold move refused: error, the disk is already there ({st}, {fault!r})",
               st == "error" and "already on the destination" in (fault or ""))
-        s = lab.wait_status(sid, {"ACTIVE", "ERROR", "VERIFY_RESIZE"}, timeout=60)
+        lab.wait_status(sid, {"ACTIVE", "ERROR", "VERIFY_RESIZE"}, timeout=60)
         wait_for(lambda: db_rows(lab, "SELECT task_state FROM instances WHERE uuid=?",
                                  (sid,))[0][0] in ("", "none", None), 30, "task cleared")
         timing("cold migrate (refused) API-to-ACTIVE", (time.monotonic() - t) * 1000)

@@ -21,7 +21,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
