@@ -285,21 +285,16 @@ typedef struct download {
 static size_t on_data(char *data, size_t size, size_t n, void *ud)
 {
     download *d = ud;
-    size_t len = size * n, off = 0;
+    size_t len = size * n;
+    int r;
 
     if (d->got + len > d->want) {
         d->error = EFBIG; /* more bytes than the store said the image has */
         return 0;
     }
-    while (off < len) {
-        ssize_t w = write(d->fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            d->error = errno;
-            return 0;
-        }
-        off += (size_t)w;
+    if ((r = cl_write_all(d->fd, data, len)) < 0) {
+        d->error = -r;
+        return 0;
     }
     d->got += len;
     EVP_DigestUpdate(d->sha256, data, len);

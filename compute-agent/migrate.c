@@ -1180,20 +1180,15 @@ typedef struct fetch {
 static size_t on_fetch(char *data, size_t size, size_t n, void *ud)
 {
     fetch *f = ud;
-    size_t len = size * n, off = 0;
+    size_t len = size * n;
     if (f->got + len > f->want) {
         f->error = EFBIG;
         return 0;
     }
-    while (off < len) {
-        ssize_t w = write(f->fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            f->error = errno;
-            return 0;
-        }
-        off += (size_t)w;
+    int wr = cl_write_all(f->fd, data, len);
+    if (wr < 0) {
+        f->error = -wr;
+        return 0;
     }
     EVP_DigestUpdate(f->sha256, data, len);
     /* The overlay names its base (the source's path): the inspector refuses any

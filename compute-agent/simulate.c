@@ -91,21 +91,10 @@ struct agent_sim {
 static int write_file(const char *path, const char *text)
 {
     _cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-    size_t len = strlen(text), off = 0;
 
     if (fd < 0)
         return -errno;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        off += (size_t)w;
-    }
-    return 0;
+    return cl_write_all(fd, text, strlen(text));
 }
 
 static int mkdir_p1(const char *path)

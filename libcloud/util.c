@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uuid/uuid.h>
 
 void cl_uuid_new(char out[CL_UUID_LEN])
@@ -125,5 +126,22 @@ int cl_grow_array(void **arr, size_t *cap, size_t n, size_t elem)
         return -ENOMEM;
     *arr = p;
     *cap = ncap;
+    return 0;
+}
+
+int cl_write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
     return 0;
 }

@@ -42,6 +42,9 @@ void cl_time_iso8601(int64_t ms, bool with_z, char *out, size_t outlen);
  * *arr and *cap untouched on failure. For loops that collect query rows. */
 int cl_grow_array(void **arr, size_t *cap, size_t n, size_t elem);
 
+/* Write all len bytes of buf to fd, retrying short writes and EINTR. 0 or -errno. */
+int cl_write_all(int fd, const void *buf, size_t len);
+
 /* Sleep-free wait helper for tests and loops is deliberately absent: wait on events. */
 
 #endif

@@ -63,17 +63,12 @@ def create_burst(lab, prefix, n):
 
 
 def list_servers(lab):
-    r = http("GET", f"{lab.compute}/servers/detail?all_tenants=1")
-    assert r.status == 200, (r.status, r.raw[:300])
-    return {s["id"]: s for s in r.json["servers"]}
+    return lab.all_servers()
 
 
 def all_domains(lab):
-    doms = {}
-    for h in HOSTS:
-        for uuid, d in lab.domains(h).items():
-            doms.setdefault(uuid, []).append(h)
-    return doms
+    """{uuid: [host, ...]}: where each domain runs."""
+    return {u: [h for h, _ in v] for u, v in lab.domains_by_uuid(HOSTS).items()}
 
 
 def restart(lab, victim):

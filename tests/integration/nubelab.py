@@ -387,6 +387,20 @@ port = 0
         assert r.status == 200, (r.status, r.raw)
         return {d["uuid"]: d for d in r.json["domains"] if d.get("nube")}
 
+    def all_servers(self):
+        """Every project's servers, {id: server} (GET /servers/detail?all_tenants=1)."""
+        r = http("GET", f"{self.compute}/servers/detail?all_tenants=1")
+        assert r.status == 200, (r.status, r.raw[:300])
+        return {s["id"]: s for s in r.json["servers"]}
+
+    def domains_by_uuid(self, hosts):
+        """The agents' live domains across hosts: {uuid: [(host, state), ...]}."""
+        doms = {}
+        for h in hosts:
+            for uuid, d in self.domains(h).items():
+                doms.setdefault(uuid, []).append((h, d["state"]))
+        return doms
+
     # ---- teardown ----
     def stop_all(self):
         """Stop every daemon (agents first). Returns {name: exit code}."""

@@ -3,11 +3,14 @@
  * integer parsing and ISO 8601 formatting.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -124,6 +127,36 @@ static void test_iso8601(void **state)
     assert_string_equal(buf, "1970");
 }
 
+/* Every byte reaches the pipe (sized to hold them all, so no reader thread is needed);
+ * a closed descriptor gives -EBADF. */
+static void test_write_all(void **state)
+{
+    int p[2];
+    const size_t len = 256 * 1024;
+    char *buf = malloc(len), *back = malloc(len);
+
+    (void)state;
+    assert_non_null(buf);
+    assert_non_null(back);
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)(i * 7);
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    assert_true(fcntl(p[1], F_SETPIPE_SZ, (int)len) >= (int)len);
+    assert_int_equal(cl_write_all(p[1], buf, len), 0);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = read(p[0], back + got, len - got);
+        assert_true(r > 0);
+        got += (size_t)r;
+    }
+    assert_memory_equal(buf, back, len);
+    close(p[0]);
+    close(p[1]);
+    assert_int_equal(cl_write_all(p[1], buf, 1), -EBADF);
+    free(buf);
+    free(back);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -133,6 +166,7 @@ int main(void)
         cmocka_unit_test(test_strlcpy),
         cmocka_unit_test(test_parse_int64),
         cmocka_unit_test(test_iso8601),
+        cmocka_unit_test(test_write_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
