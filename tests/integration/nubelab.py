@@ -14,8 +14,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 
@@ -281,7 +283,8 @@ admin_password = {ADMIN_PASSWORD}
             return ""
         return "[quota]\ninstances = -1\ncores = -1\nram = -1\n"
 
-    def start_agent(self, host):
+    def start_agent(self, host, extra=""):
+        """A test-driver agent for host; extra: more config sections (e.g. [billing])."""
         port = self.agent_ports.setdefault(host, free_port())
         node = self.write(f"{host}.xml", f"""<node>
   <cpu><mhz>2600</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets>
@@ -302,7 +305,7 @@ instances_dir = {inst}
 [bus]
 scheduler_endpoint = tcp://127.0.0.1:{self.bus_port}
 resend_ms = 300
-[resources]
+{extra}[resources]
 disk_gb = {self.host_disk_gb}
 [http]
 listen = 127.0.0.1
@@ -419,3 +422,42 @@ port = 0
             print(f"(keeping {self.dir} for inspection)")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_checks(lab, setup, checks, state=None, stop=None):
+    """The integration suites' runner: setup(lab), then each check(lab, state) in order,
+    printing "ok"/"FAIL" with the traceback and going on after a failure unless
+    stop(check, state) says the rest cannot run. Then every daemon is stopped (a non-zero
+    exit is a failure), the logs of a failed run are shown, and the lab is removed
+    (kept with --keep). Returns the process exit code."""
+    state = {} if state is None else state
+    passed = failed = 0
+    try:
+        setup(lab)
+        for check in checks:
+            t0 = time.monotonic()
+            try:
+                check(lab, state)
+                passed += 1
+                print(f"ok   {check.__name__} ({time.monotonic() - t0:.1f}s)", flush=True)
+            except Exception:  # noqa: BLE001 - report and go on with the next check
+                failed += 1
+                print(f"FAIL {check.__name__}\n{traceback.format_exc()}", flush=True)
+                if stop and stop(check, state):
+                    break
+    except Exception:  # noqa: BLE001
+        failed += 1
+        print(f"FAIL setup\n{traceback.format_exc()}", flush=True)
+    finally:
+        codes = lab.stop_all()
+        for name, code in codes.items():
+            if code != 0:
+                failed += 1
+                print(f"FAIL clean shutdown of {name}: exit {code}\n"
+                      f"{lab.daemons[name].tail()}", flush=True)
+        if failed:
+            for name, d in lab.daemons.items():
+                print(f"--- {name} log tail ---\n{d.tail(25)}")
+        lab.cleanup(keep="--keep" in sys.argv)
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0

@@ -27,10 +27,9 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nubelab import ADMIN_TOKEN, Lab, free_port, http, wait_for  # noqa: E402
+from nubelab import ADMIN_TOKEN, Lab, free_port, http, run_checks, wait_for  # noqa: E402
 
 TOLERANCE_S = 2.0
 FLAVOR = "1"  # m1.tiny
@@ -74,37 +73,10 @@ vcpu_hour = 3600
         return f"http://127.0.0.1:{self.identity_port}/v3"
 
     def start_billing_agent(self, host):
-        port = self.agent_ports.setdefault(host, free_port())
-        node = self.write(f"{host}.xml", f"""<node>
-  <cpu><mhz>2600</mhz><model>x86_64</model><nodes>1</nodes><sockets>1</sockets>
-    <cores>{self.host_vcpus}</cores><threads>1</threads><active>{self.host_vcpus}</active></cpu>
-  <memory>{self.host_ram_mb * 1024}</memory>
-</node>
-""")
-        inst = os.path.join(self.dir, f"instances-{host}")
-        os.makedirs(inst, exist_ok=True)
-        conf = self.write(f"nube-agent-{host}.conf", f"""[DEFAULT]
-log_level = debug
-state_dir = {self.dir}
-[agent]
-host = {host}
-libvirt_uri = test://{node}
-heartbeat_interval_ms = 500
-instances_dir = {inst}
-[bus]
-scheduler_endpoint = tcp://127.0.0.1:{self.bus_port}
-resend_ms = 300
-[billing]
+        return self.start_agent(host, extra=f"""[billing]
 endpoint = {self.billing_bus}
 sample_interval_s = 1
-[resources]
-disk_gb = {self.host_disk_gb}
-[http]
-listen = 127.0.0.1
-port = {port}
 """)
-        return self._start(f"agent-{host}", self.binary("compute-agent", "nube-agent"), conf,
-                           f"http://127.0.0.1:{port}/healthz")
 
 
 def ok(r, *codes):
@@ -280,46 +252,18 @@ def main():
         return 2
     lab = BillingLab(sys.argv[1])
     lab.projects = {}
-    passed = failed = 0
-    keep = False
-    state = {}
-    try:
+
+    def setup(lab):
         lab.start_scheduler()
         lab.start_api()
         lab.start_billing()
         lab.start_billing_agent("hostA")
         wait_for(lambda: lab.hypervisors().get("hostA", {}).get("state") == "up", 30,
                  "hostA registered")
-        for check in CHECKS:
-            t0 = time.monotonic()
-            try:
-                check(lab, state)
-                passed += 1
-                print(f"ok   {check.__name__} ({time.monotonic() - t0:.1f}s)", flush=True)
-            except Exception:  # noqa: BLE001 - report and go on with the next check
-                failed += 1
-                keep = True
-                print(f"FAIL {check.__name__}\n{traceback.format_exc()}", flush=True)
-                if check is check_servers_and_samples:
-                    break
-    except Exception:  # noqa: BLE001
-        failed += 1
-        keep = True
-        print(f"FAIL setup\n{traceback.format_exc()}", flush=True)
-    finally:
-        codes = lab.stop_all()
-        for name, code in codes.items():
-            if code != 0:
-                failed += 1
-                keep = True
-                print(f"FAIL clean shutdown of {name}: exit {code}\n"
-                      f"{lab.daemons[name].tail()}", flush=True)
-        if failed:
-            for name, d in lab.daemons.items():
-                print(f"--- {name} log tail ---\n{d.tail(25)}")
-        lab.cleanup(keep=keep and "--keep" in sys.argv)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+
+    # Without servers and samples the later checks have nothing to work on.
+    return run_checks(lab, setup, CHECKS,
+                      stop=lambda check, st: check is check_servers_and_samples)
 
 
 if __name__ == "__main__":

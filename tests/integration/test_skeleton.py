@@ -13,11 +13,9 @@ Prints one line per check and the closing line "N passed, N failed".
 import os
 import sys
 import threading
-import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nubelab import Lab, http, http_curl, wait_for  # noqa: E402
+from nubelab import Lab, http, http_curl, run_checks, wait_for  # noqa: E402
 
 FAULT_KEYS = ("code", "message")
 
@@ -204,47 +202,18 @@ CHECKS = [check_bad_input, check_twenty_servers, check_too_big_is_error,
 
 def main():
     build = sys.argv[1] if len(sys.argv) > 1 else "build"
-    keep = "--keep" in sys.argv
-    lab = Lab(build)
-    passed = failed = 0
-    state = {}
-    try:
+
+    def setup(lab):
         lab.start_scheduler()
         lab.start_api()
         lab.start_agent("hostA")
         lab.start_agent("hostB")
         wait_for(lambda: {k for k, h in lab.hypervisors().items() if h["state"] == "up"}
                  == {"hostA", "hostB"}, 30, "both hosts registered")
-        for check in CHECKS:
-            t0 = time.monotonic()
-            try:
-                check(lab, state)
-                passed += 1
-                print(f"ok   {check.__name__} ({time.monotonic() - t0:.1f}s)", flush=True)
-            except Exception:  # noqa: BLE001 - report and go on with the next check
-                failed += 1
-                keep = True
-                print(f"FAIL {check.__name__}\n{traceback.format_exc()}", flush=True)
-                if not state.get("ids") and check is check_twenty_servers:
-                    break
-    except Exception:  # noqa: BLE001
-        failed += 1
-        keep = True
-        print(f"FAIL setup\n{traceback.format_exc()}", flush=True)
-    finally:
-        codes = lab.stop_all()
-        for name, code in codes.items():
-            if code != 0:
-                failed += 1
-                keep = True
-                print(f"FAIL clean shutdown of {name}: exit {code}\n"
-                      f"{lab.daemons[name].tail()}", flush=True)
-        if failed:
-            for name, d in lab.daemons.items():
-                print(f"--- {name} log tail ---\n{d.tail(25)}")
-        lab.cleanup(keep=keep and "--keep" in sys.argv)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+
+    # Without the twenty servers the later checks have nothing to work on.
+    return run_checks(Lab(build), setup, CHECKS,
+                      stop=lambda check, st: check is check_twenty_servers and not st.get("ids"))
 
 
 if __name__ == "__main__":
