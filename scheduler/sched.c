@@ -1231,22 +1231,30 @@ static void resume_in_flight(sched *s)
 #define SWEEP_STALE_MS 15000
 #define SWEEP_MAX 256
 
-static void sweep_orphans(sched *s)
+/* The uuids a sweep query finds (?1: the staleness cut-off in ms, ?2: the row cap), at
+ * most SWEEP_MAX; 0 when the query fails. Read whole before acting, so that what the
+ * sweep then writes does not run under an open read statement. */
+static size_t stale_uuids(sched *s, const char *sql, char uuids[SWEEP_MAX][CL_UUID_LEN])
 {
     _cleanup_stmt_ sqlite3_stmt *q = NULL;
-    char uuids[SWEEP_MAX][CL_UUID_LEN];
     size_t n = 0;
 
-    if (cl_db_prepare(cl_store_db(s->store),
-                      "SELECT uuid FROM instances WHERE vm_state = 'building' AND "
-                      "task_state = 'scheduling' AND host = '' AND created_ms < ?1 "
-                      "ORDER BY created_ms LIMIT ?2", &q) < 0)
-        return;
+    if (cl_db_prepare(cl_store_db(s->store), sql, &q) < 0)
+        return 0;
     sqlite3_bind_int64(q, 1, cl_now_ms() - SWEEP_STALE_MS);
     sqlite3_bind_int(q, 2, SWEEP_MAX);
     while (n < SWEEP_MAX && sqlite3_step(q) == SQLITE_ROW)
         cl_db_column_text(q, 0, uuids[n++], CL_UUID_LEN);
-    sqlite3_reset(q);
+    return n;
+}
+
+static void sweep_orphans(sched *s)
+{
+    char uuids[SWEEP_MAX][CL_UUID_LEN];
+    size_t n = stale_uuids(s, "SELECT uuid FROM instances WHERE vm_state = 'building' AND "
+                              "task_state = 'scheduling' AND host = '' AND created_ms < ?1 "
+                              "ORDER BY created_ms LIMIT ?2", uuids);
+
     for (size_t i = 0; i < n; i++) {
         cl_bus_msg m = {0};
         m.body = cl_msg_uuid_encode(uuids[i]);
@@ -1265,21 +1273,12 @@ static void sweep_orphans(sched *s)
  * move; the task goes, so that the server takes actions again. */
 static void sweep_lost_moves(sched *s)
 {
-    _cleanup_stmt_ sqlite3_stmt *q = NULL;
     char uuids[SWEEP_MAX][CL_UUID_LEN];
-    size_t n = 0;
+    size_t n = stale_uuids(s, "SELECT uuid FROM instances i WHERE task_state IN "
+                              "('migrating', 'resize_migrating') AND updated_ms < ?1 AND NOT "
+                              "EXISTS (SELECT 1 FROM migrations m WHERE m.instance_uuid = "
+                              "i.uuid AND m.status IN (" MOVES_UNDER_WAY ")) LIMIT ?2", uuids);
 
-    if (cl_db_prepare(cl_store_db(s->store),
-                      "SELECT uuid FROM instances i WHERE task_state IN ('migrating', "
-                      "'resize_migrating') AND updated_ms < ?1 AND NOT EXISTS (SELECT 1 FROM "
-                      "migrations m WHERE m.instance_uuid = i.uuid AND m.status IN ("
-                      MOVES_UNDER_WAY ")) LIMIT ?2", &q) < 0)
-        return;
-    sqlite3_bind_int64(q, 1, cl_now_ms() - SWEEP_STALE_MS);
-    sqlite3_bind_int(q, 2, SWEEP_MAX);
-    while (n < SWEEP_MAX && sqlite3_step(q) == SQLITE_ROW)
-        cl_db_column_text(q, 0, uuids[n++], CL_UUID_LEN);
-    sqlite3_reset(q);
     for (size_t i = 0; i < n; i++) {
         cl_warn(LOG_MOD, "instance %s has waited %d s for its move to start: the request "
                 "was lost (nube-api restarted?); clearing its task", uuids[i],
